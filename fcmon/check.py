@@ -1,0 +1,166 @@
+"""`fcmon check`: probe once, judge, print; Nagios plugin exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+from .config import TargetConfig
+from .metrics import SECONDS_PER_DAY, FcmonCollector, MetricsStore
+from .probe import Prober
+from .result import ProbeResult
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    result: ProbeResult
+    status: int
+    why: str
+
+
+def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> Verdict:
+    if result.failure is not None:
+        f = result.failure
+        return Verdict(result, CRITICAL, f"probe failed at {f.stage}: {f.reason} ({f.message})")
+    worst, why = OK, f"up, {result.databases} databases in {result.duration:.3f}s"
+    for c in result.certs:
+        days = (c.not_after - now) / SECONDS_PER_DAY
+        if days <= crit_days:
+            return Verdict(result, CRITICAL, f"{c.role} certificate {c.subject} expires in {days:.1f} days")
+        if days <= warn_days and worst == OK:
+            worst, why = WARNING, f"{c.role} certificate {c.subject} expires in {days:.1f} days"
+    return Verdict(result, worst, why)
+
+
+def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None) -> List[ProbeResult]:
+    prober = prober or Prober()
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(targets)))) as pool:
+        return list(pool.map(prober.probe, targets))
+
+
+def overall(verdicts: Sequence[Verdict]) -> int:
+    return max((v.status for v in verdicts), default=UNKNOWN)
+
+
+def _perf_label(target: str, step: str) -> str:
+    return f"'{target}_{step}'"
+
+
+def render_text(verdicts: Sequence[Verdict]) -> str:
+    status = overall(verdicts)
+    up = sum(1 for v in verdicts if v.result.up)
+    bad = [v for v in verdicts if v.status != OK]
+    head = f"{STATUS_NAMES[status]} - {up} of {len(verdicts)} targets up"
+    if len(verdicts) == 1:
+        head = f"{STATUS_NAMES[status]} - {verdicts[0].result.target}: {verdicts[0].why}"
+    elif bad:
+        head += "; " + "; ".join(f"{v.result.target}: {v.why}" for v in bad)
+    perf = []
+    for v in verdicts:
+        for step, seconds in v.result.steps:
+            perf.append(f"{_perf_label(v.result.target, step)}={seconds:.6f}s")
+        if v.result.databases is not None:
+            perf.append(f"{_perf_label(v.result.target, 'databases')}={v.result.databases}")
+    lines = [head + (" | " + " ".join(perf) if perf else "")]
+    if len(verdicts) > 1:
+        lines += [f"{STATUS_NAMES[v.status]}: {v.result.target}: {v.why}" for v in verdicts]
+    return "\n".join(lines) + "\n"
+
+
+def render_json(verdicts: Sequence[Verdict], now: float) -> str:
+    status = overall(verdicts)
+    out = {"status": STATUS_NAMES[status], "exit_code": status, "targets": []}
+    for v in verdicts:
+        r = v.result
+        f = r.failure
+        out["targets"].append({  # type: ignore[union-attr]
+            "target": r.target,
+            "status": STATUS_NAMES[v.status],
+            "summary": v.why,
+            "up": r.up,
+            "stage": f.stage if f else None,
+            "reason": f.reason if f else None,
+            "message": f.message if f else None,
+            "duration_seconds": r.duration,
+            "steps": dict(r.steps),
+            "databases": r.databases,
+            "tls_version": r.tls_version,
+            "session_leaked": r.session_leaked,
+            "certs": [
+                {"cert": c.role, "subject": c.subject, "serial": c.serial,
+                 "not_after": c.not_after, "days_left": (c.not_after - now) / SECONDS_PER_DAY}
+                for c in r.certs
+            ],
+        })
+    return json.dumps(out, indent=2) + "\n"
+
+
+def render_prometheus(targets: Sequence[TargetConfig], results: Sequence[ProbeResult]) -> bytes:
+    store = MetricsStore()
+    store.set_targets(targets)
+    for r in results:
+        store.record(r)
+    registry = CollectorRegistry()
+    registry.register(FcmonCollector(store))
+    return generate_latest(registry)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """node_exporter must never read a half-written file: write a temp file, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def run_check(
+    targets: Sequence[TargetConfig],
+    fmt: str,
+    warn_days: float,
+    crit_days: float,
+    textfile: Optional[Path],
+) -> Tuple[int, str]:
+    """Probe, judge and render; returns (exit code, output)."""
+    results = probe_all(targets)
+    now = time.time()
+    verdicts = [judge(r, warn_days, crit_days, now) for r in results]
+    if textfile is not None:
+        write_atomically(textfile, render_prometheus(targets, results))
+    if fmt == "json":
+        text = render_json(verdicts, now)
+    elif fmt == "prometheus":
+        text = render_prometheus(targets, results).decode()
+    else:
+        text = render_text(verdicts)
+    return overall(verdicts), text
+
+
+def select_targets(all_targets: Sequence[TargetConfig], names: Sequence[str]) -> Tuple[List[TargetConfig], List[str]]:
+    """The named targets (all when none named) and the names that match nothing."""
+    if not names:
+        return list(all_targets), []
+    by_name: Dict[str, TargetConfig] = {t.name: t for t in all_targets}
+    return [by_name[n] for n in names if n in by_name], [n for n in names if n not in by_name]

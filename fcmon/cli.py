@@ -1,0 +1,139 @@
+"""argparse front: run | check | validate | demo | emulator."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import List, Mapping, Optional
+
+from . import __version__
+from .config import ConfigError, default_config_path, load_config
+
+EPILOG = "Docs: README.md. Config reference: config.ini (every key, commented)."
+
+
+def _add_config(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
+    p.add_argument(
+        "-c", "--config", metavar="FILE", default=default_config_path(environ),
+        help="config file (default: $FCMON_CONFIG or /etc/fcmon/config.ini; now %(default)s)",
+    )
+
+
+def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcmon",
+        description="Health checks for FairCom servers over the JSON DB API (mutual TLS), "
+        "as Prometheus metrics.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--version", action="version", version=f"fcmon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="run the daemon", description="Probe every target on its "
+                         "schedule and serve /metrics. SIGHUP reloads the config; SIGTERM stops.")
+    _add_config(run, environ)
+
+    check = sub.add_parser(
+        "check", help="probe once and print the results (Nagios exit codes)",
+        description="Probe each (selected) target once, now. Exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+    )
+    _add_config(check, environ)
+    check.add_argument("--target", action="append", default=[], metavar="NAME",
+                       help="probe only this target (repeatable)")
+    check.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
+    check.add_argument("--warn-days", type=float, default=30.0, metavar="N",
+                       help="WARNING when a certificate expires within N days (default 30)")
+    check.add_argument("--crit-days", type=float, default=7.0, metavar="N",
+                       help="CRITICAL when a certificate expires within N days (default 7)")
+    check.add_argument("--textfile", type=Path, metavar="PATH",
+                       help="also write the Prometheus text to PATH, atomically "
+                       "(node_exporter textfile collector)")
+
+    validate = sub.add_parser(
+        "validate", help="check the config and every file it names",
+        description="Load the config, open every file, parse every certificate, check each key "
+        "matches its certificate. Secrets are never printed.",
+    )
+    _add_config(validate, environ)
+
+    demo = sub.add_parser("demo", help="run against the bundled emulator with a throw-away CA")
+    demo.add_argument("--listen", default="127.0.0.1:9731", metavar="HOST:PORT",
+                      help="where to serve /metrics (default %(default)s)")
+
+    from .emulator.cli import add_arguments as emulator_arguments
+
+    emulator = sub.add_parser("emulator", help="run the bundled FairCom JSON DB API emulator")
+    emulator_arguments(emulator)
+    return parser
+
+
+def _config_error(exc: ConfigError) -> None:
+    print("fcmon: invalid config:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def main(argv: Optional[List[str]] = None, environ: Mapping[str, str] = os.environ) -> int:
+    args = build_parser(environ).parse_args(argv)
+    try:
+        if args.command == "run":
+            from .daemon import run_daemon
+
+            return run_daemon(Path(args.config), environ)
+        if args.command == "check":
+            return _check(args, environ)
+        if args.command == "validate":
+            from .validate import validate
+
+            summary, problems = validate(Path(args.config), environ)
+            for line in summary:
+                print(line)
+            if problems:
+                print(f"{len(problems)} problem(s):", file=sys.stderr)
+                for p in problems:
+                    print(f"  {p}", file=sys.stderr)
+                return 1
+            print("config OK")
+            return 0
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.listen, environ=environ)
+        if args.command == "emulator":
+            from .emulator.cli import run as run_emulator
+
+            return run_emulator(args)
+    except ConfigError as exc:
+        _config_error(exc)
+        return 3 if args.command == "check" else 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    from .check import UNKNOWN, run_check, select_targets
+
+    config = load_config(Path(args.config), environ)
+    targets, unknown = select_targets(config.targets, args.target)
+    if unknown:
+        names = ", ".join(t.name for t in config.targets)
+        print(f"UNKNOWN - no such target: {', '.join(unknown)} (configured: {names})")
+        return UNKNOWN
+    if args.crit_days > args.warn_days:
+        print("UNKNOWN - --crit-days must not exceed --warn-days")
+        return UNKNOWN
+    try:
+        code, text = run_check(targets, args.format, args.warn_days, args.crit_days, args.textfile)
+    except OSError as exc:
+        print(f"UNKNOWN - cannot write {args.textfile}: {exc.strerror or exc}")
+        return UNKNOWN
+    sys.stdout.write(text)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

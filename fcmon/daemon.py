@@ -1,0 +1,195 @@
+"""Lifecycle of `fcmon run`: start, signals, reload, sd_notify, stop.
+
+Signal handlers only set events; the main thread does the work, so a
+reload or a stop never runs inside an interrupted probe.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Tuple
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.process_collector import ProcessCollector
+
+from .config import Config, ConfigError, load_config
+from .logs import setup_logging
+from .metrics import FcmonCollector, MetricsStore
+from .notify import Notifier
+from .probe import Prober
+from .result import ProbeResult
+from .scheduler import ProbeScheduler
+from .web import App, WebServer, server_ssl_context
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    def __init__(self, config: Config, environ: Mapping[str, str] = os.environ):
+        self.config = config
+        self._environ = environ
+        self.store = MetricsStore()
+        self.prober = Prober()
+        self.registry = CollectorRegistry()
+        self.registry.register(FcmonCollector(self.store))
+        ProcessCollector(registry=self.registry)
+        self.scheduler = ProbeScheduler(self.prober, self._on_result, self.store.record_skipped)
+        self.notifier = Notifier(environ)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._wake = threading.Event()
+        self._started = time.monotonic()
+        self._up: Dict[str, bool] = {}
+        self._up_lock = threading.Lock()
+        self.store.set_targets(config.targets)
+        self.store.record_reload(True, time.time())
+        self.app = App(self.registry, self.healthy, self.ready, self.probe_now, config.web)
+        self.web = WebServer(self.app, config.listen_host, config.listen_port,
+                             server_ssl_context(config.web))
+
+    # -- health
+
+    def _stall_limit(self) -> float:
+        """How long without a completed probe before the scheduler counts as wedged."""
+        targets = self.config.targets
+        if not targets:
+            return 60.0
+        return max(t.interval for t in targets) + max(t.timeout for t in targets) + 5.0
+
+    def healthy(self) -> bool:
+        if not self.scheduler.running:
+            return False
+        last = self.scheduler.last_completion or self._started
+        return time.monotonic() - last < self._stall_limit()
+
+    def ready(self) -> bool:
+        return self.scheduler.running and self.scheduler.first_round_done
+
+    # -- probes
+
+    def _on_result(self, result: ProbeResult) -> None:
+        self.store.record(result)
+        with self._up_lock:
+            before = self._up.get(result.target)
+            self._up[result.target] = result.up
+        f = result.failure
+        if f is not None:
+            log.warning("target %s: probe failed at %s: %s (%s)", result.target, f.stage, f.reason, f.message)
+        elif before is False:
+            log.info("target %s: up again", result.target)
+        elif before is None:
+            log.info("target %s: up (%d databases)", result.target, result.databases or 0)
+        if result.session_leaked:
+            log.warning("target %s: a session could not be deleted; it expires on the server by itself",
+                        result.target)
+
+    def probe_now(self, name: str) -> Optional[CollectorRegistry]:
+        """For /probe?target=NAME: only configured names, never an address from the caller."""
+        target = next((t for t in self.config.targets if t.name == name), None)
+        if target is None:
+            return None
+        self._on_result(self.prober.probe(target))
+        registry = CollectorRegistry()
+        registry.register(FcmonCollector(self.store, only_target=name))
+        return registry
+
+    # -- signals
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def request_reload(self, *_: object) -> None:
+        self._reload.set()
+        self._wake.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    def reload(self) -> bool:
+        path = self.config.path
+        if path is None:
+            return False
+        try:
+            new = load_config(path, self._environ)
+        except ConfigError as exc:
+            log.error("config reload failed, keeping the running config:\n%s", exc)
+            self.store.record_reload(False, time.time())
+            return False
+        try:
+            ssl_context = server_ssl_context(new.web)
+        except (OSError, ValueError) as exc:
+            log.error("config reload failed, keeping the running config: [web]: %s", exc)
+            self.store.record_reload(False, time.time())
+            return False
+        if (new.listen_host, new.listen_port) != (self.config.listen_host, self.config.listen_port):
+            log.warning("[fcmon] listen changed: takes effect after a restart")
+        setup_logging(new.log_level, new.log_format, self._environ)
+        self.config = new
+        self.store.set_targets(new.targets)
+        self.prober.retain([t.name for t in new.targets])
+        self.scheduler.update(new.targets)
+        self.app.web = new.web
+        self.web.set_ssl_context(ssl_context)
+        with self._up_lock:
+            self._up = {k: v for k, v in self._up.items() if any(t.name == k for t in new.targets)}
+        self.store.record_reload(True, time.time())
+        log.info("config reloaded: %d targets", len(new.targets))
+        return True
+
+    # -- main loop
+
+    def status_line(self) -> str:
+        with self._up_lock:
+            up = sum(1 for v in self._up.values() if v)
+        return f"{len(self.config.targets)} targets, {up} up"
+
+    def run(self) -> int:
+        self.web.start()
+        self.scheduler.start(self.config.targets)
+        scheme = "https" if self.config.web.tls_cert_file else "http"
+        host = self.config.listen_host
+        shown = f"[{host}]" if ":" in host else host
+        log.info("serving metrics on %s://%s:%d/metrics", scheme, shown, self.web.port)
+        self.notifier.send("READY=1", f"STATUS={self.status_line()}")
+        tick = 1.0
+        if self.notifier.watchdog_interval:
+            tick = min(tick, self.notifier.watchdog_interval / 2)
+        status = ""
+        try:
+            while not self._stop.is_set():
+                self._wake.wait(tick)
+                self._wake.clear()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+                    self.reload()
+                    self.notifier.send("READY=1")
+                if self.notifier.watchdog_interval and self.healthy():
+                    self.notifier.send("WATCHDOG=1")
+                line = self.status_line()
+                if line != status:
+                    status = line
+                    self.notifier.send(f"STATUS={line}")
+        finally:
+            log.info("stopping: waiting for probes in flight")
+            self.notifier.send("STOPPING=1")
+            self.scheduler.shutdown(wait=True)
+            self.web.stop()
+        log.info("stopped")
+        return 0
+
+
+def run_daemon(config_path: Path, environ: Mapping[str, str] = os.environ) -> int:
+    config = load_config(config_path, environ)  # ConfigError is reported by the CLI
+    setup_logging(config.log_level, config.log_format, environ)
+    daemon = Daemon(config, environ)
+    daemon.install_signal_handlers()
+    return daemon.run()

@@ -1,0 +1,310 @@
+"""One probe: connect -> createSession -> listDatabases -> deleteSession (finally).
+
+The probe knows nothing of Prometheus: it returns a `ProbeResult`. It never
+raises; every failure becomes a `Failure` with a stage and a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+
+from .certs import CertFileError, FileCertCache, dedupe
+from .client import (
+    ApiClient,
+    ApiResponse,
+    PeerInfo,
+    ProbeError,
+    TLSContextCache,
+    classify_connect_error,
+    fetch_peer_unverified,
+)
+from .config import TargetConfig
+from .result import CallResult, Failure, ProbeResult
+
+log = logging.getLogger(__name__)
+
+SESSION_DESCRIPTION = "fcmon health check"
+# deleteSession may run past `timeout` by this much, so that a probe that
+# timed out still frees its session: the contract allows timeout + 1 s.
+CLEANUP_GRACE = 0.9
+# The reporting-only handshake after a verification failure gets at most this.
+UNVERIFIED_FETCH_TIMEOUT = 2.0
+# After these the connection that carried the failed call cannot be trusted
+# to carry deleteSession.
+_BROKEN_CONNECTION = ("timeout", "bad_response", "tls_handshake", "client_cert_rejected", "http_status")
+
+
+class _Deadline:
+    """Cuts a client's sockets at a monotonic instant, from a timer thread."""
+
+    def __init__(self, at: float):
+        self.at = at
+        self.fired = False
+
+    def remaining(self) -> float:
+        return self.at - time.monotonic()
+
+    @contextmanager
+    def watch(self, client: ApiClient) -> Iterator[None]:
+        def fire() -> None:
+            self.fired = True
+            client.cut()
+
+        timer = threading.Timer(max(self.remaining(), 0.0), fire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+
+def redact(text: str, secrets: List[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+class Prober:
+    """Runs probes; holds what is worth keeping between probes of a target
+    (SSL contexts, parsed certificate files)."""
+
+    def __init__(
+        self,
+        contexts: Optional[TLSContextCache] = None,
+        file_certs: Optional[FileCertCache] = None,
+        wall_clock: Callable[[], float] = time.time,
+    ):
+        self.contexts = contexts or TLSContextCache()
+        self.file_certs = file_certs or FileCertCache()
+        self._wall = wall_clock
+
+    def retain(self, names: List[str]) -> None:
+        self.contexts.retain(names)
+
+    def probe(self, target: TargetConfig) -> ProbeResult:
+        try:
+            return _Probe(self, target).run()
+        except Exception as exc:  # the boundary: a bug must not kill the scheduler
+            log.error("probe of %s crashed: %s", target.name, type(exc).__name__, exc_info=True)
+            now = self._wall()
+            return ProbeResult(
+                target=target.name,
+                started=now,
+                ended=now,
+                duration=0.0,
+                failure=Failure("connect", "bad_response", f"internal error: {type(exc).__name__}"),
+            )
+
+
+class _Probe:
+    def __init__(self, prober: Prober, target: TargetConfig):
+        self.prober = prober
+        self.target = target
+        self.secrets: List[str] = [target.password or ""]
+        self.steps: List[Tuple[str, float]] = []
+        self.calls: List[CallResult] = []
+        self.failure: Optional[Failure] = None
+        self.peer = PeerInfo((), None, None)
+        self.token: Optional[str] = None
+        self.databases: Optional[List[Any]] = None
+        self.leaked = False
+
+    def fail(self, stage: str, reason: str, message: str) -> None:
+        if self.failure is None:
+            self.failure = Failure(stage, reason, redact(message, self.secrets))
+
+    def run(self) -> ProbeResult:
+        target = self.target
+        started = self.prober._wall()
+        t0 = time.monotonic()
+        main = _Deadline(t0 + target.timeout)
+        client: Optional[ApiClient] = None
+        try:
+            client = self._client()
+            if client is not None:
+                with main.watch(client):
+                    self._main(client, main)
+        finally:
+            if self.token is not None:
+                self._delete(client, main, _Deadline(t0 + target.timeout + CLEANUP_GRACE))
+            if client is not None:
+                client.close()
+        duration = time.monotonic() - t0
+        certs = dedupe(
+            self.peer.certs
+            + self.prober.file_certs.for_files(target.ca_file, target.client_cert_file)
+        )
+        return ProbeResult(
+            target=target.name,
+            started=started,
+            ended=started + duration,
+            duration=duration,
+            failure=self.failure,
+            steps=tuple(self.steps),
+            calls=tuple(self.calls),
+            databases=len(self.databases) if self.databases is not None else None,
+            certs=certs,
+            tls_version=self.peer.tls_version,
+            tls_cipher=self.peer.tls_cipher,
+            session_leaked=self.leaked,
+            database_names=tuple(
+                str(d.get("databaseName")) if isinstance(d, dict) else str(d)
+                for d in (self.databases or [])
+            ),
+        )
+
+    def _client(self) -> Optional[ApiClient]:
+        target = self.target
+        ctx = None
+        if target.endpoint.startswith("https:"):
+            try:
+                ctx = self.prober.contexts.get(target)
+            except CertFileError as exc:
+                self.fail("connect", "tls_handshake", f"cannot set up TLS: {exc}")
+                return None
+        return ApiClient(target.endpoint, ctx, target.max_response_bytes)
+
+    def _main(self, client: ApiClient, deadline: _Deadline) -> None:
+        if not self._connect(client, deadline):
+            return
+        params: Dict[str, Any] = {
+            "description": SESSION_DESCRIPTION,
+            "idleConnectionTimeoutSeconds": self.target.session_idle_timeout,
+        }
+        if self.target.username is not None:
+            params["username"] = self.target.username
+            if self.target.password is not None:
+                params["password"] = self.target.password
+        created = self._call(
+            client,
+            deadline,
+            "create_session",
+            {"api": "admin", "action": "createSession", "params": params},
+        )
+        if created is None:
+            return
+        result = created.body.get("result")
+        token = result.get("authToken") if isinstance(result, dict) else None
+        if not token:
+            token = created.body.get("authToken")
+        if not isinstance(token, str) or not token:
+            # The server says it created a session we cannot address: it stays
+            # open until its idle timeout.
+            self.leaked = True
+            self.fail("create_session", "bad_response", "createSession succeeded without an authToken")
+            return
+        self.token = token
+        self.secrets.append(token)
+        listed = self._call(
+            client,
+            deadline,
+            "list_databases",
+            {"api": "db", "action": "listDatabases", "authToken": token},
+        )
+        if listed is None:
+            return
+        result = listed.body.get("result")
+        data = result.get("data") if isinstance(result, dict) else None
+        if not isinstance(data, list):
+            self.fail("list_databases", "bad_response", "listDatabases result has no data list")
+            return
+        self.databases = data
+
+    def _connect(self, client: ApiClient, deadline: _Deadline) -> bool:
+        t = time.monotonic()
+        try:
+            self.peer = client.connect(deadline.remaining())
+            return True
+        except Exception as exc:
+            err = classify_connect_error(exc, self.target.client_cert_file is not None)
+            if deadline.fired:
+                err = ProbeError("connect_timeout", "TCP connect and TLS handshake did not finish within the timeout")
+            self.fail("connect", err.reason, err.message)
+            if err.reason == "tls_verify":
+                self._fetch_unverified(client, deadline)
+            return False
+        finally:
+            self.steps.append(("connect", time.monotonic() - t))
+
+    def _fetch_unverified(self, client: ApiClient, deadline: _Deadline) -> None:
+        try:
+            self.peer = fetch_peer_unverified(
+                client.host, client.port, min(deadline.remaining(), UNVERIFIED_FETCH_TIMEOUT)
+            )
+        except Exception as exc:  # reporting only: the failure is already named
+            log.debug("%s: could not fetch the unverified server certificate: %s", self.target.name, exc)
+
+    def _call(
+        self, client: ApiClient, deadline: _Deadline, step: str, body: Dict[str, Any]
+    ) -> Optional[ApiResponse]:
+        action = body["action"]
+        t = time.monotonic()
+        response: Optional[ApiResponse] = None
+        try:
+            remaining = deadline.remaining()
+            if remaining <= 0:
+                raise ProbeError("timeout", "probe timeout reached before this step")
+            response = client.call(body, remaining)
+        except ProbeError as exc:
+            reason, message = exc.reason, exc.message
+            if deadline.fired:
+                reason, message = "timeout", "no complete response within the timeout"
+            if reason == "client_cert_rejected":
+                self.fail("connect", reason, message)
+            else:
+                self.fail(step, reason, f"{action}: {message}")
+        finally:
+            elapsed = time.monotonic() - t
+            self.steps.append((step, elapsed))
+            self.calls.append(
+                CallResult(action, elapsed, response.error_code if response is not None else None)
+            )
+        if response is None:
+            return None
+        if response.error_code != 0:
+            message = response.body.get("errorMessage")
+            self.fail(
+                step,
+                "api_error",
+                f"{action}: errorCode {response.error_code}"
+                + (f": {message}" if isinstance(message, str) and message else ""),
+            )
+            return None
+        return response
+
+    def _delete(self, client: Optional[ApiClient], main: _Deadline, deadline: _Deadline) -> None:
+        assert self.token is not None and client is not None
+        if main.fired or self.failure is not None and self.failure.reason in _BROKEN_CONNECTION:
+            # The old connection is cut or in an unknown state: use a new one.
+            fresh = client.fresh()
+            try:
+                with deadline.watch(fresh):
+                    try:
+                        fresh.connect(deadline.remaining())
+                    except Exception as exc:
+                        err = classify_connect_error(exc, self.target.client_cert_file is not None)
+                        self.leaked = True
+                        self.fail("delete_session", err.reason, f"deleteSession: {err.message}")
+                        return
+                    self._delete_on(fresh, deadline)
+            finally:
+                fresh.close()
+        else:
+            with deadline.watch(client):
+                self._delete_on(client, deadline)
+
+    def _delete_on(self, client: ApiClient, deadline: _Deadline) -> None:
+        response = self._call(
+            client,
+            deadline,
+            "delete_session",
+            {"api": "admin", "action": "deleteSession", "authToken": self.token},
+        )
+        if response is None:
+            self.leaked = True

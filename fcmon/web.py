@@ -1,0 +1,181 @@
+"""The HTTP endpoint: /metrics, /probe, /-/healthy, /-/ready.
+
+A small WSGI app served by a threading wsgiref server. With [web] TLS the
+handshake runs in the per-connection thread under a timeout, so an idle or
+slow client cannot stall other scrapes (prometheus_client's own server
+handshakes in the accept loop, see pitfalls.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import socket
+import ssl
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable, List, Optional, Tuple
+from urllib.parse import parse_qs
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import WebConfig
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 5.0
+# A client may take this long between bytes of its request before it is dropped.
+REQUEST_TIMEOUT = 10.0
+
+StartResponse = Callable[..., Any]
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    ssl_context: Optional[ssl.SSLContext] = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Runs in the per-connection thread (ThreadingMixIn).
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        if self.ssl_context is not None:
+            try:
+                request = self.ssl_context.wrap_socket(request, server_side=True)
+            except (OSError, ssl.SSLError) as exc:
+                log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                return
+        request.settimeout(REQUEST_TIMEOUT)
+        try:
+            super().finish_request(request, client_address)
+        finally:
+            if isinstance(request, ssl.SSLSocket):
+                try:
+                    request.close()
+                except OSError:
+                    pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("error serving %s", client_address, exc_info=True)
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def server_ssl_context(web: WebConfig) -> Optional[ssl.SSLContext]:
+    if web.tls_cert_file is None or web.tls_key_file is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(web.tls_cert_file), str(web.tls_key_file))
+    if web.client_ca_file is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=str(web.client_ca_file))
+    return ctx
+
+
+class App:
+    """The WSGI application. `probe_target(name)` returns a registry holding
+    only that target's series after probing it now, or None for an unknown name."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+        probe_target: Callable[[str], Optional[CollectorRegistry]],
+        web: WebConfig,
+    ):
+        self._registry = registry
+        self._healthy = healthy
+        self._ready = ready
+        self._probe_target = probe_target
+        self.web = web
+
+    def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if not self._authorized(environ):
+            return _reply(start_response, "401 Unauthorized", b"Unauthorized\n",
+                          [("WWW-Authenticate", 'Basic realm="fcmon"')])
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            return _reply(start_response, "200 OK", generate_latest(self._registry),
+                          [("Content-Type", CONTENT_TYPE_LATEST)])
+        if path == "/probe":
+            names = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
+            registry = self._probe_target(names[0]) if len(names) == 1 else None
+            if registry is None:
+                return _reply(start_response, "404 Not Found", b"unknown target\n")
+            return _reply(start_response, "200 OK", generate_latest(registry),
+                          [("Content-Type", CONTENT_TYPE_LATEST)])
+        if path == "/-/healthy":
+            ok = self._healthy()
+            return _reply(start_response, "200 OK" if ok else "503 Service Unavailable",
+                          b"OK\n" if ok else b"scheduler not running\n")
+        if path == "/-/ready":
+            ok = self._ready()
+            return _reply(start_response, "200 OK" if ok else "503 Service Unavailable",
+                          b"OK\n" if ok else b"first round of probes not done\n")
+        if path == "/":
+            body = (b"<html><head><title>fcmon</title></head><body><h1>fcmon</h1>"
+                    b'<p><a href="/metrics">Metrics</a></p></body></html>\n')
+            return _reply(start_response, "200 OK", body, [("Content-Type", "text/html")])
+        return _reply(start_response, "404 Not Found", b"not found\n")
+
+    def _authorized(self, environ: dict) -> bool:
+        user, password = self.web.basic_auth_username, self.web.basic_auth_password
+        if user is None or password is None:
+            return True
+        header = environ.get("HTTP_AUTHORIZATION", "")
+        if not header.startswith("Basic "):
+            return False
+        try:
+            given = base64.b64decode(header[6:], validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            return False
+        given_user, _, given_password = given.partition(":")
+        # Both compared, always, in constant time.
+        ok_user = hmac.compare_digest(given_user.encode(), user.encode())
+        ok_password = hmac.compare_digest(given_password.encode(), password.encode())
+        return ok_user and ok_password
+
+
+def _reply(start_response: StartResponse, status: str, body: bytes,
+           headers: Optional[List[Tuple[str, str]]] = None) -> List[bytes]:
+    hdrs = [("Content-Type", "text/plain; charset=utf-8")] if headers is None else list(headers)
+    if not any(k == "Content-Type" for k, _ in hdrs):
+        hdrs.append(("Content-Type", "text/plain; charset=utf-8"))
+    hdrs.append(("Content-Length", str(len(body))))
+    start_response(status, hdrs)
+    return [body]
+
+
+class WebServer:
+    def __init__(self, app: App, host: str, port: int, ssl_context: Optional[ssl.SSLContext]):
+        server_class = _Server6 if ":" in host else _Server
+        self._httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+        self._httpd.ssl_context = ssl_context  # type: ignore[attr-defined]
+        self._app = app
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def set_ssl_context(self, ctx: Optional[ssl.SSLContext]) -> None:
+        self._httpd.ssl_context = ctx  # type: ignore[attr-defined]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fcmon-web", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()

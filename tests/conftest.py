@@ -1,0 +1,42 @@
+"""Shared fixtures: a real throw-away PKI and the emulator over loopback TLS
+with client certificates required."""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from fcmon import pki
+from fcmon.emulator import Emulator
+from support import PKI
+
+
+@pytest.fixture(scope="session")
+def test_pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    d = tmp_path_factory.mktemp("pki")
+    ca = pki.make_ca()
+    ca_file = d / "ca.crt"
+    ca_file.write_bytes(ca.cert_pem)
+    server = pki.make_server(ca).write(d, "server")
+    client = pki.make_client(ca).write(d, "client")
+    return PKI(d, ca, ca_file, server, client)
+
+
+@pytest.fixture(scope="session")
+def session_emulator(test_pki: PKI) -> Iterator[Emulator]:
+    emu = Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+                   client_ca_file=test_pki.ca_file)
+    emu.start()
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def emulator(session_emulator: Emulator) -> Iterator[Emulator]:
+    """The shared emulator, with faults cleared before and after each test."""
+    session_emulator.clear_faults()
+    yield session_emulator
+    session_emulator.clear_faults()
+
+
