@@ -91,3 +91,101 @@ def start_fcmon(*args: str, env: Optional[dict] = None) -> subprocess.Popen:
         fcmon_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=environ, cwd=str(ROOT),
     )
+
+
+class FcmonProcess:
+    """`python -m fcmon ARGS` as a real process, its stderr collected by a thread."""
+
+    def __init__(self, *args: str, env: Optional[dict] = None):
+        import threading
+
+        self.proc = start_fcmon(*args, env=env)
+        self.lines: list = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def text(self) -> str:
+        with self._lock:
+            return "\n".join(self.lines)
+
+    def wait_for_line(self, pattern: str, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+        import re
+
+        regex = re.compile(pattern)
+
+        def found():  # type: ignore[no-untyped-def]
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                pytest.fail(f"fcmon exited {self.proc.returncode}:\n{self.text()}")
+            with self._lock:
+                for line in self.lines:
+                    m = regex.search(line)
+                    if m:
+                        return m
+            return None
+
+        return wait_for(found, timeout)
+
+    def metrics_url(self, timeout: float = 20.0) -> str:
+        m = self.wait_for_line(r"serving metrics on (\S+)", timeout)
+        return str(m.group(1))
+
+    def stop(self, sig: int = 15, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            pytest.fail(f"fcmon did not stop within {timeout}s:\n{self.text()}")
+        self._reader.join(5)
+        return code
+
+    def __enter__(self) -> "FcmonProcess":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def target_section(test_pki: PKI, emu: Emulator, name: str = "prod", **extra: str) -> str:
+    lines = [
+        f"[target:{name}]",
+        f"endpoint = {emu.url}",
+        "username = ADMIN",
+        "password = ADMIN",
+        f"ca_file = {test_pki.ca_file}",
+        f"client_cert_file = {test_pki.client.cert}",
+        f"client_key_file = {test_pki.client.key}",
+    ] + [f"{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+def scrape(url: str, timeout: float = 10.0) -> str:
+    import requests
+
+    s = requests.Session()
+    s.trust_env = False
+    r = s.get(url, timeout=timeout)
+    r.raise_for_status()
+    return r.text
+
+
+def sample(text: str, name: str, **labels: str) -> Optional[float]:
+    """The value of one series in an exposition text."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                return float(s.value)
+    return None

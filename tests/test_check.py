@@ -1,0 +1,86 @@
+"""`fcmon check`: Nagios exit codes and the three formats, run as a process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from fcmon.emulator import Emulator
+
+from support import PKI, fcmon_command, free_port, require_tool, sample, target_section
+
+HEAD = "[fcmon]\ninterval = 60\ntimeout = 3\n"
+
+
+def run_check(config, *args: str) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def]
+    return subprocess.run(fcmon_command("check", "-c", str(config), *args),
+                          capture_output=True, text=True, timeout=60)
+
+
+def healthy_config(tmp_path, test_pki: PKI, emu: Emulator):  # type: ignore[no-untyped-def]
+    config = tmp_path / "config.ini"
+    config.write_text(HEAD + target_section(test_pki, emu))
+    return config
+
+
+def test_ok(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = run_check(healthy_config(tmp_path, test_pki, emulator))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    first = proc.stdout.splitlines()[0]
+    assert first.startswith("OK - prod: up")
+    assert "'prod_list_databases'=" in first
+    assert emulator.open_sessions() == 0
+
+
+def test_certificate_inside_crit_days_is_critical(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The test certificates are valid about 365 days.
+    proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--warn-days", "500", "--crit-days", "400")
+    assert proc.returncode == 2, proc.stdout
+    assert proc.stdout.startswith("CRITICAL")
+    assert "expires in" in proc.stdout
+
+
+def test_certificate_inside_warn_days_is_warning(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--warn-days", "400", "--crit-days", "7")
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stdout.startswith("WARNING")
+
+
+def test_unreachable_is_critical_with_reason_in_json(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "config.ini"
+    section = target_section(test_pki, emulator).replace(emulator.url, f"https://localhost:{free_port()}/api")
+    config.write_text(HEAD + section)
+    proc = run_check(config, "--format", "json")
+    assert proc.returncode == 2
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "CRITICAL" and doc["exit_code"] == 2
+    (t,) = doc["targets"]
+    assert (t["target"], t["up"], t["stage"], t["reason"]) == ("prod", False, "connect", "connect_refused")
+    assert {c["cert"] for c in t["certs"]} == {"client", "ca"}
+
+
+def test_prometheus_format_and_textfile(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    textfile = tmp_path / "fcmon.prom"
+    proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--format", "prometheus",
+                     "--textfile", str(textfile))
+    assert proc.returncode == 0
+    assert sample(proc.stdout, "fcmon_up", target="prod") == 1
+    written = textfile.read_text()
+    assert sample(written, "fcmon_up", target="prod") == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fcmon.prom")]  # no temp file left
+    promtool = require_tool("promtool")
+    lint = subprocess.run([promtool, "check", "metrics"], input=written, capture_output=True, text=True)
+    assert [l for l in (lint.stdout + lint.stderr).splitlines() if l.strip()] == [
+        'fcmon_cert_expiry_days use base unit "seconds" instead of "days"']
+
+
+def test_unknown_target_and_bad_config_are_unknown(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--target", "nope")
+    assert proc.returncode == 3
+    assert "nope" in proc.stdout
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[fcmon]\nintervall = 5\n")
+    proc = run_check(bad)
+    assert proc.returncode == 3
+    assert "Traceback" not in proc.stderr
+    assert "intervall" in proc.stderr

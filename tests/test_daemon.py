@@ -1,0 +1,94 @@
+"""`fcmon run` as a process: started, scraped over HTTP, reloaded, signalled."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from fcmon.emulator import Emulator, Fault
+
+from support import PKI, FcmonProcess, sample, scrape, target_section, wait_for
+
+pytestmark = pytest.mark.slow
+
+HEAD = """\
+[fcmon]
+listen = 127.0.0.1:0
+interval = 2
+timeout = 1.5
+log_level = debug
+"""
+
+
+def test_run_scrape_sigterm(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "config.ini"
+    config.write_text(HEAD + target_section(test_pki, emulator))
+    with FcmonProcess("run", "-c", str(config)) as fc:
+        url = fc.metrics_url()
+        text = wait_for(lambda: (lambda t: t if sample(t, "fcmon_up", target="prod") == 1 else None)(scrape(url)))
+        assert sample(text, "fcmon_databases", target="prod") == 2
+        for step in ("connect", "create_session", "list_databases", "delete_session"):
+            assert sample(text, "fcmon_step_duration_seconds", target="prod", step=step) is not None
+        assert sample(text, "fcmon_config_last_reload_successful") == 1
+        assert sample(text, "process_resident_memory_bytes") is not None
+        base = url.rsplit("/", 1)[0]
+        assert scrape(base + "/-/healthy").strip() == "OK"
+        assert scrape(base + "/-/ready").strip() == "OK"
+        code = fc.stop(signal.SIGTERM)
+        assert code == 0, fc.text()
+    assert emulator.open_sessions() == 0
+    assert "Traceback" not in fc.text()
+    assert "ADMIN\n" not in fc.text()
+
+
+def test_sigterm_during_slow_list_deletes_session(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    emulator.set_fault("listDatabases", Fault(delay=1.0))
+    created = emulator.sessions_created()
+    config = tmp_path / "config.ini"
+    config.write_text(HEAD.replace("timeout = 1.5", "timeout = 1.8") + target_section(test_pki, emulator))
+    with FcmonProcess("run", "-c", str(config)) as fc:
+        fc.metrics_url()
+        # Wait until a probe has created its session and sits in listDatabases.
+        wait_for(lambda: emulator.sessions_created() > created and emulator.open_sessions() > 0)
+        started = time.monotonic()
+        code = fc.stop(signal.SIGTERM)
+        elapsed = time.monotonic() - started
+    assert code == 0, fc.text()
+    assert elapsed < 1.8 + 5
+    assert emulator.open_sessions() == 0
+
+
+def test_sighup_reload_adds_removes_and_survives_bad_config(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "config.ini"
+    config.write_text(HEAD + target_section(test_pki, emulator, "one"))
+    with FcmonProcess("run", "-c", str(config)) as fc:
+        url = fc.metrics_url()
+        wait_for(lambda: sample(scrape(url), "fcmon_up", target="one") == 1)
+        config.write_text(HEAD + target_section(test_pki, emulator, "two"))
+        fc.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: sample(scrape(url), "fcmon_up", target="two") == 1)
+        text = scrape(url)
+        assert 'target="one"' not in text
+        config.write_text(HEAD + "[target:three]\nendpont = https://x/api\n")
+        fc.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: sample(scrape(url), "fcmon_config_last_reload_successful") == 0)
+        assert "endpont" in fc.text()  # the reason is logged
+        before = sample(scrape(url), "fcmon_probes_total", target="two") or 0
+        wait_for(lambda: (sample(scrape(url), "fcmon_probes_total", target="two") or 0) > before)
+        assert fc.stop() == 0
+    assert emulator.open_sessions() == 0
+
+
+def test_invalid_config_exits_nonzero_without_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "config.ini"
+    config.write_text("[fcmon]\ninterval = soon\n[target:a]\nendpoint = http://x/api\n")
+    with FcmonProcess("run", "-c", str(config)) as fc:
+        code = fc.proc.wait(30)
+        fc._reader.join(5)
+    assert code != 0
+    text = fc.text()
+    assert "Traceback" not in text
+    assert "[fcmon] interval" in text
+    assert "[target:a] endpoint" in text
