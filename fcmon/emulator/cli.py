@@ -1,0 +1,257 @@
+"""`fcmon emulator` / `python -m fcmon.emulator`: run the emulator on its own.
+
+Without --cert a throw-away PKI (CA, server and client certificates) is
+generated and client certificates are required, so fcmon can be pointed at
+the emulator exactly as at a FairCom server with mutual TLS. The banner says
+where the files are and prints a ready-to-paste `[target:...]` section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import signal
+import ssl
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from .. import pki
+from .server import CONTROL_FAULT_PATH, CONTROL_SESSIONS_PATH, DEFAULT_DATABASES, Emulator
+
+log = logging.getLogger(__name__)
+
+_TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+_DEFAULT_USER = ("ADMIN", "ADMIN")
+
+
+def _listen(text: str) -> Tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        raise argparse.ArgumentTypeError("expected HOST:PORT (e.g. 127.0.0.1:8443 or [::1]:8443)")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad port {port_text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} out of range")
+    return host, port
+
+
+def _user(text: str) -> Tuple[str, str]:
+    name, sep, password = text.partition(":")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError("expected NAME:PASSWORD")
+    return name, password
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `fcmon emulator` (also used by `python -m fcmon.emulator`)."""
+    parser.add_argument(
+        "--listen",
+        type=_listen,
+        default=("127.0.0.1", 8443),
+        metavar="HOST:PORT",
+        help="address to listen on (default 127.0.0.1:8443; port 0 picks a free one)",
+    )
+    parser.add_argument("--cert", type=Path, metavar="FILE", help="server certificate (PEM)")
+    parser.add_argument("--key", type=Path, metavar="FILE", help="server private key (PEM)")
+    parser.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA for client certificates; when given, client certificates are required",
+    )
+    parser.add_argument(
+        "--pki-dir",
+        type=Path,
+        metavar="DIR",
+        help="without --cert: where to write the generated PKI (default: a temporary "
+        "folder, removed on exit)",
+    )
+    parser.add_argument(
+        "--no-client-certs",
+        action="store_true",
+        help="with the generated PKI: do not require client certificates",
+    )
+    parser.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="serve plain HTTP, no TLS (to try allow_insecure_http targets)",
+    )
+    parser.add_argument(
+        "--user",
+        type=_user,
+        action="append",
+        metavar="NAME:PASSWORD",
+        help="an account (repeatable; default ADMIN:ADMIN)",
+    )
+    parser.add_argument(
+        "--database",
+        action="append",
+        metavar="NAME",
+        help=f"a database listDatabases returns (repeatable; default {', '.join(DEFAULT_DATABASES)})",
+    )
+    parser.add_argument(
+        "--max-sessions", type=_positive_int, default=1024, metavar="N",
+        help="live sessions in total (default 1024, FairCom's maxJsonApiSessions)",
+    )
+    parser.add_argument(
+        "--max-sessions-per-user", type=_positive_int, default=50, metavar="N",
+        help="live sessions per user (default 50, FairCom's maxJsonApiSessionsPerUsername)",
+    )
+    parser.add_argument(
+        "--tls-max-version", choices=sorted(_TLS_VERSIONS), help="highest TLS version offered"
+    )
+
+
+def _banner(
+    emu: Emulator,
+    users: Dict[str, str],
+    client_ca: Optional[Path],
+    demo: Optional[pki.DemoPKI],
+    pki_dir: Optional[Path],
+    temporary: bool,
+) -> str:
+    lines: List[str] = [f"fcmon emulator: FairCom JSON DB API listening on {emu.url}"]
+    if client_ca is not None:
+        lines.append(f"  client certificates: required (CA {client_ca})")
+    else:
+        lines.append("  client certificates: not requested")
+    lines.append(f"  users: {', '.join(users)}")
+    if demo is not None and pki_dir is not None:
+        note = " (removed on exit)" if temporary else ""
+        lines += [
+            f"  generated PKI in {pki_dir}{note}:",
+            f"    CA certificate      {demo.ca_file}",
+            f"    client certificate  {demo.client.cert}  (CN=ADMIN)",
+            f"    client key          {demo.client.key}",
+        ]
+    name, password = next(iter(users.items()))
+    lines += ["", "  fcmon target section:", "    [target:emulator]", f"    endpoint = {emu.url}"]
+    lines.append(f"    username = {name}")
+    # Print a password only when it is FairCom's well-known default.
+    if (name, password) == _DEFAULT_USER:
+        lines.append(f"    password = {password}")
+    else:
+        lines.append("    password_env = FAIRCOM_PASSWORD   ; the password given with --user")
+    if emu.url.startswith("http://"):
+        lines.append("    allow_insecure_http = true")
+    if demo is not None:
+        lines.append(f"    ca_file = {demo.ca_file}")
+        if client_ca is not None:
+            lines += [
+                f"    client_cert_file = {demo.client.cert}",
+                f"    client_key_file = {demo.client.key}",
+            ]
+    base = emu.url[: -len("/api")]
+    lines += [
+        "",
+        f"  faults:   POST {base}{CONTROL_FAULT_PATH} "
+        '{"action": "listDatabases", "fault": {"delay": 0.5}}  (empty fault clears)',
+        f"  sessions: GET  {base}{CONTROL_SESSIONS_PATH}",
+        "  (control requests: loopback only, with the client certificate when one is required)",
+        "  Ctrl-C to stop.",
+    ]
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run until SIGINT/SIGTERM; 0 on a clean stop, 2 when it cannot start."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    host, port = args.listen
+    users = dict(args.user or [_DEFAULT_USER])
+    databases: Sequence[str] = tuple(args.database or DEFAULT_DATABASES)
+    tls_max = _TLS_VERSIONS[args.tls_max_version] if args.tls_max_version else None
+
+    if args.key is not None and args.cert is None:
+        print("fcmon emulator: --key needs --cert", file=sys.stderr)
+        return 2
+    if args.plain_http and (args.cert is not None or args.client_ca is not None):
+        print("fcmon emulator: --plain-http excludes --cert and --client-ca", file=sys.stderr)
+        return 2
+
+    demo: Optional[pki.DemoPKI] = None
+    pki_dir: Optional[Path] = None
+    temporary = False
+    cert, key, client_ca = args.cert, args.key, args.client_ca
+    if cert is None and not args.plain_http:
+        temporary = args.pki_dir is None
+        pki_dir = Path(tempfile.mkdtemp(prefix="fcmon-emulator-")) if temporary else args.pki_dir
+        demo = pki.write_demo_pki(pki_dir)
+        cert, key = demo.server.cert, demo.server.key
+        if client_ca is None and not args.no_client_certs:
+            client_ca = demo.ca_file
+
+    try:
+        try:
+            emu = Emulator(
+                cert,
+                key,
+                client_ca_file=client_ca,
+                host=host,
+                port=port,
+                users=users,
+                databases=databases,
+                max_sessions=args.max_sessions,
+                max_sessions_per_user=args.max_sessions_per_user,
+                tls_max_version=tls_max,
+                allow_http=args.plain_http,
+            ).start()
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            print(f"fcmon emulator: cannot start: {exc}", file=sys.stderr)
+            return 2
+        print(_banner(emu, users, client_ca, demo, pki_dir, temporary), flush=True)
+        _wait_for_signal()
+        emu.stop()
+        return 0
+    finally:
+        if temporary and pki_dir is not None:
+            shutil.rmtree(pki_dir, ignore_errors=True)
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    previous: Dict[int, Any] = {}
+    # signal.signal() works only in the main thread; elsewhere (embedded use)
+    # the caller owns the signals and KeyboardInterrupt still ends the wait.
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, on_signal)
+    try:
+        # A timed wait keeps the loop responsive to signals on every Python.
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fcmon.emulator",
+        description="FairCom JSON DB API emulator with fault injection",
+    )
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

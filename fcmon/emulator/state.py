@@ -1,0 +1,447 @@
+"""The emulator's API logic: sessions, expiry, limits and the JSON envelope.
+
+No sockets here: `JsonApi.handle` turns a parsed request into a reply, and
+`SessionStore` takes its clocks as arguments, so tests can age sessions
+without sleeping.
+
+Error codes. FairCom documents 12031 (authToken matches no session), 84
+(maximum users exceeded) and 450/451 (invalid user id / password, native
+logon). It does not document the codes for a bad password on the JSON API,
+a session limit, an unknown action or a malformed request; the values below
+for those are this emulator's choice, picked so that each failure is
+distinguishable, and must not be taken as FairCom's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hmac
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from .. import __version__
+from .faults import Fault
+
+log = logging.getLogger(__name__)
+
+ERR_OK = 0
+#: authToken matches no session (expired, deleted, never issued). Documented.
+ERR_UNKNOWN_TOKEN = 12031
+#: Total or per-user session limit reached ("maximum users exceeded"). Native code.
+ERR_SESSION_LIMIT = 84
+#: Unknown user name, or no user name and no mapped client certificate. Native code.
+ERR_UNKNOWN_USER = 450
+#: Wrong password. Native code; the JSON API's own value is not documented.
+ERR_BAD_CREDENTIALS = 451
+#: Request body is not JSON, or not a JSON object. Emulator's choice.
+ERR_INVALID_JSON = 12010
+#: Request has no "action" (or it is not a string). Emulator's choice.
+ERR_MISSING_ACTION = 12011
+#: Action (or api) not supported. Emulator's choice.
+ERR_UNKNOWN_ACTION = 12012
+#: A parameter has the wrong type or value. Emulator's choice.
+ERR_INVALID_PARAMETER = 12013
+
+APIS = ("admin", "db", "hub", "mq", "transform")
+#: Session actions work whatever "api" says; listDatabases belongs to "db".
+SESSION_ACTIONS = frozenset({"createSession", "deleteSession", "pingSession"})
+DB_ACTIONS = frozenset({"listDatabases"})
+ACTIONS = tuple(sorted(SESSION_ACTIONS | DB_ACTIONS))
+
+DEFAULT_IDLE_CONNECTION_TIMEOUT = 3600.0
+IDLE_CURSOR_TIMEOUT = 600
+
+_LIST_DATABASES_FIELDS = [
+    {"name": "databaseName", "type": "varchar", "length": 64},
+    {"name": "path", "type": "varchar", "length": 2048},
+    {"name": "uid", "type": "integer"},
+]
+
+
+@dataclass(frozen=True)
+class Session:
+    token: str
+    username: str
+    idle_timeout: float
+    last_used: float  # on the store's monotonic clock
+    started: float  # wall clock, for sessionStartTimestamp
+    description: str
+    default_api: str
+    default_database: str
+
+    def expired(self, now: float) -> bool:
+        return now - self.last_used > self.idle_timeout
+
+
+class SessionLimitError(Exception):
+    """createSession refused by a limit; the message says which."""
+
+
+class SessionStore:
+    """Live sessions with idle expiry and limits; thread-safe.
+
+    Expiry is evaluated lazily on every access instead of by a timer thread:
+    the observable behaviour is the same and tests stay deterministic.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        max_sessions: int = 1024,
+        max_sessions_per_user: int = 50,
+    ) -> None:
+        if max_sessions < 1 or max_sessions_per_user < 1:
+            raise ValueError("session limits must be >= 1")
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self.max_sessions = max_sessions
+        self.max_sessions_per_user = max_sessions_per_user
+        self._lock = threading.Lock()
+        self._sessions: Dict[str, Session] = {}
+        self._created = 0
+
+    def _purge(self, now: float) -> None:
+        dead = [t for t, s in self._sessions.items() if s.expired(now)]
+        for token in dead:
+            session = self._sessions.pop(token)
+            log.debug("session of %s expired after %.3gs idle", session.username, session.idle_timeout)
+
+    def create(
+        self,
+        username: str,
+        idle_timeout: float = DEFAULT_IDLE_CONNECTION_TIMEOUT,
+        description: str = "",
+        default_api: str = "db",
+        default_database: str = "",
+    ) -> Session:
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            if len(self._sessions) >= self.max_sessions:
+                raise SessionLimitError(
+                    f"maximum number of sessions ({self.max_sessions}) reached"
+                )
+            mine = sum(1 for s in self._sessions.values() if s.username == username)
+            if mine >= self.max_sessions_per_user:
+                raise SessionLimitError(
+                    f"maximum number of sessions per user ({self.max_sessions_per_user}) "
+                    f"reached for {username}"
+                )
+            token = secrets.token_urlsafe(32)
+            session = Session(
+                token=token,
+                username=username,
+                idle_timeout=idle_timeout,
+                last_used=now,
+                started=self._wall_clock(),
+                description=description,
+                default_api=default_api,
+                default_database=default_database,
+            )
+            self._sessions[token] = session
+            self._created += 1
+            return session
+
+    def touch(self, token: str) -> Optional[Session]:
+        """The live session for `token`, its idle timer restarted; None if none."""
+        with self._lock:
+            now = self._clock()
+            self._purge(now)
+            session = self._sessions.get(token)
+            if session is None:
+                return None
+            session = dataclasses.replace(session, last_used=now)
+            self._sessions[token] = session
+            return session
+
+    def delete(self, token: str) -> Optional[Session]:
+        with self._lock:
+            self._purge(self._clock())
+            return self._sessions.pop(token, None)
+
+    def open_count(self) -> int:
+        with self._lock:
+            self._purge(self._clock())
+            return len(self._sessions)
+
+    def created_count(self) -> int:
+        with self._lock:
+            return self._created
+
+    def sessions(self) -> List[Session]:
+        with self._lock:
+            self._purge(self._clock())
+            return list(self._sessions.values())
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A request body after JSON decoding; `error` set when it is unusable."""
+
+    value: Any
+    error: Optional[str]
+
+    @property
+    def action(self) -> Optional[str]:
+        if isinstance(self.value, dict) and isinstance(self.value.get("action"), str):
+            return self.value["action"]
+        return None
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: Dict[str, Any]
+    http_status: int = 200
+
+
+def parse_body(raw: bytes) -> Parsed:
+    try:
+        return Parsed(json.loads(raw.decode("utf-8")), None)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return Parsed(None, f"request body is not valid JSON: {exc}")
+
+
+def _timestamp(wall: float) -> str:
+    stamp = dt.datetime.fromtimestamp(wall, dt.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class JsonApi:
+    """The JSON DB API's createSession / listDatabases / deleteSession / pingSession."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        users: Mapping[str, str],
+        databases: Sequence[str],
+        hostname: Optional[str] = None,
+        server_version: Optional[str] = None,
+    ) -> None:
+        self.store = store
+        # FairCom user names are case-insensitive (its own example logs in as
+        # "admin" to an "ADMIN" account); passwords are not.
+        self._users: Dict[str, Tuple[str, str]] = {
+            name.upper(): (name, password) for name, password in users.items()
+        }
+        self.databases = tuple(databases)
+        self.hostname = hostname or socket.gethostname()
+        self.server_version = server_version or f"FairCom JSON DB API emulator (fcmon {__version__})"
+
+    # -- envelope ---------------------------------------------------------
+
+    @staticmethod
+    def _envelope(
+        request: Any,
+        result: Optional[Dict[str, Any]] = None,
+        code: int = ERR_OK,
+        message: str = "",
+        debug_info: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"result": result if result is not None else {}}
+        if isinstance(request, dict) and "requestId" in request:
+            body["requestId"] = request["requestId"]
+        body["errorCode"] = code
+        body["errorMessage"] = message
+        if debug_info:
+            body["debugInfo"] = debug_info
+        return body
+
+    def _error(self, request: Any, code: int, message: str, status: int = 200) -> Reply:
+        return Reply(self._envelope(request, code=code, message=message), status)
+
+    # -- dispatch ---------------------------------------------------------
+
+    def handle(
+        self, parsed: Parsed, peer_cn: Optional[str] = None, fault: Optional[Fault] = None
+    ) -> Reply:
+        """One request -> one reply, with the semantic parts of `fault` applied."""
+        reply = self._dispatch(parsed, peer_cn, fault)
+        if fault is not None and fault.http_status != 200:
+            reply = Reply(reply.body, fault.http_status)
+        return reply
+
+    def _dispatch(self, parsed: Parsed, peer_cn: Optional[str], fault: Optional[Fault]) -> Reply:
+        request = parsed.value
+        if parsed.error is not None:
+            return self._error(None, ERR_INVALID_JSON, parsed.error)
+        if not isinstance(request, dict):
+            return self._error(None, ERR_INVALID_JSON, "request body must be a JSON object")
+        action = request.get("action")
+        if action is None or action == "":
+            return self._error(request, ERR_MISSING_ACTION, "the \"action\" property is required")
+        if not isinstance(action, str):
+            return self._error(request, ERR_MISSING_ACTION, "the \"action\" property must be a string")
+
+        if fault is not None and fault.error_code is not None:
+            return self._error(
+                request, fault.error_code, f"emulator: injected errorCode {fault.error_code} for {action}"
+            )
+
+        api = request.get("api")
+        if api is not None and api not in APIS:
+            return self._error(request, ERR_UNKNOWN_ACTION, f"unknown api {api!r}")
+        params = request.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            return self._error(request, ERR_INVALID_PARAMETER, "\"params\" must be a JSON object")
+
+        if action == "createSession":
+            if fault is not None and fault.limit_reached:
+                return self._error(
+                    request, ERR_SESSION_LIMIT, "maximum number of sessions reached (emulator: injected)"
+                )
+            reply = self._create_session(request, params, peer_cn)
+            if fault is not None and fault.missing_auth_token:
+                reply.body.pop("authToken", None)
+                reply.body.get("result", {}).pop("authToken", None)
+            return reply
+        if action == "deleteSession":
+            return self._delete_session(request)
+        if action == "pingSession":
+            return self._ping_session(request)
+        if action in DB_ACTIONS:
+            return self._db_action(request, params, action, api)
+        return self._error(request, ERR_UNKNOWN_ACTION, f"unknown action {action!r}")
+
+    # -- actions ----------------------------------------------------------
+
+    def _authenticate(
+        self, params: Dict[str, Any], peer_cn: Optional[str]
+    ) -> Tuple[Optional[str], int, str]:
+        """(canonical user name, 0, "") or (None, errorCode, message)."""
+        username = params.get("username")
+        password = params.get("password")
+        if username is None and password is None:
+            # Certificate-mapped login: only a verified peer certificate gets
+            # here, because the server reads the CN only after verification.
+            if peer_cn is not None and peer_cn.upper() in self._users:
+                return self._users[peer_cn.upper()][0], ERR_OK, ""
+            return None, ERR_UNKNOWN_USER, "username is required (no client certificate maps to a user)"
+        if not isinstance(username, str) or not username:
+            return None, ERR_UNKNOWN_USER, "username must be a non-empty string"
+        entry = self._users.get(username.upper())
+        if entry is None:
+            return None, ERR_UNKNOWN_USER, "invalid user name or password"
+        if not isinstance(password, str) or not hmac.compare_digest(
+            password.encode("utf-8"), entry[1].encode("utf-8")
+        ):
+            return None, ERR_BAD_CREDENTIALS, "invalid user name or password"
+        return entry[0], ERR_OK, ""
+
+    def _create_session(
+        self, request: Dict[str, Any], params: Dict[str, Any], peer_cn: Optional[str]
+    ) -> Reply:
+        username, code, message = self._authenticate(params, peer_cn)
+        if username is None:
+            # Log the user name attempted, never the password.
+            log.info("createSession refused for %r: %s", params.get("username", peer_cn), message)
+            return self._error(request, code, message)
+
+        idle = params.get("idleConnectionTimeoutSeconds", DEFAULT_IDLE_CONNECTION_TIMEOUT)
+        if not _is_number(idle) or idle <= 0:
+            return self._error(
+                request, ERR_INVALID_PARAMETER, "idleConnectionTimeoutSeconds must be a positive number"
+            )
+        description = params.get("description", "")
+        if not isinstance(description, str):
+            return self._error(request, ERR_INVALID_PARAMETER, "description must be a string")
+        default_api = params.get("defaultApi", "db")
+        if default_api not in APIS:
+            return self._error(request, ERR_INVALID_PARAMETER, f"unknown defaultApi {default_api!r}")
+        default_db = params.get("defaultDatabaseName", self.databases[0] if self.databases else "")
+        if not isinstance(default_db, str):
+            return self._error(request, ERR_INVALID_PARAMETER, "defaultDatabaseName must be a string")
+
+        try:
+            session = self.store.create(username, float(idle), description, default_api, default_db)
+        except SessionLimitError as exc:
+            log.warning("createSession refused for %s: %s", username, exc)
+            return self._error(request, ERR_SESSION_LIMIT, str(exc))
+        log.debug("session created for %s (%d open)", username, self.store.open_count())
+
+        # Integral timeouts are reported as ints, as the server does.
+        shown_idle: Any = int(idle) if float(idle).is_integer() else idle
+        result = {
+            "authToken": session.token,
+            "username": session.username,
+            "description": session.description,
+            "defaultApi": session.default_api,
+            "defaultDatabaseName": session.default_database,
+            "idleConnectionTimeoutSeconds": shown_idle,
+            "idleCursorTimeoutSeconds": IDLE_CURSOR_TIMEOUT,
+            "sessionStartTimestamp": _timestamp(session.started),
+            "serverVersion": self.server_version,
+            "hostname": self.hostname,
+        }
+        body = self._envelope(request, result)
+        # Newer servers also put the token at the root; clients must accept both.
+        body["authToken"] = session.token
+        return Reply(body)
+
+    def _delete_session(self, request: Dict[str, Any]) -> Reply:
+        token = request.get("authToken")
+        session = self.store.delete(token) if isinstance(token, str) else None
+        if session is None:
+            warning = {"code": ERR_UNKNOWN_TOKEN, "message": "authToken does not match any session"}
+            return Reply(self._envelope(request, debug_info={"warnings": [warning]}))
+        log.debug("session of %s deleted", session.username)
+        return Reply(self._envelope(request))
+
+    def _ping_session(self, request: Dict[str, Any]) -> Reply:
+        token = request.get("authToken")
+        if token is None:
+            return Reply(self._envelope(request))
+        if not isinstance(token, str) or self.store.touch(token) is None:
+            return self._unknown_token(request)
+        return Reply(self._envelope(request))
+
+    def _unknown_token(self, request: Dict[str, Any]) -> Reply:
+        if request.get("authToken") is None:
+            return self._error(request, ERR_UNKNOWN_TOKEN, "authToken is required")
+        return self._error(request, ERR_UNKNOWN_TOKEN, "authToken is invalid or expired")
+
+    def _db_action(
+        self, request: Dict[str, Any], params: Dict[str, Any], action: str, api: Optional[str]
+    ) -> Reply:
+        token = request.get("authToken")
+        session = self.store.touch(token) if isinstance(token, str) else None
+        if session is None:
+            return self._unknown_token(request)
+        effective_api = api if api is not None else session.default_api
+        if effective_api != "db":
+            return self._error(
+                request, ERR_UNKNOWN_ACTION, f"action {action!r} is not part of the {effective_api!r} api"
+            )
+        return self._list_databases(request, params)
+
+    def _list_databases(self, request: Dict[str, Any], params: Dict[str, Any]) -> Reply:
+        partial = params.get("partialDatabaseName", "")
+        skip = params.get("skipRecords", 0)
+        limit = params.get("maxRecords")
+        if not isinstance(partial, str):
+            return self._error(request, ERR_INVALID_PARAMETER, "partialDatabaseName must be a string")
+        if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
+            return self._error(request, ERR_INVALID_PARAMETER, "skipRecords must be a non-negative integer")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+            return self._error(request, ERR_INVALID_PARAMETER, "maxRecords must be a non-negative integer")
+        rows = [
+            {"databaseName": name, "path": f".\\{name}.dbs\\SQL_SYS", "uid": 999 + index}
+            for index, name in enumerate(self.databases)
+            if name.lower().startswith(partial.lower())
+        ]
+        rows = rows[skip:] if limit is None else rows[skip : skip + limit]
+        result = {"dataFormat": "objects", "fields": list(_LIST_DATABASES_FIELDS), "data": rows}
+        return Reply(self._envelope(request, result))
