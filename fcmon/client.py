@@ -15,7 +15,6 @@ import logging
 import socket
 import ssl
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector

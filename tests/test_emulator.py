@@ -17,9 +17,10 @@ import subprocess
 import sys
 import threading
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import requests
@@ -595,7 +596,7 @@ def test_fault_from_dict_validation() -> None:
     for bad in ({"hang": 1}, {"delay": "1"}, {"nope": 1}, {"count": 0}, {"http_status": 99}, {"delay": -1}):
         with pytest.raises(ValueError):
             Fault.from_dict(bad)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         Fault().delay = 1  # type: ignore[misc]  # frozen
 
 
