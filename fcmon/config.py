@@ -70,6 +70,9 @@ class Config:
     timeout: float = 10.0
     log_level: str = "info"
     log_format: str = "text"
+    # False: probe only when /probe?target= is scraped (Prometheus-driven
+    # scheduling, hashmod sharding across instances).
+    schedule: bool = True
     web: WebConfig = WebConfig()
     targets: Tuple[TargetConfig, ...] = ()
     path: Optional[Path] = None
@@ -83,7 +86,7 @@ WEB = "web"
 DEFAULTS = "defaults"
 TARGET_PREFIX = "target:"
 
-FCMON_KEYS = ("listen", "interval", "timeout", "log_level", "log_format")
+FCMON_KEYS = ("listen", "interval", "timeout", "log_level", "log_format", "schedule")
 WEB_KEYS = (
     "tls_cert_file",
     "tls_key_file",
@@ -243,6 +246,7 @@ def parse_config(
         timeout=fcmon["timeout"],
         log_level=fcmon["log_level"],
         log_format=fcmon["log_format"],
+        schedule=fcmon["schedule"],
         web=web,
         targets=tuple(targets),
     )
@@ -258,6 +262,8 @@ def redacted_summary(config: Config) -> List[str]:
         f"probe defaults: interval {_num(config.interval)}s, timeout {_num(config.timeout)}s"
     )
     lines.append(f"logging: level {config.log_level}, format {config.log_format}")
+    if not config.schedule:
+        lines.append("schedule: off (targets are probed only through /probe?target=NAME)")
     web = config.web
     if web.tls_cert_file is None and web.basic_auth_username is None:
         lines.append("web: plain HTTP, no authentication")
@@ -641,6 +647,7 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context) -> Dict[str, Any]:
         "timeout": 10.0,
         "log_level": "info",
         "log_format": "text",
+        "schedule": True,
     }
     for key, value in items:
         if key not in FCMON_KEYS:
@@ -654,6 +661,8 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context) -> Dict[str, Any]:
             out[key] = _number(ctx, FCMON, key, value)
         elif key == "log_level":
             out[key] = _choice(ctx, FCMON, key, value, LOG_LEVELS)
+        elif key == "schedule":
+            out[key] = _boolean(ctx, FCMON, key, value)
         else:
             out[key] = _choice(ctx, FCMON, key, value, LOG_FORMATS)
     interval, timeout = out["interval"], out["timeout"]

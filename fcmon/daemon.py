@@ -12,12 +12,12 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, TargetConfig, load_config
 from .logs import setup_logging
 from .metrics import FcmonCollector, MetricsStore
 from .notify import Notifier
@@ -64,6 +64,8 @@ class Daemon:
     def healthy(self) -> bool:
         if not self.scheduler.running:
             return False
+        if not self.config.schedule:
+            return True  # probes run on request only: nothing to stall
         last = self.scheduler.last_completion or self._started
         return time.monotonic() - last < self._stall_limit()
 
@@ -135,7 +137,7 @@ class Daemon:
         self.config = new
         self.store.set_targets(new.targets)
         self.prober.retain([t.name for t in new.targets])
-        self.scheduler.update(new.targets)
+        self.scheduler.update(_scheduled(new))
         self.app.web = new.web
         self.web.set_ssl_context(ssl_context)
         with self._up_lock:
@@ -153,7 +155,7 @@ class Daemon:
 
     def run(self) -> int:
         self.web.start()
-        self.scheduler.start(self.config.targets)
+        self.scheduler.start(_scheduled(self.config))
         scheme = "https" if self.config.web.tls_cert_file else "http"
         host = self.config.listen_host
         shown = f"[{host}]" if ":" in host else host
@@ -185,6 +187,10 @@ class Daemon:
             self.web.stop()
         log.info("stopped")
         return 0
+
+
+def _scheduled(config: Config) -> Tuple[TargetConfig, ...]:
+    return config.targets if config.schedule else ()
 
 
 def run_daemon(config_path: Path, environ: Mapping[str, str] = os.environ) -> int:

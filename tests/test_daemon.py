@@ -92,3 +92,30 @@ def test_invalid_config_exits_nonzero_without_traceback(tmp_path) -> None:  # ty
     assert "Traceback" not in text
     assert "[fcmon] interval" in text
     assert "[target:a] endpoint" in text
+
+
+def test_schedule_off_probes_only_on_request(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "config.ini"
+    config.write_text(HEAD.replace("interval = 2", "interval = 2\nschedule = false")
+                      + target_section(test_pki, emulator, "one") + target_section(test_pki, emulator, "two"))
+    created = emulator.sessions_created()
+    with FcmonProcess("run", "-c", str(config)) as fc:
+        url = fc.metrics_url()
+        base = url.rsplit("/", 1)[0]
+        assert scrape(base + "/-/ready").strip() == "OK"
+        time.sleep(2.5)  # more than an interval: nothing may have been probed
+        assert emulator.sessions_created() == created
+        text = scrape(base + "/probe?target=two")
+        assert sample(text, "fcmon_up", target="two") == 1
+        assert 'target="one"' not in text
+        assert emulator.sessions_created() == created + 1
+        import requests
+
+        s = requests.Session()
+        s.trust_env = False
+        for bad in ("three", "localhost:8443", ""):
+            assert s.get(base + "/probe", params={"target": bad}, timeout=10).status_code == 404
+        assert s.get(base + "/probe", timeout=10).status_code == 404
+        assert emulator.sessions_created() == created + 1
+        assert fc.stop() == 0
+    assert emulator.open_sessions() == 0
