@@ -22,7 +22,9 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.wait import wait_for_read
 
 from .certs import CertFileError, der_cert_info, file_stamp, load_private_key
 from .config import TargetConfig
@@ -168,6 +170,39 @@ def _cut(conn: Any) -> None:
         pass
 
 
+class _ProbeHTTPSConnection(HTTPSConnection):
+    @property
+    def is_connected(self) -> bool:
+        """urllib3 calls an idle connection dropped when its socket is readable.
+
+        After a TLS 1.3 handshake it always is: the server's session tickets
+        arrive after the handshake. urllib3 would then throw the fresh
+        connection away and handshake again. Readable only because of TLS
+        records is still connected; EOF, an alert or stray data is not.
+        """
+        sock = self.sock
+        if sock is None:
+            return False
+        if not wait_for_read(sock, timeout=0.0):
+            return True
+        if not isinstance(sock, ssl.SSLSocket):
+            return False
+        timeout = sock.gettimeout()
+        try:
+            sock.settimeout(0.0)
+            sock.recv(1)  # EOF or stray data: either way not reusable
+            return False
+        except ssl.SSLWantReadError:
+            return True
+        except (OSError, ValueError):
+            return False
+        finally:
+            try:
+                sock.settimeout(timeout)
+            except OSError:
+                pass
+
+
 class _TrackingMixin:
     _fcmon_tracked: _Tracked
 
@@ -178,7 +213,7 @@ class _TrackingMixin:
 
 
 class _HTTPSPool(_TrackingMixin, HTTPSConnectionPool):
-    pass
+    ConnectionCls = _ProbeHTTPSConnection
 
 
 class _HTTPPool(_TrackingMixin, HTTPConnectionPool):
