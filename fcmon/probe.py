@@ -7,7 +7,6 @@ raises; every failure becomes a `Failure` with a stage and a reason.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -23,6 +22,7 @@ from .client import (
     fetch_peer_unverified,
 )
 from .config import TargetConfig
+from .deadlines import DeadlineWatcher
 from .result import CallResult, Failure, ProbeResult
 
 log = logging.getLogger(__name__)
@@ -39,11 +39,12 @@ _BROKEN_CONNECTION = ("timeout", "bad_response", "tls_handshake", "client_cert_r
 
 
 class _Deadline:
-    """Cuts a client's sockets at a monotonic instant, from a timer thread."""
+    """Cuts a client's sockets at a monotonic instant."""
 
-    def __init__(self, at: float):
+    def __init__(self, at: float, watcher: DeadlineWatcher):
         self.at = at
         self.fired = False
+        self._watcher = watcher
 
     def remaining(self) -> float:
         return self.at - time.monotonic()
@@ -54,13 +55,11 @@ class _Deadline:
             self.fired = True
             client.cut()
 
-        timer = threading.Timer(max(self.remaining(), 0.0), fire)
-        timer.daemon = True
-        timer.start()
+        handle = self._watcher.at(self.at, fire)
         try:
             yield
         finally:
-            timer.cancel()
+            self._watcher.cancel(handle)
 
 
 def redact(text: str, secrets: List[str]) -> str:
@@ -79,9 +78,11 @@ class Prober:
         contexts: Optional[TLSContextCache] = None,
         file_certs: Optional[FileCertCache] = None,
         wall_clock: Callable[[], float] = time.time,
+        deadlines: Optional[DeadlineWatcher] = None,
     ):
         self.contexts = contexts or TLSContextCache()
         self.file_certs = file_certs or FileCertCache()
+        self.deadlines = deadlines or DeadlineWatcher()
         self._wall = wall_clock
 
     def retain(self, names: List[str]) -> None:
@@ -123,7 +124,7 @@ class _Probe:
         target = self.target
         started = self.prober._wall()
         t0 = time.monotonic()
-        main = _Deadline(t0 + target.timeout)
+        main = _Deadline(t0 + target.timeout, self.prober.deadlines)
         client: Optional[ApiClient] = None
         try:
             client = self._client()
@@ -132,7 +133,7 @@ class _Probe:
                     self._main(client, main)
         finally:
             if self.token is not None:
-                self._delete(client, main, _Deadline(t0 + target.timeout + CLEANUP_GRACE))
+                self._delete(client, main, _Deadline(t0 + target.timeout + CLEANUP_GRACE, self.prober.deadlines))
             if client is not None:
                 client.close()
         duration = time.monotonic() - t0

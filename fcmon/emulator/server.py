@@ -603,6 +603,10 @@ class Emulator:
     def sessions_created(self) -> int:
         return self.store.created_count()
 
+    def sessions_expired(self) -> int:
+        """Sessions that ended by idle expiry, never deleted by a client."""
+        return self.store.expired_count()
+
     def live_connections(self) -> int:
         return self._server.live_connections() if self._server is not None else 0
 

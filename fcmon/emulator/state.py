@@ -107,11 +107,13 @@ class SessionStore:
         self._lock = threading.Lock()
         self._sessions: Dict[str, Session] = {}
         self._created = 0
+        self._expired = 0
 
     def _purge(self, now: float) -> None:
         dead = [t for t, s in self._sessions.items() if s.expired(now)]
         for token in dead:
             session = self._sessions.pop(token)
+            self._expired += 1
             log.debug("session of %s expired after %.3gs idle", session.username, session.idle_timeout)
 
     def create(
@@ -175,6 +177,12 @@ class SessionStore:
     def created_count(self) -> int:
         with self._lock:
             return self._created
+
+    def expired_count(self) -> int:
+        """Sessions that ended by idle expiry: no client ever deleted them."""
+        with self._lock:
+            self._purge(self._clock())
+            return self._expired
 
     def sessions(self) -> List[Session]:
         with self._lock:
