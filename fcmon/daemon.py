@@ -20,7 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 from .config import Config, ConfigError, TargetConfig, load_config
 from .logs import setup_logging
 from .metrics import FcmonCollector, MetricsStore
-from .notify import Notifier
+from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping_due
 from .probe import Prober
 from .result import ProbeResult
 from .scheduler import ProbeScheduler
@@ -54,20 +54,30 @@ class Daemon:
 
     # -- health
 
+    # Set by run(): when the stall clock last restarted. A reload reschedules
+    # changed targets and drops the result of a probe it cut short, so the
+    # time since the last completion says nothing right after one.
+    _rescheduled: Optional[float] = None
+    _reload_failed = False
+
     def _stall_limit(self) -> float:
         """How long without a completed probe before the scheduler counts as wedged."""
         targets = self.config.targets
-        if not targets:
-            return 60.0
-        return max(t.interval for t in targets) + max(t.timeout for t in targets) + 5.0
+        return stall_limit((t.interval for t in targets), (t.timeout for t in targets))
+
+    def _stall_since(self) -> float:
+        return max(self._started, self._rescheduled or 0.0)
 
     def healthy(self) -> bool:
-        if not self.scheduler.running:
-            return False
-        if not self.config.schedule:
-            return True  # probes run on request only: nothing to stall
-        last = self.scheduler.last_completion or self._started
-        return time.monotonic() - last < self._stall_limit()
+        """Probes keep completing: what /-/healthy reports and what WATCHDOG=1 promises."""
+        return probes_keep_completing(
+            scheduler_running=self.scheduler.running,
+            scheduled_targets=len(_scheduled(self.config)),
+            last_completion=self.scheduler.last_completion,
+            since=self._stall_since(),
+            now=time.monotonic(),
+            limit=self._stall_limit(),
+        )
 
     def ready(self) -> bool:
         return self.scheduler.running and self.scheduler.first_round_done
@@ -148,10 +158,29 @@ class Daemon:
 
     # -- main loop
 
-    def status_line(self) -> str:
+    def status_line(self, healthy: bool = True) -> str:
+        """The one line `systemctl status` shows (STATUS=)."""
         with self._up_lock:
             up = sum(1 for v in self._up.values() if v)
-        return f"{len(self.config.targets)} targets, {up} up"
+        line = f"{len(self.config.targets)} targets, {up} up"
+        if not healthy:
+            line += "; probes stalled" if self.scheduler.running else "; scheduler stopped"
+        if self._reload_failed:
+            line += "; config reload failed, running the previous config"
+        return line
+
+    def _log_health_change(self, healthy: bool, watchdog: bool) -> None:
+        if healthy:
+            log.info("probes are completing again")
+            return
+        if not self.scheduler.running:
+            why = "the scheduler is not running"
+        else:
+            last = max(self.scheduler.last_completion or 0.0, self._stall_since())
+            why = (f"no probe completed for {time.monotonic() - last:.0f} s "
+                   f"(limit {self._stall_limit():.0f} s)")
+        then = "stopping watchdog pings: systemd will restart fcmon" if watchdog else "/-/healthy fails"
+        log.error("%s: %s", why, then)
 
     def run(self) -> int:
         self.web.start()
@@ -160,11 +189,16 @@ class Daemon:
         host = self.config.listen_host
         shown = f"[{host}]" if ":" in host else host
         log.info("serving metrics on %s://%s:%d/metrics", scheme, shown, self.web.port)
-        self.notifier.send("READY=1", f"STATUS={self.status_line()}")
-        tick = 1.0
-        if self.notifier.watchdog_interval:
-            tick = min(tick, self.notifier.watchdog_interval / 2)
-        status = ""
+        # The endpoint listens (bound in WebServer's constructor) and the
+        # scheduler runs: only now may systemd start what depends on us.
+        status = self.status_line()
+        self.notifier.send("READY=1", f"STATUS={status}")
+        watchdog = self.notifier.watchdog_interval
+        # Pings are due every watchdog/2; waking every watchdog/4 means a ping
+        # goes out by 3/4 of systemd's deadline even when it is a tick late.
+        tick = min(1.0, watchdog / 4) if watchdog else 1.0
+        last_ping: Optional[float] = None
+        was_healthy = True
         try:
             while not self._stop.is_set():
                 self._wake.wait(tick)
@@ -172,17 +206,28 @@ class Daemon:
                 if self._reload.is_set() and not self._stop.is_set():
                     self._reload.clear()
                     self.notifier.send("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
-                    self.reload()
-                    self.notifier.send("READY=1")
-                if self.notifier.watchdog_interval and self.healthy():
-                    self.notifier.send("WATCHDOG=1")
-                line = self.status_line()
+                    ok = self.reload()
+                    if ok:
+                        self._rescheduled = time.monotonic()
+                    self._reload_failed = not ok and self.config.path is not None
+                    status = self.status_line()
+                    self.notifier.send("READY=1", f"STATUS={status}")
+                healthy = self.healthy()
+                if healthy != was_healthy:
+                    self._log_health_change(healthy, bool(watchdog))
+                    was_healthy = healthy
+                now = time.monotonic()
+                # A ping that could not be sent is retried next tick, not in watchdog/2.
+                ping = watchdog and healthy and watchdog_ping_due(now, last_ping, watchdog)
+                if ping and self.notifier.send("WATCHDOG=1"):
+                    last_ping = now
+                line = self.status_line(healthy)
                 if line != status:
                     status = line
                     self.notifier.send(f"STATUS={line}")
         finally:
             log.info("stopping: waiting for probes in flight")
-            self.notifier.send("STOPPING=1")
+            self.notifier.send("STOPPING=1", "STATUS=stopping: waiting for probes in flight")
             self.scheduler.shutdown(wait=True)
             self.web.stop()
         log.info("stopped")

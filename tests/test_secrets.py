@@ -53,7 +53,7 @@ client_key_file = {test_pki.client.key}
                 emu.set_fault(action, fault)
                 before = len(emu.requests_seen())
                 # at least two probes of every target under this fault
-                wait_for(lambda: len(emu.requests_seen()) >= before + 6, timeout=20)
+                wait_for(lambda n=before + 6: len(emu.requests_seen()) >= n, timeout=20)
                 outputs.append(scrape(url))
             emu.clear_faults()
             emu.set_fault("listDatabases", Fault(error_code=12031))
