@@ -121,4 +121,5 @@ def setup_logging(
     logging.captureWarnings(True)
     # urllib3 logs request lines at debug; keep fcmon's own debug readable.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
-    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    # Skipped and missed runs are logged (and counted) by fcmon itself.
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))

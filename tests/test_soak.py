@@ -16,15 +16,15 @@ import pytest
 
 from fcmon.emulator import Emulator, Fault
 
-from support import PKI, FcmonProcess, scrape, target_section, wait_for
+from support import PKI, ROOT, FcmonProcess, scrape, target_section, wait_for
 
 pytestmark = pytest.mark.slow
 
 TARGETS = 80
 INTERVAL = 2.0
 TIMEOUT = 1.5
-WARMUP = 12.0
-SOAK = 40.0
+WARMUP = 30.0
+SOAK = 30.0
 
 # Faults whose effect on the server is known, so the leak count can be
 # checked exactly: none of these lets the server create a session whose
@@ -54,6 +54,16 @@ FAULTS: List[Tuple[str, Fault]] = [
     ("deleteSession", Fault(error_code=99)),
     ("deleteSession", Fault(http500_html=True)),
 ]
+
+
+def unit_environment() -> Dict[str, str]:
+    env = {}
+    for line in (ROOT / "systemd" / "fcmon.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            key, _, value = line[len("Environment="):].partition("=")
+            env[key] = value
+    assert "MALLOC_ARENA_MAX" in env
+    return env
 
 
 def proc_stats(pid: int) -> Dict[str, int]:
@@ -97,10 +107,8 @@ def test_soak(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
         config = tmp_path / "config.ini"
         config.write_text(f"[fcmon]\nlisten = 127.0.0.1:0\ninterval = {INTERVAL}\ntimeout = {TIMEOUT}\n"
                           + sections)
-        # As systemd/fcmon.service runs it: with a probe pool of ~100 threads,
-        # glibc's default of 8 arenas per core turns large response bodies
-        # into fragmentation that looks like a leak.
-        with FcmonProcess("run", "-c", str(config), env={"MALLOC_ARENA_MAX": "2"}) as fc:
+        # In the environment systemd/fcmon.service gives it (MALLOC_ARENA_MAX).
+        with FcmonProcess("run", "-c", str(config), env=unit_environment()) as fc:
             url = fc.metrics_url()
             pid = fc.proc.pid
             # Warm-up under the same faults, ending with everything hanging for
@@ -120,15 +128,17 @@ def test_soak(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
             time.sleep(TIMEOUT + 1 + INTERVAL)
             end = proc_stats(pid)
             text = scrape(url)
-            probes = total(text, "fcmon_probes_total") - probes_before
+            all_probes = total(text, "fcmon_probes_total")
+            probes = all_probes - probes_before
             leaks = total(text, "fcmon_session_leaks_total")
             assert fc.stop(signal.SIGTERM) == 0
 
         never_deleted = emu.open_sessions() + emu.sessions_expired()
         # Sessions left behind expire on the server (session_idle_timeout = 5).
         wait_for(lambda: emu.open_sessions() == 0, timeout=20)
-    assert switched >= 30
-    assert probes >= 1000, probes
+    assert switched >= 20
+    assert probes >= 800, probes
+    assert all_probes >= 2000, all_probes
     assert leaks > 0  # the faults did make fcmon leave sessions behind...
     assert leaks == never_deleted  # ...and it counted exactly those
     assert "Traceback" not in fc.text()
