@@ -119,3 +119,29 @@ def test_schedule_off_probes_only_on_request(test_pki: PKI, emulator: Emulator, 
         assert emulator.sessions_created() == created + 1
         assert fc.stop() == 0
     assert emulator.open_sessions() == 0
+
+
+def test_a_hung_target_does_not_hold_up_the_others(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+                  client_ca_file=test_pki.ca_file) as hung:
+        for action in ("createSession", "listDatabases", "deleteSession"):
+            hung.set_fault(action, Fault(hang=True))
+        config = tmp_path / "config.ini"
+        config.write_text("[fcmon]\nlisten = 127.0.0.1:0\ninterval = 1\ntimeout = 0.8\n"
+                          + target_section(test_pki, emulator, "healthy")
+                          + target_section(test_pki, hung, "hung"))
+        with FcmonProcess("run", "-c", str(config)) as fc:
+            url = fc.metrics_url()
+            wait_for(lambda: sample(scrape(url), "fcmon_up", target="healthy") == 1)
+            first = sample(scrape(url), "fcmon_probes_total", target="healthy") or 0
+            time.sleep(6)
+            text = scrape(url)
+            assert fc.stop() == 0
+    # About one probe a second for the healthy target, none skipped; the hung
+    # one times out every time and is skipped when its previous run overlaps.
+    assert (sample(text, "fcmon_probes_total", target="healthy") or 0) - first >= 4
+    assert sample(text, "fcmon_probes_skipped_total", target="healthy") == 0
+    assert sample(text, "fcmon_up", target="healthy") == 1
+    assert sample(text, "fcmon_probe_failures_total", target="hung", stage="create_session",
+                  reason="timeout") is not None
+    assert emulator.open_sessions() == 0

@@ -287,3 +287,22 @@ def test_no_secret_in_logs_or_results(test_pki: PKI, emulator: Emulator, caplog)
     text = caplog.text + "\n".join(repr(r) for r in results)
     for s in [secret] + tokens:
         assert s not in text
+
+
+def test_ca_file_rotation_is_picked_up(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(test_pki.ca_file.read_bytes())
+    target = make_target(test_pki, emulator, ca_file=ca_file)
+    prober = Prober()
+    assert prober.probe(target).failure is None
+    # Replaced by a bundle that no longer holds the server's CA: rejected at once.
+    other = pki.make_ca("replacement CA")
+    ca_file.write_bytes(other.cert_pem)
+    result = prober.probe(target)
+    assert result.failure is not None and result.failure.reason == "tls_verify"
+    assert [c.subject for c in result.certs if c.role == "ca"] == [other.cert.subject.rfc4514_string()]
+    # And back: trusted again, no restart.
+    ca_file.write_bytes(other.cert_pem + test_pki.ca_file.read_bytes())
+    result = prober.probe(target)
+    assert result.failure is None
+    assert len([c for c in result.certs if c.role == "ca"]) == 2
