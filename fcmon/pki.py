@@ -169,6 +169,7 @@ class DemoPKI:
     ca_file: Path
     server: Files
     client: Files
+    ca: Issued  # to issue more certificates from the same CA
 
 
 def write_demo_pki(directory: Path, server_days: float = 365, client_days: float = 365) -> DemoPKI:
@@ -179,4 +180,4 @@ def write_demo_pki(directory: Path, server_days: float = 365, client_days: float
     ca_file.write_bytes(ca.cert_pem)
     server = make_server(ca, days=server_days).write(directory, "server")
     client = make_client(ca, days=client_days).write(directory, "client")
-    return DemoPKI(ca_file, server, client)
+    return DemoPKI(ca_file, server, client, ca)

@@ -15,12 +15,8 @@ from support import PKI
 @pytest.fixture(scope="session")
 def test_pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     d = tmp_path_factory.mktemp("pki")
-    ca = pki.make_ca()
-    ca_file = d / "ca.crt"
-    ca_file.write_bytes(ca.cert_pem)
-    server = pki.make_server(ca).write(d, "server")
-    client = pki.make_client(ca).write(d, "client")
-    return PKI(d, ca, ca_file, server, client)
+    files = pki.write_demo_pki(d)
+    return PKI(d, files.ca, files.ca_file, files.server, files.client)
 
 
 @pytest.fixture(scope="session")

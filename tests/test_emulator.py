@@ -56,13 +56,12 @@ class PKI:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     directory = tmp_path_factory.mktemp("emulator-pki")
-    ca = pki.make_ca()
-    ca_file = directory / "ca.crt"
-    ca_file.write_bytes(ca.cert_pem)
+    demo = pki.write_demo_pki(directory)  # its client is CN=ADMIN
+    ca = demo.ca
     return PKI(
-        ca_file=ca_file,
-        server=pki.make_server(ca).write(directory, "server"),
-        client=pki.make_client(ca, common_name="ADMIN").write(directory, "client"),
+        ca_file=demo.ca_file,
+        server=demo.server,
+        client=demo.client,
         stranger=pki.make_client(ca, common_name="nobody").write(directory, "stranger"),
         foreign=pki.make_client(pki.make_ca("untrusted CA")).write(directory, "foreign"),
     )

@@ -89,27 +89,18 @@ MATRIX = [
 ]
 
 
-@pytest.fixture(scope="module")
-def fault_pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    d = tmp_path_factory.mktemp("fault-pki")
-    ca = pki.make_ca()
-    ca_file = d / "ca.crt"
-    ca_file.write_bytes(ca.cert_pem)
-    return PKI(d, ca, ca_file, pki.make_server(ca).write(d, "server"), pki.make_client(ca).write(d, "client"))
-
-
 def _no_secrets(text: str, secrets: list) -> None:
     for s in secrets:
         assert s not in text
 
 
 @pytest.mark.parametrize("row", MATRIX, ids=[r.name for r in MATRIX])
-def test_fault_matrix(row: Row, fault_pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+def test_fault_matrix(row: Row, test_pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    with Emulator(cert_file=fault_pki.server.cert, key_file=fault_pki.server.key,
-                  client_ca_file=fault_pki.ca_file, users={"ADMIN": SECRET}) as emu:
+    with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+                  client_ca_file=test_pki.ca_file, users={"ADMIN": SECRET}) as emu:
         emu.set_fault(row.action, row.fault)
-        target = make_target(fault_pki, emu, password=SECRET, timeout=TIMEOUT, interval=10.0,
+        target = make_target(test_pki, emu, password=SECRET, timeout=TIMEOUT, interval=10.0,
                              session_idle_timeout=LEAK_IDLE, max_response_bytes=1_048_576)
         result = Prober().probe(target)
         open_after = emu.open_sessions()
@@ -125,12 +116,12 @@ def test_fault_matrix(row: Row, fault_pki: PKI, caplog: pytest.LogCaptureFixture
     _no_secrets(caplog.text + repr(result), [SECRET] + tokens)
 
 
-def test_session_left_behind_dies_on_the_server(fault_pki: PKI) -> None:
+def test_session_left_behind_dies_on_the_server(test_pki: PKI) -> None:
     """The short idle timeout sent with createSession bounds the cost of a leak."""
-    with Emulator(cert_file=fault_pki.server.cert, key_file=fault_pki.server.key,
-                  client_ca_file=fault_pki.ca_file) as emu:
+    with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+                  client_ca_file=test_pki.ca_file) as emu:
         emu.set_fault("deleteSession", Fault(error_code=99))
-        result = Prober().probe(make_target(fault_pki, emu, session_idle_timeout=2, timeout=TIMEOUT))
+        result = Prober().probe(make_target(test_pki, emu, session_idle_timeout=2, timeout=TIMEOUT))
         assert result.session_leaked
         assert emu.open_sessions() == 1
         wait_for(lambda: emu.open_sessions() == 0, timeout=10)
