@@ -308,3 +308,17 @@ def test_ca_file_rotation_is_picked_up(test_pki: PKI, emulator: Emulator, tmp_pa
     result = prober.probe(target)
     assert result.failure is None
     assert len([c for c in result.certs if c.role == "ca"]) == 2
+
+
+def test_plain_http_endpoint_when_allowed() -> None:
+    from fcmon.config import TargetConfig
+
+    with Emulator(cert_file=None, allow_http=True) as emu:
+        assert emu.url.startswith("http://")
+        target = TargetConfig(name="plain", endpoint=emu.url, username="ADMIN", password="ADMIN",
+                              allow_insecure_http=True, timeout=3.0, interval=10.0)
+        result = Prober().probe(target)
+        assert emu.open_sessions() == 0
+    assert result.failure is None, result.failure
+    assert result.tls_version is None and result.certs == ()
+    assert result.databases == 2
