@@ -6,6 +6,7 @@ re-parse unchanged files, and a rotated file is picked up by the next probe.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -84,7 +85,10 @@ def cert_info(cert: x509.Certificate, role: str) -> CertInfo:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def der_cert_info(der: bytes, role: str) -> Optional[CertInfo]:
+    """Parsed once per distinct certificate: a server presents the same one
+    probe after probe."""
     try:
         return cert_info(x509.load_der_x509_certificate(der), role)
     except ValueError:
@@ -98,6 +102,7 @@ class FileCertCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cache: Dict[Tuple[str, str], Tuple[Tuple[int, int], Tuple[CertInfo, ...]]] = {}
+        self.loads = 0  # files parsed, for tests that guard the mechanism
 
     def infos(self, path: Optional[Path], role: str) -> Tuple[CertInfo, ...]:
         """Every certificate in `path` as `role`; () when the file cannot be read or parsed."""
@@ -112,6 +117,7 @@ class FileCertCache:
             hit = self._cache.get(key)
         if hit and hit[0] == stamp:
             return hit[1]
+        self.loads += 1
         try:
             infos = tuple(cert_info(c, role) for c in load_pem_certificates(path))
         except CertFileError as exc:

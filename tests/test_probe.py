@@ -322,3 +322,17 @@ def test_plain_http_endpoint_when_allowed() -> None:
     assert result.failure is None, result.failure
     assert result.tls_version is None and result.certs == ()
     assert result.databases == 2
+
+
+def test_certificate_files_are_parsed_once_until_they_change(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_bytes(test_pki.ca_file.read_bytes())
+    target = make_target(test_pki, emulator, ca_file=ca_file)
+    prober = Prober()
+    for _ in range(3):
+        assert prober.probe(target).failure is None
+    assert prober.file_certs.loads == 2  # the CA file and the client certificate
+    ca_file.write_bytes(test_pki.ca_file.read_bytes() + pki.make_ca("extra").cert_pem)
+    result = prober.probe(target)
+    assert prober.file_certs.loads == 3
+    assert len([c for c in result.certs if c.role == "ca"]) == 2
