@@ -146,7 +146,7 @@ class Daemon:
         setup_logging(new.log_level, new.log_format, self._environ)
         self.config = new
         self.store.set_targets(new.targets)
-        self.prober.retain([t.name for t in new.targets])
+        self.prober.retain(new.targets)
         self.scheduler.update(_scheduled(new))
         self.app.web = new.web
         self.web.set_ssl_context(ssl_context)

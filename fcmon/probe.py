@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .certs import CertFileError, FileCertCache, dedupe
 from .client import (
@@ -85,8 +85,8 @@ class Prober:
         self.deadlines = deadlines or DeadlineWatcher()
         self._wall = wall_clock
 
-    def retain(self, names: List[str]) -> None:
-        self.contexts.retain(names)
+    def retain(self, targets: Sequence[TargetConfig]) -> None:
+        self.contexts.retain(targets)
 
     def probe(self, target: TargetConfig) -> ProbeResult:
         try:

@@ -336,3 +336,16 @@ def test_certificate_files_are_parsed_once_until_they_change(test_pki: PKI, emul
     result = prober.probe(target)
     assert prober.file_certs.loads == 3
     assert len([c for c in result.certs if c.role == "ca"]) == 2
+
+
+def test_targets_with_the_same_files_share_one_context(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    prober = Prober()
+    targets = [make_target(test_pki, emulator, name=f"t{i}") for i in range(5)]
+    other_ca = tmp_path / "bundle.crt"
+    other_ca.write_bytes(test_pki.ca_file.read_bytes())
+    odd = make_target(test_pki, emulator, name="odd", ca_file=other_ca)
+    for t in targets + [odd]:
+        assert prober.probe(t).failure is None
+    assert prober.contexts.builds == 2 and len(prober.contexts) == 2
+    prober.retain(targets)  # "odd" removed by a reload: its context goes
+    assert len(prober.contexts) == 1
