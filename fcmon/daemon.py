@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
 from .config import Config, ConfigError, TargetConfig, load_config
+from .exposition import TextRenderer
 from .logs import setup_logging
 from .metrics import FcmonCollector, MetricsStore
 from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping_due
@@ -35,9 +36,9 @@ class Daemon:
         self._environ = environ
         self.store = MetricsStore()
         self.prober = Prober()
-        self.registry = CollectorRegistry()
-        self.registry.register(FcmonCollector(self.store))
-        ProcessCollector(registry=self.registry)
+        process = CollectorRegistry()
+        ProcessCollector(registry=process)
+        self.renderer = TextRenderer(self.store, process)
         self.scheduler = ProbeScheduler(self.prober, self._on_result, self.store.record_skipped)
         self.notifier = Notifier(environ)
         self._stop = threading.Event()
@@ -48,7 +49,7 @@ class Daemon:
         self._up_lock = threading.Lock()
         self.store.set_targets(config.targets)
         self.store.record_reload(True, time.time())
-        self.app = App(self.registry, self.healthy, self.ready, self.probe_now, config.web)
+        self.app = App(self.renderer.render, self.healthy, self.ready, self.probe_now, config.web)
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
                              server_ssl_context(config.web))
 

@@ -1,9 +1,11 @@
 """ProbeResults -> Prometheus metric families.
 
 `MetricsStore` keeps the latest result of each target and the cumulative
-counters; `FcmonCollector` renders a snapshot of it on every scrape, so a
-target removed from the store has no series at all. The collector knows
-nothing of HTTP or TLS.
+counters; `target_samples` turns one target's state into samples;
+`FcmonCollector` (for /probe, `check` and tests) and
+`exposition.TextRenderer` (for /metrics) render them from a snapshot, so a
+target removed from the store has no series at all. Nothing here knows of
+HTTP or TLS.
 
 Exposition for one healthy target (abridged)::
 
@@ -25,19 +27,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
 from .config import TargetConfig
-from .result import ProbeResult
+from .result import CertInfo, ProbeResult
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
+# How late scheduled probes start (actual start - scheduled time): the scheduler's health.
+LATENESS_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+    float("inf"),
+)
+LATENESS = "fcmon_probe_start_lateness_seconds"
 SECONDS_PER_DAY = 86400.0
 
 
@@ -53,12 +56,12 @@ class _Histogram:
                 break
         self.total += value
 
-    def cumulative(self) -> List[Tuple[str, float]]:
+    def cumulative(self) -> List[Tuple[str, int]]:
         out = []
         running = 0
         for bound, count in zip(REQUEST_BUCKETS, self.counts):
             running += count
-            out.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
         return out
 
 
@@ -76,6 +79,17 @@ class _TargetState:
     api_errors: Dict[Tuple[str, int], int] = field(default_factory=dict)
     last_error_code: Dict[str, int] = field(default_factory=dict)
     requests: Dict[str, _Histogram] = field(default_factory=dict)
+    # bumped on every change, so a renderer can reuse what it rendered before
+    version: int = 0
+
+    def copy(self) -> "_TargetState":
+        # ProbeResults are frozen; only the small mutable parts are copied.
+        out = copy.copy(self)
+        out.failures = dict(self.failures)
+        out.api_errors = dict(self.api_errors)
+        out.last_error_code = dict(self.last_error_code)
+        out.requests = {a: _Histogram(list(h.counts), h.total) for a, h in self.requests.items()}
+        return out
 
 
 class MetricsStore:
@@ -86,6 +100,8 @@ class MetricsStore:
         self._targets: Dict[str, _TargetState] = {}
         self._reload_ok: Optional[bool] = None
         self._reload_ok_at: Optional[float] = None
+        self._lateness_counts = [0] * len(LATENESS_BUCKETS)
+        self._lateness_sum = 0.0
 
     def set_targets(self, targets: Sequence[TargetConfig]) -> None:
         """Make the store hold exactly these targets; a removed target's series vanish."""
@@ -93,7 +109,9 @@ class MetricsStore:
             fresh: Dict[str, _TargetState] = {}
             for t in targets:
                 state = self._targets.get(t.name) or _TargetState(t.endpoint, t.username or "")
-                state.endpoint, state.username = t.endpoint, t.username or ""
+                if (state.endpoint, state.username) != (t.endpoint, t.username or ""):
+                    state.endpoint, state.username = t.endpoint, t.username or ""
+                    state.version += 1
                 fresh[t.name] = state
             self._targets = fresh
 
@@ -103,6 +121,7 @@ class MetricsStore:
             if state is None:  # removed while its probe was running
                 return
             state.latest = result
+            state.version += 1
             state.probes += 1
             if result.failure is None:
                 state.last_success = result.ended
@@ -127,6 +146,17 @@ class MetricsStore:
             state = self._targets.get(target)
             if state is not None:
                 state.skipped += 1
+                state.version += 1
+
+    def record_lateness(self, seconds: float) -> None:
+        """A scheduled probe started `seconds` after its scheduled time (all targets together)."""
+        seconds = max(0.0, seconds)
+        with self._lock:
+            for i, bound in enumerate(LATENESS_BUCKETS):
+                if seconds <= bound:
+                    self._lateness_counts[i] += 1
+                    break
+            self._lateness_sum += seconds
 
     def record_reload(self, ok: bool, when: float) -> None:
         with self._lock:
@@ -139,27 +169,127 @@ class MetricsStore:
             state = self._targets.get(target)
             return state.latest if state else None
 
-    def snapshot(self) -> "Snapshot":
+    def snapshot(self, known: Optional[Dict[str, int]] = None) -> "Snapshot":
+        """A consistent copy. With `known` (target -> version already
+        rendered), unchanged targets are not copied: their entry is None."""
         with self._lock:
-            # ProbeResults are frozen; only the small mutable parts are copied.
-            targets = {name: copy.copy(s) for name, s in self._targets.items()}
-            for s in targets.values():
-                s.failures = dict(s.failures)
-                s.api_errors = dict(s.api_errors)
-                s.last_error_code = dict(s.last_error_code)
-                s.requests = {a: _Histogram(list(h.counts), h.total) for a, h in s.requests.items()}
-            return Snapshot(targets, self._reload_ok, self._reload_ok_at)
+            targets: Dict[str, Optional[_TargetState]] = {}
+            for name, state in self._targets.items():
+                if known is not None and known.get(name) == state.version:
+                    targets[name] = None
+                else:
+                    targets[name] = state.copy()
+            return Snapshot(targets, self._reload_ok, self._reload_ok_at,
+                            (tuple(self._lateness_counts), self._lateness_sum))
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    targets: Dict[str, _TargetState]
+    targets: Dict[str, Optional[_TargetState]]
     reload_ok: Optional[bool]
     reload_ok_at: Optional[float]
+    # (count per LATENESS_BUCKETS bucket, sum of seconds)
+    start_lateness: Tuple[Tuple[int, ...], float] = ((), 0.0)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # counters without _total, as prometheus_client wants them
+    type: str
+    help: str
+
+
+# Every per-target family, in exposition order.
+UP = Family("fcmon_up", "gauge", "1 if the last probe created, used and deleted a session")
+FAMILIES = (
+    UP,
+    Family("fcmon_probe_duration_seconds", "gauge", "Wall time of the last probe"),
+    Family("fcmon_step_duration_seconds", "gauge", "Last probe's time per step"),
+    Family("fcmon_request_duration_seconds", "histogram", "Latency of every API call"),
+    Family("fcmon_api_error_code", "gauge", "errorCode of the last call of each action (0 = success)"),
+    Family("fcmon_api_errors", "counter", "Calls that returned a non-zero errorCode"),
+    Family("fcmon_probes", "counter", "Probes run"),
+    Family("fcmon_probe_failures", "counter", "Failed probes"),
+    Family("fcmon_last_probe_timestamp_seconds", "gauge", "End of the last probe (Unix time)"),
+    Family("fcmon_last_success_timestamp_seconds", "gauge", "End of the last successful probe (Unix time)"),
+    Family("fcmon_databases", "gauge", "Databases listed by the last successful listDatabases"),
+    Family("fcmon_cert_not_after_timestamp_seconds", "gauge", "Certificate expiry (Unix time)"),
+    Family("fcmon_cert_expiry_days", "gauge", "Days until the certificate expires (negative once expired)"),
+    Family("fcmon_tls_info", "gauge", "TLS version and cipher of the last handshake"),
+    Family("fcmon_session_leaks", "counter", "Sessions created whose deleteSession did not succeed"),
+    Family("fcmon_probes_skipped", "counter",
+           "Scheduled runs skipped: previous run still running, or missed"),
+    Family("fcmon_target_info", "gauge", "Configured target"),
+)
+EXPIRY_DAYS = "fcmon_cert_expiry_days"
+
+Labels = Tuple[Tuple[str, str], ...]
+# (sample name, labels, value)
+Sample = Tuple[str, Labels, float]
+
+
+def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
+    """Every sample of one target but the time-dependent expiry days, by family."""
+    out: Dict[str, List[Sample]] = {}
+
+    def add(family: str, sample: str, labels: Labels, value: float) -> None:
+        out.setdefault(family, []).append((sample, (("target", name),) + labels, value))
+
+    add("fcmon_target_info", "fcmon_target_info", (("endpoint", s.endpoint), ("username", s.username)), 1)
+    add("fcmon_probes", "fcmon_probes_total", (), s.probes)
+    add("fcmon_probes_skipped", "fcmon_probes_skipped_total", (), s.skipped)
+    add("fcmon_session_leaks", "fcmon_session_leaks_total", (), s.leaks)
+    for (stage, reason), n in sorted(s.failures.items()):
+        add("fcmon_probe_failures", "fcmon_probe_failures_total", (("stage", stage), ("reason", reason)), n)
+    for (action, code), n in sorted(s.api_errors.items()):
+        add("fcmon_api_errors", "fcmon_api_errors_total", (("action", action), ("code", str(code))), n)
+    for action, code in sorted(s.last_error_code.items()):
+        add("fcmon_api_error_code", "fcmon_api_error_code", (("action", action),), code)
+    for action, hist in sorted(s.requests.items()):
+        fam = "fcmon_request_duration_seconds"
+        buckets = hist.cumulative()
+        for le, count in buckets:
+            add(fam, fam + "_bucket", (("action", action), ("le", le)), count)
+        add(fam, fam + "_count", (("action", action),), buckets[-1][1])
+        add(fam, fam + "_sum", (("action", action),), hist.total)
+    if s.last_success is not None:
+        add("fcmon_last_success_timestamp_seconds", "fcmon_last_success_timestamp_seconds", (), s.last_success)
+    if s.databases is not None:
+        add("fcmon_databases", "fcmon_databases", (), s.databases)
+    r = s.latest
+    if r is None:
+        return out
+    add("fcmon_up", "fcmon_up", (), 1 if r.up else 0)
+    add("fcmon_probe_duration_seconds", "fcmon_probe_duration_seconds", (), r.duration)
+    add("fcmon_last_probe_timestamp_seconds", "fcmon_last_probe_timestamp_seconds", (), r.ended)
+    for step, seconds in r.steps:
+        add("fcmon_step_duration_seconds", "fcmon_step_duration_seconds", (("step", step),), seconds)
+    for c in r.certs:
+        add("fcmon_cert_not_after_timestamp_seconds", "fcmon_cert_not_after_timestamp_seconds",
+            _cert_labels(c), c.not_after)
+    if r.tls_version:
+        add("fcmon_tls_info", "fcmon_tls_info", (("version", r.tls_version), ("cipher", r.tls_cipher or "")), 1)
+    return out
+
+
+def _cert_labels(c: CertInfo) -> Labels:
+    return (("cert", c.role), ("subject", c.subject), ("serial", c.serial))
+
+
+def expiry_samples(name: str, s: _TargetState, now: float) -> List[Sample]:
+    if s.latest is None:
+        return []
+    return [
+        (EXPIRY_DAYS, (("target", name),) + _cert_labels(c), (c.not_after - now) / SECONDS_PER_DAY)
+        for c in s.latest.certs
+    ]
 
 
 class FcmonCollector(Collector):
-    """Renders the store; `only_target` limits it to one target (for /probe)."""
+    """The store as metric families; `only_target` limits it to one target (for /probe).
+
+    /metrics uses `TextRenderer`, which renders the same samples faster.
+    """
 
     def __init__(
         self,
@@ -173,100 +303,19 @@ class FcmonCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self._store.snapshot()
-        targets = snap.targets
-        if self._only is not None:
-            targets = {k: v for k, v in targets.items() if k == self._only}
         now = self._clock()
-        yield from _target_families(targets, now)
+        families = {f.name: Metric(f.name, f.help, f.type) for f in FAMILIES}
+        for name, state in snap.targets.items():
+            if state is None or self._only is not None and name != self._only:
+                continue
+            for fam, samples in target_samples(name, state).items():
+                for sample, labels, value in samples:
+                    families[fam].add_sample(sample, dict(labels), value)
+            for sample, labels, value in expiry_samples(name, state, now):
+                families[EXPIRY_DAYS].add_sample(sample, dict(labels), value)
+        yield from families.values()
         if self._only is None:
             yield from _global_families(snap)
-
-
-def _target_families(targets: Dict[str, _TargetState], now: float) -> Iterable[Metric]:
-    up = GaugeMetricFamily("fcmon_up", "1 if the last probe created, used and deleted a session", labels=["target"])
-    duration = GaugeMetricFamily("fcmon_probe_duration_seconds", "Wall time of the last probe", labels=["target"])
-    steps = GaugeMetricFamily(
-        "fcmon_step_duration_seconds", "Last probe's time per step", labels=["target", "step"]
-    )
-    requests = HistogramMetricFamily(
-        "fcmon_request_duration_seconds", "Latency of every API call", labels=["target", "action"]
-    )
-    error_code = GaugeMetricFamily(
-        "fcmon_api_error_code", "errorCode of the last call of each action (0 = success)",
-        labels=["target", "action"],
-    )
-    api_errors = CounterMetricFamily(
-        "fcmon_api_errors", "Calls that returned a non-zero errorCode", labels=["target", "action", "code"]
-    )
-    probes = CounterMetricFamily("fcmon_probes", "Probes run", labels=["target"])
-    failures = CounterMetricFamily(
-        "fcmon_probe_failures", "Failed probes", labels=["target", "stage", "reason"]
-    )
-    last_probe = GaugeMetricFamily(
-        "fcmon_last_probe_timestamp_seconds", "End of the last probe (Unix time)", labels=["target"]
-    )
-    last_success = GaugeMetricFamily(
-        "fcmon_last_success_timestamp_seconds", "End of the last successful probe (Unix time)",
-        labels=["target"],
-    )
-    databases = GaugeMetricFamily(
-        "fcmon_databases", "Databases listed by the last successful listDatabases", labels=["target"]
-    )
-    cert_labels = ["target", "cert", "subject", "serial"]
-    not_after = GaugeMetricFamily(
-        "fcmon_cert_not_after_timestamp_seconds", "Certificate expiry (Unix time)", labels=cert_labels
-    )
-    expiry_days = GaugeMetricFamily(
-        "fcmon_cert_expiry_days", "Days until the certificate expires (negative once expired)",
-        labels=cert_labels,
-    )
-    tls = GaugeMetricFamily("fcmon_tls_info", "TLS version and cipher of the last handshake",
-                            labels=["target", "version", "cipher"])
-    leaks = CounterMetricFamily(
-        "fcmon_session_leaks", "Sessions created whose deleteSession did not succeed", labels=["target"]
-    )
-    skipped = CounterMetricFamily(
-        "fcmon_probes_skipped", "Scheduled runs skipped: previous run still running, or missed",
-        labels=["target"],
-    )
-    info = GaugeMetricFamily("fcmon_target_info", "Configured target", labels=["target", "endpoint", "username"])
-
-    for name, s in sorted(targets.items()):
-        info.add_metric([name, s.endpoint, s.username], 1)
-        probes.add_metric([name], s.probes)
-        skipped.add_metric([name], s.skipped)
-        leaks.add_metric([name], s.leaks)
-        for (stage, reason), n in sorted(s.failures.items()):
-            failures.add_metric([name, stage, reason], n)
-        for (action, code), n in sorted(s.api_errors.items()):
-            api_errors.add_metric([name, action, str(code)], n)
-        for action, code in sorted(s.last_error_code.items()):
-            error_code.add_metric([name, action], code)
-        for action, hist in sorted(s.requests.items()):
-            requests.add_metric([name, action], hist.cumulative(), hist.total)
-        if s.last_success is not None:
-            last_success.add_metric([name], s.last_success)
-        if s.databases is not None:
-            databases.add_metric([name], s.databases)
-        r = s.latest
-        if r is None:
-            continue
-        up.add_metric([name], 1 if r.up else 0)
-        duration.add_metric([name], r.duration)
-        last_probe.add_metric([name], r.ended)
-        for step, seconds in r.steps:
-            steps.add_metric([name, step], seconds)
-        for c in r.certs:
-            labels = [name, c.role, c.subject, c.serial]
-            not_after.add_metric(labels, c.not_after)
-            expiry_days.add_metric(labels, (c.not_after - now) / SECONDS_PER_DAY)
-        if r.tls_version:
-            tls.add_metric([name, r.tls_version, r.tls_cipher or ""], 1)
-
-    return (
-        up, duration, steps, requests, error_code, api_errors, probes, failures, last_probe,
-        last_success, databases, not_after, expiry_days, tls, leaks, skipped, info,
-    )
 
 
 def _global_families(snap: Snapshot) -> Iterable[Metric]:
@@ -285,3 +334,15 @@ def _global_families(snap: Snapshot) -> Iterable[Metric]:
     if snap.reload_ok_at is not None:
         at.add_metric([], snap.reload_ok_at)
     yield at
+    counts, total = snap.start_lateness
+    if counts:
+        lateness = HistogramMetricFamily(
+            LATENESS, "How long after its scheduled time each scheduled probe started"
+        )
+        running = 0
+        buckets = []
+        for bound, n in zip(LATENESS_BUCKETS, counts):
+            running += n
+            buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
+        lateness.add_metric([], buckets, total)
+        yield lateness

@@ -83,18 +83,19 @@ def server_ssl_context(web: WebConfig) -> Optional[ssl.SSLContext]:
 
 
 class App:
-    """The WSGI application. `probe_target(name)` returns a registry holding
-    only that target's series after probing it now, or None for an unknown name."""
+    """The WSGI application. `metrics()` is the /metrics body;
+    `probe_target(name)` returns a registry holding only that target's series
+    after probing it now, or None for an unknown name."""
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        metrics: Callable[[], bytes],
         healthy: Callable[[], bool],
         ready: Callable[[], bool],
         probe_target: Callable[[str], Optional[CollectorRegistry]],
         web: WebConfig,
     ):
-        self._registry = registry
+        self._metrics = metrics
         self._healthy = healthy
         self._ready = ready
         self._probe_target = probe_target
@@ -106,7 +107,7 @@ class App:
                           [("WWW-Authenticate", 'Basic realm="fcmon"')])
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return _reply(start_response, "200 OK", generate_latest(self._registry),
+            return _reply(start_response, "200 OK", self._metrics(),
                           [("Content-Type", CONTENT_TYPE_LATEST)])
         if path == "/probe":
             names = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
