@@ -96,6 +96,7 @@ def render_json(verdicts: Sequence[Verdict], now: float) -> str:
             "duration_seconds": r.duration,
             "steps": dict(r.steps),
             "databases": r.databases,
+            "database_names": list(r.database_names),
             "tls_version": r.tls_version,
             "session_leaked": r.session_leaked,
             "certs": [

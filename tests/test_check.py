@@ -57,6 +57,14 @@ def test_unreachable_is_critical_with_reason_in_json(test_pki: PKI, emulator: Em
     (t,) = doc["targets"]
     assert (t["target"], t["up"], t["stage"], t["reason"]) == ("prod", False, "connect", "connect_refused")
     assert {c["cert"] for c in t["certs"]} == {"client", "ca"}
+    assert t["databases"] is None and t["database_names"] == []
+
+
+def test_json_lists_databases(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--format", "json")
+    assert proc.returncode == 0
+    (t,) = json.loads(proc.stdout)["targets"]
+    assert t["databases"] == 2 and t["database_names"] == ["ctreeSQL", "faircom"]
 
 
 def test_prometheus_format_and_textfile(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
