@@ -39,7 +39,8 @@ class Daemon:
         process = CollectorRegistry()
         ProcessCollector(registry=process)
         self.renderer = TextRenderer(self.store, process)
-        self.scheduler = ProbeScheduler(self.prober, self._on_result, self.store.record_skipped)
+        self.scheduler = ProbeScheduler(self.prober, self._on_result, self.store.record_skipped,
+                                        self.store.record_lateness)
         self.notifier = Notifier(environ)
         self._stop = threading.Event()
         self._reload = threading.Event()

@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -51,10 +51,15 @@ class ProbeScheduler:
         prober: Prober,
         on_result: Callable[[ProbeResult], None],
         on_skip: Callable[[str], None],
+        on_lateness: Callable[[float], None] = lambda seconds: None,
     ):
         self._prober = prober
         self._on_result = on_result
         self._on_skip = on_skip
+        self._on_lateness = on_lateness  # how late each scheduled run started
+        # target -> (first scheduled run as Unix time, interval): every later
+        # run is due a whole number of intervals after it.
+        self._anchors: Dict[str, Any] = {}
         self._lock = threading.Lock()
         self._targets: Dict[str, TargetConfig] = {}
         self._pending_first: set = set()
@@ -68,8 +73,10 @@ class ProbeScheduler:
     def start(self, targets: Sequence[TargetConfig]) -> None:
         self._workers = pool_size(targets)
         self._scheduler.add_executor(ThreadPoolExecutor(self._workers), "default")
-        self._scheduler.start()
+        # Jobs added before start() are queued and all added at once: adding
+        # thousands to a running scheduler wakes it up once per job.
         self.update(targets)
+        self._scheduler.start()
 
     def update(self, targets: Sequence[TargetConfig]) -> None:
         """Make the jobs match `targets`: unchanged targets keep their rhythm."""
@@ -84,14 +91,26 @@ class ProbeScheduler:
         now = dt.datetime.now(dt.timezone.utc)
         with self._lock:
             current = dict(self._targets)
+            # Before any job is added: a job that runs while the others are
+            # still being added must find its target, and readiness must
+            # already wait for it.
+            self._targets = wanted
+            self._pending_first = {n for n in self._pending_first if n in wanted} | {
+                n for n in wanted if n not in current
+            }
         for name in current:
             if name not in wanted:
                 self._scheduler.remove_job(name)
+                with self._lock:
+                    self._anchors.pop(name, None)
         for name, target in wanted.items():
             if current.get(name) == target:
                 continue
             if name in current:
                 self._scheduler.remove_job(name)
+            first = now + dt.timedelta(seconds=offsets[name])
+            with self._lock:
+                self._anchors[name] = (first.timestamp(), float(target.interval))
             self._scheduler.add_job(
                 self._run,
                 trigger=IntervalTrigger(
@@ -107,11 +126,6 @@ class ProbeScheduler:
                 misfire_grace_time=max(1, int(target.interval)),
                 next_run_time=now + dt.timedelta(seconds=offsets[name]),
             )
-        with self._lock:
-            self._targets = wanted
-            self._pending_first = {n for n in self._pending_first if n in wanted} | {
-                n for n in wanted if n not in current
-            }
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop scheduling; with `wait`, return once in-flight probes have finished."""
@@ -136,6 +150,7 @@ class ProbeScheduler:
     # -- jobs
 
     def _run(self, target: TargetConfig) -> None:
+        self._record_lateness(target.name, time.time())
         result = self._prober.probe(target)
         with self._lock:
             if self._targets.get(target.name) != target:
@@ -146,6 +161,23 @@ class ProbeScheduler:
             self._on_result(result)
         except Exception:  # the boundary: never kill the worker
             log.exception("handling the result of %s failed", target.name)
+
+    def _record_lateness(self, name: str, started: float) -> None:
+        """Start time minus scheduled time. The due time is the latest whole
+        interval after the anchor (coalesced runs: the latest one is run), so
+        a run started more than one interval late, already counted as
+        skipped, shows as its lateness modulo the interval."""
+        with self._lock:
+            anchor = self._anchors.get(name)
+        if anchor is None:
+            return
+        first, interval = anchor
+        behind = started - first
+        lateness = behind % interval if behind > 0 else 0.0
+        try:
+            self._on_lateness(lateness)
+        except Exception:  # the boundary: never kill the worker
+            log.exception("recording start lateness failed")
 
     def _skipped(self, event: JobEvent) -> None:
         log.warning("probe of %s skipped: %s", event.job_id,
