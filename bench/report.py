@@ -1,0 +1,233 @@
+"""Results -> goal rows -> bench/results/latest.json and latest.md."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+
+def _f(x: Optional[float], unit: str = "", digits: int = 2) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:.{digits}f}{unit}"
+
+
+def _row(goal: str, measured: str, reference: str, ratio: str, limit: str, ok: Optional[bool],
+         note: str = "") -> Dict[str, Any]:
+    return {"goal": goal, "measured": measured, "reference": reference, "ratio": ratio, "limit": limit,
+            "pass": ok, "note": note}
+
+
+def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    rows: List[Dict[str, Any]] = []
+    cpu = results.get("cpu")
+    if cpu and "error" not in cpu:
+        raw, fc, bb = cpu.get("raw_ms_median"), cpu.get("fcmon_ms_median"), cpu.get("blackbox_ms_median")
+        r = fc / raw if fc and raw else None
+        rows.append(_row("1. CPU per probe: fcmon daemon vs raw ssl+http.client (3 calls each)",
+                         _f(fc, " ms"), _f(raw, " ms"), _f(r, "x"), "<= 1.3x", r is not None and r <= 1.3,
+                         f"median of {len(cpu['fcmon'])} windows each, {cpu['rate_per_s']:g} probes/s"))
+        if bb:
+            rb = fc / bb if fc else None
+            rows.append(_row("1. CPU per probe: fcmon daemon (3 calls) vs blackbox_exporter (1 call, via /probe)",
+                             _f(fc, " ms"), _f(bb, " ms"), _f(rb, "x"), "<= 1.5x", rb is not None and rb <= 1.5))
+        else:
+            rows.append(_row("1. CPU per probe vs blackbox_exporter", "skipped", "n/a", "n/a", "<= 1.5x", None,
+                             f"blackbox_exporter: {cpu.get('blackbox_status')}"))
+        req, loop = cpu.get("requests_ms_median"), cpu.get("probeloop_ms_median")
+        if req and raw:
+            rows.append(_row("(info) plain requests.Session + prebuilt SSL context, 3 calls",
+                             _f(req, " ms"), _f(raw, " ms"), _f(req / raw, "x"), "", None,
+                             "the issue's second reference row"))
+        if loop and raw:
+            rows.append(_row("(info) fcmon Prober.probe + MetricsStore.record in a loop, no daemon",
+                             _f(loop, " ms"), _f(raw, " ms"), _f(loop / raw, "x"), "", None,
+                             "the probe path alone; daemon minus this = scheduler, threads, deadlines"))
+    elif cpu:
+        rows.append(_row("1. CPU per probe", "error", "", "", "", False, cpu["error"]))
+
+    fid = results.get("fidelity")
+    if fid and "error" not in fid:
+        for d in fid["delays"]:
+            diff = d["diff_ms"]
+            rows.append(_row(
+                f"2. Fidelity, listDatabases delay {d['delay_ms']:g} ms: fcmon step - delay vs raw - delay",
+                _f(d["fcmon_minus_delay_ms"], " ms", 3), _f(d["raw_minus_delay_ms"], " ms", 3),
+                f"{diff:+.3f} ms", "|diff| <= 0.3 ms", abs(diff) <= 0.3,
+                f"medians of {fid['probes_each']} each; paired median diff {d['paired_diff_median_ms']:+.3f} ms"))
+    elif fid:
+        rows.append(_row("2. Fidelity", "error", "", "", "", False, fid["error"]))
+
+    steps = (results.get("scale") or {}).get("steps", [])
+    ok_steps = [s for s in steps if "error" not in s]
+    big = max(ok_steps, key=lambda s: s["targets"]) if ok_steps else None
+    for s in steps:
+        if "error" in s:
+            rows.append(_row(f"3. Scale, {s['targets']} targets", "error", "", "", "", False, s["error"]))
+    if big is not None:
+        n = big["targets"]
+        lost = big["skipped_healthy"] + big["missed_healthy"]
+        rows.append(_row(f"3. Scale {n} targets: skipped + missed probes of healthy targets",
+                         f"{big['skipped_healthy']:g} + {big['missed_healthy']:g}", "0", "", "= 0", lost == 0,
+                         f"{big['duration_s'] / 60:g} min at {big['interval_s']:g} s, {big['hanging']} hanging targets"
+                         + (f"; {big['missed_targets']} targets each lost a run, all with a first run due "
+                            f"<= {big['missed_max_first_offset_s']:g} s after start"
+                            + (" (results of probes that ran while scheduler.update() was still adding jobs "
+                               "are dropped)" if big["missed_max_first_offset_s"] < 5 else "")
+                            if big.get("missed_targets") else "")))
+        p99 = big["steady"]["lateness"]["p99_s"]
+        p99w = big["whole_run"]["lateness"]["p99_s"]
+        rows.append(_row(f"3. Scale {n} targets: p99 start lateness (steady state)", _f(p99, " s", 3), "2 s",
+                         _f(p99 / 2.0 if p99 is not None else None, "x"), "< 2 s", p99 is not None and p99 < 2.0,
+                         f"whole run incl. first round: p99 {_f(p99w, ' s', 3)}"))
+        rows.append(_row(f"3. Scale {n} targets: healthy targets with fcmon_up 1",
+                         f"{big['up_healthy']}/{big['healthy']}", f"{big['healthy']}", "", "all",
+                         big["up_healthy"] == big["healthy"]))
+        rows.append(_row(f"3. Scale {n} targets: emulator open sessions after fcmon stopped",
+                         f"{big['emulator_open_sessions_after_stop']}", "0", "", "= 0",
+                         big["emulator_open_sessions_after_stop"] == 0,
+                         f"{big['emulator_sessions_created']} sessions created"))
+        one = big.get("companion_one_target")
+        if one:
+            rows.append(_row("4. Memory: RSS with 1 target", _f(one["rss_mb_at_end"], " MB", 1), "50 MB",
+                             _f(one["rss_mb_at_end"] / 50, "x"), "<= 50 MB", one["rss_mb_at_end"] <= 50,
+                             f"after {one['age_s'] / 60:.1f} min"))
+        rows.append(_row(f"4. Memory: RSS with {n} targets", _f(big["rss_mb_at_end"], " MB", 1), "120 MB",
+                         _f(big["rss_mb_at_end"] / 120, "x"), "<= 120 MB", big["rss_mb_at_end"] <= 120,
+                         f"after {big['duration_s'] / 60:g} min; sampled peak {_f(big['rss_mb_peak_sampled'], ' MB', 1)}"))
+        sc = big.get("scrape")
+        if sc:
+            rows.append(_row(f"5. Scrape: /metrics with {n} targets, median of {sc['scrapes']} "
+                             f"(every {sc['spacing_s']:g} s, as Prometheus would)",
+                             _f(sc["median_s"], " s", 3), "0.5 s", _f(sc["median_s"] / 0.5, "x"), "<= 0.5 s",
+                             sc["median_s"] <= 0.5,
+                             f"max {_f(sc['max_s'], ' s', 3)}; back to back (few targets changed): median "
+                             f"{_f(sc['back_to_back_median_s'], ' s', 3)}; {sc['bytes'] / 1e6:.1f} MB, "
+                             f"{sc['lines']} lines"))
+            lat = sc["lateness_during_phase"]
+            frac = sc["probes_during_phase"] / max(1.0, sc["probes_expected_during_phase"])
+            blocked_ok = (lat["p99_s"] is not None and lat["p99_s"] < 2.0) and frac >= 0.9
+            rows.append(_row("5. Scrape: probes keep running while it renders (during the scrape phase)",
+                             f"p99 lateness {_f(lat['p99_s'], ' s', 3)}, {frac * 100:.0f}% of due probes done",
+                             "p99 < 2 s", "", "not blocked", blocked_ok,
+                             f"{sc['probes_during_phase']:g} probes in {sc['phase_wall_s']:.0f} s; "
+                             f"steady state without scrapes: p99 {_f(big['steady']['lateness']['p99_s'], ' s', 3)}"))
+    small = min(ok_steps, key=lambda s: s["targets"]) if ok_steps else None
+    if small is not None:
+        listen = small["listening_s"]
+        rows.append(_row(f"6. Start-up with {small['targets']} targets: listening (/-/healthy 200)",
+                         _f(listen, " s", 3), "1 s", _f(listen, "x"), "<= 1 s", listen <= 1.0))
+        ready = small.get("ready_s")
+        half = small["first_round_half_interval"]
+        rows.append(_row(f"6. Start-up with {small['targets']} targets: /-/ready 200 (contract: first round done)",
+                         _f(ready, " s", 1), "1 s", _f(ready, "x") if ready else "n/a", "<= 1 s",
+                         ready is not None and ready <= 1.0,
+                         f"conflicts with staggering: ready needs every target probed once = about one interval "
+                         f"({small['interval_s']:g} s) + timeout of hung targets; at half an interval "
+                         f"{half['probed_targets']}/{half['of']} targets were probed (staggered)"
+                         + (f"; /-/ready first answered 200 at {small['ready_premature_s']:.2f} s, then 503 "
+                            "again (premature)" if small.get("ready_premature_s") is not None else "")))
+    for s in ok_steps:
+        if s.get("ready_premature_s") is not None:
+            rows.append(_row(f"(finding) {s['targets']} targets: /-/ready answered 200 before the first round",
+                             f"200 at {s['ready_premature_s']:.2f} s, 503 after, 200 again at {_f(s['ready_s'], ' s', 1)}",
+                             "", "", "", False,
+                             "scheduler.update() fills the pending-first set after adding the jobs"))
+    return rows
+
+
+def growth_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    out = []
+    for s in (results.get("scale") or {}).get("steps", []):
+        if "error" in s:
+            continue
+        st = s["steady"]
+        out.append({
+            "targets": s["targets"], "probes_per_s": s["expected_probes_per_s"],
+            "cpu_cores": st["cpu_cores"], "cpu_ms_per_probe": st["cpu_ms_per_probe"],
+            "lateness_p50_s": st["lateness"]["p50_s"], "lateness_p99_s": st["lateness"]["p99_s"],
+            "lateness_p99_whole_s": s["whole_run"]["lateness"]["p99_s"],
+            "rss_mb": s["rss_mb_at_end"], "threads": s["threads_at_end"],
+            "skipped_healthy": s["skipped_healthy"], "missed_healthy": s["missed_healthy"],
+            "up": f"{s['up_healthy']}/{s['healthy']}", "open_sessions": s["emulator_open_sessions_after_stop"],
+            "listening_s": s["listening_s"], "ready_s": s.get("ready_s"), "duration_s": s["duration_s"],
+        })
+    return out
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "# fcmon benchmark",
+        "",
+        f"Run {results['started']} ({results['total_s'] / 60:.1f} min{', --quick' if results['quick'] else ''}). "
+        f"Python {m['python']}, {m['nproc']} CPUs ({m.get('cpu', '?')}), {m.get('openssl', '')}, "
+        f"load average at start {' '.join(f'{x:.2f}' for x in m['loadavg_at_start'])}, "
+        f"at end {' '.join(f'{x:.2f}' for x in results.get('loadavg_at_end', []))}. "
+        f"fcmon at commit {m.get('fcmon_commit', '?')}"
+        + (f" with uncommitted changes in {', '.join(m['uncommitted_changes'])}" if m.get("uncommitted_changes") else "")
+        + ". "
+        "Loopback, emulator in its own process, ECDSA P-256, TLS 1.3. The machine is shared and noisy: "
+        "medians and ratios measured side by side in this run are what count.",
+        "",
+        "| goal | measured | reference | ratio | limit | result | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        verdict = "n/a" if r["pass"] is None else ("PASS" if r["pass"] else "**FAIL**")
+        lines.append(f"| {r['goal']} | {r['measured']} | {r['reference']} | {r['ratio']} | {r['limit']} | "
+                     f"{verdict} | {r['note']} |")
+    growth = results.get("growth") or []
+    if growth:
+        lines += [
+            "",
+            "## Growth (30 s interval, 10% of targets hanging, steady state = after the first interval)",
+            "",
+            "| targets | probes/s | CPU (cores) | CPU/probe | lateness p50 | p99 | p99 whole run | RSS | threads "
+            "| skipped+missed (healthy) | up | open sessions | listening | ready | run |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for g in growth:
+            lines.append(
+                f"| {g['targets']} | {g['probes_per_s']:.1f} | {g['cpu_cores']:.2f} | {g['cpu_ms_per_probe']:.2f} ms "
+                f"| {_f(g['lateness_p50_s'], ' s', 3)} | {_f(g['lateness_p99_s'], ' s', 3)} "
+                f"| {_f(g['lateness_p99_whole_s'], ' s', 3)} | {g['rss_mb']:.1f} MB | {g['threads']} "
+                f"| {g['skipped_healthy']:g}+{g['missed_healthy']:g} | {g['up']} | {g['open_sessions']} "
+                f"| {g['listening_s']:.2f} s | {_f(g['ready_s'], ' s', 1)} | {g['duration_s']:g} s |")
+    cpu = results.get("cpu")
+    if cpu and "error" not in cpu:
+        lines += ["", "## CPU per probe, every window (ms)", ""]
+        for key in ("raw", "requests", "probeloop", "fcmon", "blackbox"):
+            ws = cpu.get(key) or []
+            if ws:
+                lines.append(f"- {key}: " + ", ".join(f"{w['ms_per_probe']:.2f}" for w in ws)
+                             + f" (median {cpu[key + '_ms_median']:.2f})")
+        em = cpu.get("emulator_ms_per_probe") or {}
+        if em:
+            lines.append("- emulator (server side) during each: "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in em.items() if v is not None))
+        lines.append(f"- setup: {cpu['fcmon_setup']}; blackbox_exporter: {cpu.get('blackbox_status')}")
+    fid = results.get("fidelity")
+    if fid and "error" not in fid:
+        lines += ["", "## Fidelity (ms)", "", f"{fid['method']}.", "",
+                  "| delay | fcmon median | raw median | diff | paired diff | fcmon p10-p90 | raw p10-p90 |",
+                  "|---|---|---|---|---|---|---|"]
+        for d in fid["delays"]:
+            lines.append(f"| {d['delay_ms']:g} | {d['fcmon_median_ms']:.3f} | {d['raw_median_ms']:.3f} "
+                         f"| {d['diff_ms']:+.3f} | {d['paired_diff_median_ms']:+.3f} "
+                         f"| {d['fcmon_p10_p90_ms'][0]:.2f}-{d['fcmon_p10_p90_ms'][1]:.2f} "
+                         f"| {d['raw_p10_p90_ms'][0]:.2f}-{d['raw_p10_p90_ms'][1]:.2f} |")
+    lines += ["", "## Durations and method", ""] + [f"- {d}" for d in results.get("durations", [])]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def write(results: Dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["rows"] = goal_rows(results)
+    results["growth"] = growth_rows(results)
+    (out_dir / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out_dir / "latest.md").write_text(markdown(results))

@@ -1,0 +1,557 @@
+"""The goals of the issue, one function per suite. Each returns plain data for the report."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from . import blackbox
+from .procs import (
+    LOOPBACK,
+    PYTHON,
+    BenchError,
+    EmulatorProc,
+    FcmonProc,
+    Pki,
+    Procs,
+    fcmon_config,
+    free_port,
+    histogram_quantile,
+    http_get,
+    metric_sum,
+    samples,
+    thread_count,
+)
+
+LATENESS = "fcmon_probe_start_lateness_seconds"
+MB = 1024 * 1024
+
+
+@dataclass
+class Ctx:
+    procs: Procs
+    pki: Pki
+    work: Path
+    quick: bool
+    log: Callable[[str], None]
+    _emulator: Optional[EmulatorProc] = None
+    _hang_port: Optional[int] = None
+    notes: List[str] = field(default_factory=list)
+
+    def emulator(self) -> EmulatorProc:
+        if self._emulator is None or not self._emulator.proc.alive():
+            self._emulator = EmulatorProc(self.procs, self.pki)
+            self.log(f"emulator (pid {self._emulator.proc.pid}) on {self._emulator.url}")
+        return self._emulator
+
+    def fresh_emulator(self, name: str) -> EmulatorProc:
+        emu = EmulatorProc(self.procs, self.pki, name=name)
+        self.log(f"{name} (pid {emu.proc.pid}) on {emu.url}")
+        return emu
+
+    def hang_port(self) -> int:
+        if self._hang_port is None:
+            proc = self.procs.start("hangserver", [PYTHON, "-m", "bench.hangserver"])
+            self._hang_port = int(proc.wait_for_line(r"listening on (\d+)", 20).group(1))
+            self.log(f"hanging server (pid {proc.pid}) on {LOOPBACK}:{self._hang_port}")
+        return self._hang_port
+
+
+def _median(xs: Sequence[float]) -> Optional[float]:
+    return statistics.median(xs) if xs else None
+
+
+def _client_cmd(emu: EmulatorProc, p: Pki, client: str, *mode: str) -> List[str]:
+    return [PYTHON, "-m", "bench.rawclient", "--client", client, "--url", emu.url,
+            "--ca", str(p.ca_file), "--cert", str(p.client_cert), "--key", str(p.client_key), *mode]
+
+
+def _json_lines(lines: Sequence[str]) -> List[dict]:
+    out = []
+    for line in lines:
+        line = line.strip()
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+# ---------------------------------------------------------------- 1. CPU per probe
+
+
+def suite_cpu(ctx: Ctx) -> Dict[str, Any]:
+    """CPU per probe: raw ssl+http.client, fcmon's daemon, blackbox_exporter; same emulator, same rate."""
+    emu = ctx.emulator()
+    rate = 20.0
+    rounds, windows, window = (1, 1, 4.0) if ctx.quick else (2, 2, 4.0)
+    n_targets, interval = 40, 2.0  # 40 targets every 2 s: 20 probes a second
+    cfg_port = free_port()
+    cfg = fcmon_config(ctx.work / "cpu.ini", ctx.pki, cfg_port,
+                       [(f"cpu{i:02d}", emu.url) for i in range(n_targets)], interval, 1.5)
+    out: Dict[str, Any] = {
+        "rate_per_s": rate, "rounds": rounds, "windows_per_round": windows, "window_s": window,
+        "fcmon_setup": f"{n_targets} targets, interval {interval:g} s (= {rate:g} probes/s), "
+                       f"warm-up one interval + 1.5 s, CPU from /proc/PID/stat, probes from fcmon_probes_total",
+        "raw": [], "requests": [], "probeloop": [], "fcmon": [], "blackbox": [],
+        "emulator_ms_per_probe": {},
+    }
+
+    binary, why = blackbox.find_or_install(ctx.log)
+    out["blackbox_status"] = why
+    bb = None
+    if binary:
+        try:
+            bb = blackbox.Blackbox(ctx.procs, binary, blackbox.write_config(ctx.work, ctx.pki), emu.url)
+            if not bb.probe():
+                raise BenchError("the first blackbox probe failed")
+        except Exception as exc:  # the row is skipped with the reason
+            out["blackbox_status"] = f"could not run: {exc}"
+            bb = None
+
+    def emu_cpu_delta(key: str, fn: Callable[[], List[dict]]) -> List[dict]:
+        e0 = emu.proc.cpu()
+        ws = fn()
+        e1 = emu.proc.cpu()
+        n = sum(w["probes"] for w in ws)
+        if n:
+            out["emulator_ms_per_probe"].setdefault(key, []).append((e1 - e0) / n * 1000)
+        return ws
+
+    def run_client(client: str, k: int) -> List[dict]:
+        p = ctx.procs.start(f"{client}-client", _client_cmd(
+            emu, ctx.pki, client, "rate", "--rate", str(rate), "--windows", str(k),
+            "--window", str(window), "--warmup", "1.5"))
+        p.popen.wait(60 + k * window)
+        ctx.procs.stop(p)
+        ws = _json_lines(list(p.out))
+        if len(ws) != k:
+            raise BenchError(f"{client} client: expected {k} windows:\n{p.tail()}")
+        return [dict(w, ms_per_probe=w["cpu"] / w["probes"] * 1000) for w in ws]
+
+    def run_probeloop(k: int) -> List[dict]:
+        p = ctx.procs.start("probeloop", [PYTHON, "-m", "bench.probeloop", "-c", str(cfg), "--rate", str(rate),
+                                          "--windows", str(k), "--window", str(window)])
+        p.popen.wait(60 + k * window)
+        ctx.procs.stop(p)
+        ws = _json_lines(list(p.out))
+        if len(ws) != k:
+            raise BenchError(f"probeloop: expected {k} windows:\n{p.tail()}")
+        return [dict(w, ms_per_probe=w["cpu"] / w["probes"] * 1000) for w in ws]
+
+    def run_fcmon(k: int) -> List[dict]:
+        f = FcmonProc(ctx.procs, cfg, cfg_port, name="fcmon-cpu")
+        try:
+            f.wait_listening(30)
+            time.sleep(interval + 1.5)
+            ws = []
+            for _ in range(k):
+                n0 = metric_sum(f.metrics(), "fcmon_probes_total")
+                c0, t0 = f.proc.cpu(), time.monotonic()
+                time.sleep(window)
+                c1, t1 = f.proc.cpu(), time.monotonic()
+                text = f.metrics()
+                n1 = metric_sum(text, "fcmon_probes_total")
+                ws.append({"probes": n1 - n0, "cpu": c1 - c0, "wall": t1 - t0,
+                           "ms_per_probe": (c1 - c0) / max(1.0, n1 - n0) * 1000,
+                           "failures": metric_sum(text, "fcmon_probe_failures_total"),
+                           "up": metric_sum(text, "fcmon_up")})
+            return ws
+        finally:
+            code = ctx.procs.stop(f.proc)
+            if code != 0:
+                ctx.notes.append(f"cpu: fcmon exited {code}")
+
+    def run_bb(k: int) -> List[dict]:
+        assert bb is not None
+        ws = []
+        blackbox.run_rate(bb, rate, 1.0)  # warm-up
+        for _ in range(k):
+            c0, t0 = bb.proc.cpu(), time.monotonic()
+            n, fails = blackbox.run_rate(bb, rate, window)
+            c1, t1 = bb.proc.cpu(), time.monotonic()
+            ws.append({"probes": n, "cpu": c1 - c0, "wall": t1 - t0, "failures": fails,
+                       "ms_per_probe": (c1 - c0) / n * 1000})
+        return ws
+
+    for r in range(rounds):
+        ctx.log(f"cpu round {r + 1}/{rounds}: raw reference")
+        out["raw"] += emu_cpu_delta("raw", lambda: run_client("raw", windows))
+        if r == 0:
+            ctx.log("cpu: requests.Session reference, fcmon probe loop without the daemon")
+            out["requests"] += emu_cpu_delta("requests", lambda: run_client("requests", 1))
+            out["probeloop"] += emu_cpu_delta("probeloop", lambda: run_probeloop(1))
+        ctx.log(f"cpu round {r + 1}/{rounds}: fcmon daemon")
+        out["fcmon"] += emu_cpu_delta("fcmon", lambda: run_fcmon(windows))
+        if bb is not None:
+            ctx.log(f"cpu round {r + 1}/{rounds}: blackbox_exporter")
+            out["blackbox"] += emu_cpu_delta("blackbox", lambda: run_bb(windows))
+    if bb is not None:
+        bb.close()
+        ctx.procs.stop(bb.proc)
+
+    for key in ("raw", "requests", "probeloop", "fcmon", "blackbox"):
+        vals = [w["ms_per_probe"] for w in out[key]]
+        out[f"{key}_ms_median"] = _median(vals)
+    out["emulator_ms_per_probe"] = {k: _median(v) for k, v in out["emulator_ms_per_probe"].items()}
+    return out
+
+
+# ---------------------------------------------------------------- 2. fidelity
+
+
+def _step(text: str, target: str, step: str) -> Optional[float]:
+    for s in samples(text, ["fcmon_step_duration_seconds"]):
+        if s.labels.get("target") == target and s.labels.get("step") == step:
+            return s.value
+    return None
+
+
+def suite_fidelity(ctx: Ctx) -> Dict[str, Any]:
+    """fcmon_step_duration_seconds{step=list_databases} vs the raw client's timing of the same call."""
+    emu = ctx.emulator()
+    n = 50 if ctx.quick else 200
+    port = free_port()
+    cfg = fcmon_config(ctx.work / "fidelity.ini", ctx.pki, port, [("fid", emu.url)], 60, 10, schedule=False)
+    f = FcmonProc(ctx.procs, cfg, port, name="fcmon-fidelity")
+    raw = ctx.procs.start("raw-serve", _client_cmd(emu, ctx.pki, "raw", "serve"), stdin=True)
+    out: Dict[str, Any] = {"probes_each": n, "method": (
+        "fcmon with schedule = false, one probe per GET /probe?target=fid, alternating with one raw "
+        "reference probe (own process, fresh TLS connection each); delay injected on listDatabases "
+        "by the emulator's control endpoint; figure = median(fcmon step) - median(raw step)"), "delays": []}
+    try:
+        f.wait_listening(30)
+
+        def one_fcmon() -> float:
+            text = f.probe("fid")
+            v = _step(text, "fid", "list_databases")
+            if v is None or metric_sum(text, "fcmon_up", target="fid") != 1:
+                raise BenchError(f"fcmon probe failed:\n{text[:2000]}")
+            return v
+
+        def one_raw() -> float:
+            answer = json.loads(raw.request("probe"))
+            if "error" in answer:
+                raise BenchError(f"raw probe failed: {answer['error']}")
+            return float(answer["list_databases"])
+
+        for delay in (0.0, 0.005, 0.05):
+            if delay:
+                emu.set_fault("listDatabases", {"delay": delay})
+            else:
+                emu.clear_faults()
+            ctx.log(f"fidelity: delay {delay * 1000:g} ms, {n} probes each")
+            for _ in range(5):
+                one_fcmon(), one_raw()
+            fc: List[float] = []
+            rw: List[float] = []
+            for i in range(n):
+                if i % 2 == 0:
+                    fc.append(one_fcmon())
+                    rw.append(one_raw())
+                else:
+                    rw.append(one_raw())
+                    fc.append(one_fcmon())
+            mf, mr = statistics.median(fc), statistics.median(rw)
+            out["delays"].append({
+                "delay_ms": delay * 1000,
+                "fcmon_median_ms": mf * 1000, "raw_median_ms": mr * 1000,
+                "fcmon_minus_delay_ms": (mf - delay) * 1000, "raw_minus_delay_ms": (mr - delay) * 1000,
+                "diff_ms": (mf - mr) * 1000,
+                "paired_diff_median_ms": statistics.median(a - b for a, b in zip(fc, rw)) * 1000,
+                "fcmon_p10_p90_ms": [_pct(fc, 0.1) * 1000, _pct(fc, 0.9) * 1000],
+                "raw_p10_p90_ms": [_pct(rw, 0.1) * 1000, _pct(rw, 0.9) * 1000],
+            })
+    finally:
+        emu.clear_faults()
+        ctx.procs.stop(raw, 5)
+        ctx.procs.stop(f.proc)
+    return out
+
+
+def _pct(xs: Sequence[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+# ---------------------------------------------------------------- 3-6. scale, memory, scrape, start-up
+
+
+def _lateness_buckets(text: str) -> List[Tuple[float, float]]:
+    out = []
+    for s in samples(text, [LATENESS + "_bucket"]):
+        le = s.labels["le"]
+        out.append((float("inf") if le == "+Inf" else float(le), s.value))
+    return sorted(out)
+
+
+def _bucket_delta(a: List[Tuple[float, float]], b: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
+    before = dict(a)
+    return [(le, v - before.get(le, 0.0)) for le, v in b]
+
+
+def _quantiles(buckets: List[Tuple[float, float]]) -> Dict[str, Optional[float]]:
+    count = buckets[-1][1] if buckets else 0.0
+    return {"count": count, "p50_s": histogram_quantile(0.5, buckets),
+            "p99_s": histogram_quantile(0.99, buckets), "max_bucket_s": _max_bucket(buckets)}
+
+
+def _max_bucket(buckets: List[Tuple[float, float]]) -> Optional[float]:
+    """The upper bound of the highest non-empty bucket."""
+    prev = 0.0
+    top = None
+    for le, v in buckets:
+        if v > prev:
+            top = le
+        prev = v
+    return top
+
+
+@dataclass
+class ScaleStep:
+    targets: int
+    duration: float
+    interval: float = 30.0
+    timeout: float = 10.0
+    scrapes: int = 0  # the scrape burst (goal 5)
+    companion: bool = False  # a one-target fcmon alongside (goal 4)
+    ready_poll: float = 0.1
+
+
+def _scale_targets(n: int, healthy_url: str, hang_url: str) -> Tuple[List[Tuple[str, str]], List[str], List[int]]:
+    """Every tenth target hangs (10%), spread evenly through the stagger."""
+    targets = []
+    healthy = []
+    healthy_index = []
+    for i in range(n):
+        if i % 10 == 9:
+            targets.append((f"hang{i:04d}", hang_url))
+        else:
+            name = f"ok{i:04d}"
+            targets.append((name, healthy_url))
+            healthy.append(name)
+            healthy_index.append(i)
+    return targets, healthy, healthy_index
+
+
+def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
+    n = step.targets
+    hang_url = f"https://{LOOPBACK}:{ctx.hang_port()}/api"
+    targets, healthy, healthy_index = _scale_targets(n, emu.url, hang_url)
+    healthy_set = set(healthy)
+    port = free_port()
+    cfg = fcmon_config(ctx.work / f"scale{n}.ini", ctx.pki, port, targets, step.interval, step.timeout)
+    res: Dict[str, Any] = {
+        "targets": n, "healthy": len(healthy), "hanging": n - len(healthy), "interval_s": step.interval,
+        "timeout_s": step.timeout, "duration_s": step.duration,
+        "expected_probes_per_s": n / step.interval,
+    }
+    companion = None
+    if step.companion:
+        cport = free_port()
+        ccfg = fcmon_config(ctx.work / "one.ini", ctx.pki, cport, [("one", emu.url)], 5, 4)
+        companion = FcmonProc(ctx.procs, ccfg, cport, name="fcmon-one-target")
+    sessions_before = emu.sessions()
+    f = FcmonProc(ctx.procs, cfg, port, name=f"fcmon-{n}")
+    wall_start = time.time()
+    t_start = f.t_start
+    try:
+        res["listening_s"] = f.wait_listening(60)
+        t_listen_wall = wall_start + res["listening_s"]
+        # /-/ready is polled for the whole step: every change of its answer is kept,
+        # so a 200 that later turns back into 503 shows.
+        ready_changes: List[Tuple[float, int]] = []
+        stop_polling = threading.Event()
+
+        def poll_ready() -> None:
+            last = None
+            while not stop_polling.is_set():
+                try:
+                    status, _ = http_get(port, "/-/ready", 5)
+                except OSError:
+                    status = 0
+                if status != last:
+                    ready_changes.append((time.monotonic() - t_start, status))
+                    last = status
+                stop_polling.wait(step.ready_poll if status != 200 else 1.0)
+
+        poller = threading.Thread(target=poll_ready, daemon=True)
+        poller.start()
+        rss_series: List[Tuple[float, float]] = []
+        cpu_series: List[Tuple[float, float]] = []
+
+        def at(t: float) -> None:
+            """Sleep until t seconds after start, sampling RSS and CPU every 10 s meanwhile."""
+            while True:
+                now = time.monotonic() - t_start
+                if now >= t:
+                    return
+                nxt = (int(now / 10) + 1) * 10
+                time.sleep(max(0.0, min(t, nxt) - now))
+                now = time.monotonic() - t_start
+                if now >= nxt - 0.01 and f.proc.alive():
+                    rss_series.append((round(now, 1), f.proc.rss() / MB))
+                    cpu_series.append((round(now, 1), f.proc.cpu()))
+
+        # Half an interval in: the first round is staggered, so about half the targets are probed.
+        at(step.interval / 2)
+        text = f.metrics()
+        probed = sum(1 for s in samples(text, ["fcmon_probes_total"]) if s.value >= 1)
+        res["first_round_half_interval"] = {"probed_targets": probed, "of": n, "expected_fraction": 0.5}
+
+        # Steady state: from one interval on (every target has had its first
+        # probe, and built its SSL context).
+        steady_from = step.interval + 3
+        at(steady_from)
+        text_a = f.metrics()
+        cpu_a, t_a = f.proc.cpu(), time.monotonic() - t_start
+        burst: Dict[str, Any] = {}
+        if step.scrapes:
+            # Scrapes spaced like Prometheus' (15 s), so each one finds the
+            # targets probed since the one before changed (what a renderer
+            # that caches per target really faces); then a few back to back.
+            avail = step.duration - (steady_from + 10) - 15
+            spacing = max(0.5, min(15.0, avail / max(1, step.scrapes - 1)))
+            scrape_from = step.duration - 15 - (step.scrapes - 1) * spacing
+            at(scrape_from)
+            cpu_b, t_b = f.proc.cpu(), time.monotonic() - t_start
+            times: List[float] = []
+            first_body = body = b""
+            for k in range(step.scrapes):
+                at(scrape_from + k * spacing)
+                t0 = time.monotonic()
+                status, body = http_get(port, "/metrics", 60)
+                times.append(time.monotonic() - t0)
+                if status != 200:
+                    raise BenchError(f"/metrics: HTTP {status}")
+                if k == 0:
+                    first_body = body
+            t_c = time.monotonic() - t_start
+            cpu_c = f.proc.cpu()
+            text_b, text_c = first_body.decode(), body.decode()
+            back_to_back = []
+            for _ in range(5):
+                t0 = time.monotonic()
+                http_get(port, "/metrics", 60)
+                back_to_back.append(time.monotonic() - t0)
+            lat_b, lat_c = _lateness_buckets(text_b), _lateness_buckets(text_c)
+            probes_b = metric_sum(text_b, "fcmon_probes_total")
+            probes_c = metric_sum(text_c, "fcmon_probes_total")
+            burst = {
+                "scrapes": step.scrapes, "spacing_s": spacing, "seconds": times,
+                "median_s": statistics.median(times), "max_s": max(times), "bytes": len(body),
+                "lines": text_c.count("\n"),
+                "back_to_back_s": back_to_back, "back_to_back_median_s": statistics.median(back_to_back),
+                "phase_wall_s": t_c - t_b, "cpu_s_during_phase": cpu_c - cpu_b,
+                "probes_during_phase": probes_c - probes_b,
+                "probes_expected_during_phase": (t_c - t_b - times[0]) * n / step.interval,
+                "lateness_during_phase": _quantiles(_bucket_delta(lat_b, lat_c)),
+            }
+            steady_text_end, steady_cpu_end, steady_t_end = text_b, cpu_b, t_b
+        at(step.duration)
+        res["rss_mb_at_end"] = f.proc.rss() / MB
+        res["threads_at_end"] = thread_count(f.proc.pid)
+        cpu_e, t_e = f.proc.cpu(), time.monotonic() - t_start
+        if companion is not None:
+            res["companion_one_target"] = {
+                "rss_mb_at_end": companion.proc.rss() / MB, "interval_s": 5,
+                "age_s": time.monotonic() - companion.t_start, "cpu_s": companion.proc.cpu(),
+            }
+        wall_e = time.time()  # before the final scrape: its text counts probes done by about then
+        text_e = f.metrics()
+        if not step.scrapes:
+            steady_text_end, steady_cpu_end, steady_t_end = text_e, cpu_e, t_e
+        stop_polling.set()
+
+        # -- steady-state CPU and lateness
+        probes_a = metric_sum(text_a, "fcmon_probes_total")
+        probes_s = metric_sum(steady_text_end, "fcmon_probes_total")
+        cpu_s = steady_cpu_end - cpu_a
+        res["steady"] = {
+            "from_s": t_a, "to_s": steady_t_end, "probes": probes_s - probes_a,
+            "cpu_s": cpu_s, "cpu_cores": cpu_s / max(1e-9, steady_t_end - t_a),
+            "cpu_ms_per_probe": cpu_s / max(1.0, probes_s - probes_a) * 1000,
+            "lateness": _quantiles(_bucket_delta(_lateness_buckets(text_a), _lateness_buckets(steady_text_end))),
+        }
+        res["whole_run"] = {
+            "cpu_s": cpu_e, "seconds": t_e, "probes": metric_sum(text_e, "fcmon_probes_total"),
+            "lateness": _quantiles(_lateness_buckets(text_e)),
+        }
+        res["rss_mb_series"] = rss_series
+        res["rss_mb_peak_sampled"] = max([v for _, v in rss_series] + [res["rss_mb_at_end"]])
+        if burst:
+            res["scrape"] = burst
+
+        # -- healthy targets: skipped, missed, up
+        by_target = lambda name: {s.labels["target"]: s.value for s in samples(text_e, [name])}  # noqa: E731
+        skipped = by_target("fcmon_probes_skipped_total")
+        probes = by_target("fcmon_probes_total")
+        up = by_target("fcmon_up")
+        res["skipped_healthy"] = sum(v for k, v in skipped.items() if k in healthy_set)
+        res["skipped_hanging"] = sum(v for k, v in skipped.items() if k not in healthy_set)
+        # Runs due (by the stagger, counted from when the endpoint first answered,
+        # which is after the scheduler started) up to 3 s before the final scrape
+        # was requested (a probe counts once it has finished).
+        missed = 0
+        missing_targets = []
+        horizon = wall_e - 3.0 - t_listen_wall
+        for name, i in zip(healthy, healthy_index):
+            offset = step.interval * i / n
+            due = 0 if horizon < offset else int((horizon - offset) // step.interval) + 1
+            got = probes.get(name, 0)
+            if got < due:
+                missed += int(due - got)
+                missing_targets.append((name, round(offset, 3), int(due), int(got)))
+        res["missed_healthy"] = missed
+        res["missed_targets"] = len(missing_targets)
+        res["missed_examples"] = missing_targets[:5]
+        # Targets whose first run was due this early were still being added (scheduler.update()).
+        res["missed_max_first_offset_s"] = max((m[1] for m in missing_targets), default=None)
+        res["missed_first_offsets_s"] = [m[1] for m in missing_targets][:200]
+        res["up_healthy"] = sum(1 for k in healthy if up.get(k) == 1)
+        res["failures_healthy"] = sum(
+            s.value for s in samples(text_e, ["fcmon_probe_failures_total"]) if s.labels["target"] in healthy_set)
+        res["ready_changes"] = ready_changes
+        # Ready = the last change to 200 (a 200 that turned back to 503 was premature).
+        res["ready_s"] = ready_changes[-1][0] if ready_changes and ready_changes[-1][1] == 200 else None
+        firsts = [t for t, st in ready_changes if st == 200]
+        res["ready_premature_s"] = firsts[0] if firsts and firsts[0] != res["ready_s"] else None
+    finally:
+        stop_polling_ev = locals().get("stop_polling")
+        if stop_polling_ev is not None:
+            stop_polling_ev.set()
+        t0 = time.monotonic()
+        code = ctx.procs.stop(f.proc, 60)
+        res["stop_s"] = time.monotonic() - t0
+        res["exit_code"] = code
+        if companion is not None:
+            ctx.procs.stop(companion.proc)
+    sessions = emu.sessions()
+    res["emulator_open_sessions_after_stop"] = sessions["open"]
+    res["emulator_sessions_created"] = sessions["created"] - sessions_before["created"]
+    res["fcmon_stderr_lines"] = f.proc.err_count
+    return res
+
+
+def suite_scale(ctx: Ctx, sizes: Sequence[int], long_minutes: float, scrapes: int) -> Dict[str, Any]:
+    emu = ctx.fresh_emulator("emulator-scale")
+    out: Dict[str, Any] = {"steps": []}
+    for n in sizes:
+        # The largest step runs long: memory after `long_minutes`, the scrape
+        # burst near its end, a one-target fcmon alongside for the small RSS.
+        long = n == max(sizes)
+        duration = long_minutes * 60 if long else 45.0
+        step = ScaleStep(targets=n, duration=duration, scrapes=scrapes if long else 0, companion=long,
+                         ready_poll=0.1 if n <= 100 else 0.5)
+        ctx.log(f"scale: {n} targets ({n // 10} hanging) at a {step.interval:g} s interval for {duration:g} s"
+                + (f", {scrapes} scrapes near the end, a one-target fcmon alongside" if long else ""))
+        try:
+            out["steps"].append(scale_step(ctx, emu, step))
+        except Exception as exc:
+            ctx.log(f"scale step {n} failed: {exc}")
+            out["steps"].append({"targets": n, "error": f"{type(exc).__name__}: {exc}"})
+    ctx.procs.stop(emu.proc)
+    return out
