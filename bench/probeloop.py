@@ -23,9 +23,12 @@ def main() -> int:
     ap.add_argument("--windows", type=int, default=1)
     ap.add_argument("--window", type=float, default=5.0)
     ap.add_argument("--warmup", type=int, default=10, help="probes before measuring")
+    ap.add_argument("--warmup-seconds", type=float, default=0.0,
+                    help="then keep probing at the rate until this many seconds after start")
     ap.add_argument("--profile", type=Path, help="write cProfile stats (thread CPU time) here")
     ap.add_argument("--profile-probes", type=int, default=300)
     args = ap.parse_args()
+    t_begin = time.monotonic()
 
     from fcmon.config import load_config
     from fcmon.metrics import MetricsStore
@@ -53,6 +56,10 @@ def main() -> int:
 
     period = 1.0 / args.rate
     next_at = time.monotonic()
+    while time.monotonic() < t_begin + args.warmup_seconds:
+        store.record(prober.probe(target))
+        next_at += period
+        time.sleep(max(0.0, next_at - time.monotonic()))
     for _ in range(args.windows):
         n = failures = 0
         cpu0, wall0 = time.process_time(), time.monotonic()

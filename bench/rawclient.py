@@ -115,6 +115,7 @@ def run_rate(host: str, port: int, ctx: ssl.SSLContext, rate: float, windows: in
              warmup: float, probe=probe) -> None:  # type: ignore[no-untyped-def]
     """Probes at `rate` per second; one JSON line per window of `window` seconds."""
     period = 1.0 / rate
+    print("started", flush=True)  # the bench lines its own windows up with this
     next_at = time.monotonic()
     end_warmup = next_at + warmup
     while time.monotonic() < end_warmup:

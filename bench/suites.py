@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import threading
 import time
@@ -25,6 +26,7 @@ from .procs import (
     http_get,
     metric_sum,
     samples,
+    steal_seconds,
     thread_count,
 )
 
@@ -84,20 +86,29 @@ def _json_lines(lines: Sequence[str]) -> List[dict]:
 
 
 def suite_cpu(ctx: Ctx) -> Dict[str, Any]:
-    """CPU per probe: raw ssl+http.client, fcmon's daemon, blackbox_exporter; same emulator, same rate."""
+    """CPU per probe: raw ssl+http.client, fcmon's daemon, blackbox_exporter; same emulator, same rate.
+
+    The clients run at the same time, each at the same steady rate, and are
+    measured over the same windows: whatever the shared machine does to one
+    window, it does to all of them, so the per-window ratios hold still even
+    when the absolute figures drift. Phase 1: raw + fcmon + blackbox_exporter;
+    phase 2 (information): raw + plain requests + fcmon's probe loop without
+    the daemon.
+    """
     emu = ctx.emulator()
     rate = 20.0
-    rounds, windows, window = (1, 1, 4.0) if ctx.quick else (2, 2, 4.0)
+    windows, window = (2, 4.0) if ctx.quick else (6, 5.0)
+    info_windows = 1 if ctx.quick else 3
     n_targets, interval = 40, 2.0  # 40 targets every 2 s: 20 probes a second
     cfg_port = free_port()
     cfg = fcmon_config(ctx.work / "cpu.ini", ctx.pki, cfg_port,
                        [(f"cpu{i:02d}", emu.url) for i in range(n_targets)], interval, 1.5)
     out: Dict[str, Any] = {
-        "rate_per_s": rate, "rounds": rounds, "windows_per_round": windows, "window_s": window,
+        "rate_per_s": rate, "windows": windows, "info_windows": info_windows, "window_s": window,
         "fcmon_setup": f"{n_targets} targets, interval {interval:g} s (= {rate:g} probes/s), "
                        f"warm-up one interval + 1.5 s, CPU from /proc/PID/stat, probes from fcmon_probes_total",
-        "raw": [], "requests": [], "probeloop": [], "fcmon": [], "blackbox": [],
-        "emulator_ms_per_probe": {},
+        "method": "clients run concurrently, each at the same rate, measured over the same windows",
+        "raw": [], "requests": [], "probeloop": [], "fcmon": [], "blackbox": [], "raw_info": [],
     }
 
     binary, why = blackbox.find_or_install(ctx.log)
@@ -112,91 +123,109 @@ def suite_cpu(ctx: Ctx) -> Dict[str, Any]:
             out["blackbox_status"] = f"could not run: {exc}"
             bb = None
 
-    def emu_cpu_delta(key: str, fn: Callable[[], List[dict]]) -> List[dict]:
-        e0 = emu.proc.cpu()
-        ws = fn()
-        e1 = emu.proc.cpu()
-        n = sum(w["probes"] for w in ws)
-        if n:
-            out["emulator_ms_per_probe"].setdefault(key, []).append((e1 - e0) / n * 1000)
-        return ws
-
-    def run_client(client: str, k: int) -> List[dict]:
-        p = ctx.procs.start(f"{client}-client", _client_cmd(
+    def start_client(client: str, k: int, warmup: float):  # type: ignore[no-untyped-def]
+        return ctx.procs.start(f"{client}-client", _client_cmd(
             emu, ctx.pki, client, "rate", "--rate", str(rate), "--windows", str(k),
-            "--window", str(window), "--warmup", "1.5"))
+            "--window", str(window), "--warmup", str(warmup)))
+
+    def client_windows(p, k: int) -> List[dict]:  # type: ignore[no-untyped-def]
         p.popen.wait(60 + k * window)
         ctx.procs.stop(p)
         ws = _json_lines(list(p.out))
         if len(ws) != k:
-            raise BenchError(f"{client} client: expected {k} windows:\n{p.tail()}")
-        return [dict(w, ms_per_probe=w["cpu"] / w["probes"] * 1000) for w in ws]
+            raise BenchError(f"{p.name}: expected {k} windows:\n{p.tail()}")
+        return [dict(w, ms_per_probe=w["cpu"] / max(1, w["probes"]) * 1000) for w in ws]
 
-    def run_probeloop(k: int) -> List[dict]:
-        p = ctx.procs.start("probeloop", [PYTHON, "-m", "bench.probeloop", "-c", str(cfg), "--rate", str(rate),
-                                          "--windows", str(k), "--window", str(window)])
-        p.popen.wait(60 + k * window)
-        ctx.procs.stop(p)
-        ws = _json_lines(list(p.out))
-        if len(ws) != k:
-            raise BenchError(f"probeloop: expected {k} windows:\n{p.tail()}")
-        return [dict(w, ms_per_probe=w["cpu"] / w["probes"] * 1000) for w in ws]
+    class Driver(threading.Thread):
+        """blackbox_exporter's /probe at the rate, counted per window by the main thread."""
 
-    def run_fcmon(k: int) -> List[dict]:
-        f = FcmonProc(ctx.procs, cfg, cfg_port, name="fcmon-cpu")
-        try:
-            f.wait_listening(30)
-            time.sleep(interval + 1.5)
-            ws = []
-            for _ in range(k):
-                n0 = metric_sum(f.metrics(), "fcmon_probes_total")
-                c0, t0 = f.proc.cpu(), time.monotonic()
-                time.sleep(window)
-                c1, t1 = f.proc.cpu(), time.monotonic()
-                text = f.metrics()
-                n1 = metric_sum(text, "fcmon_probes_total")
-                ws.append({"probes": n1 - n0, "cpu": c1 - c0, "wall": t1 - t0,
-                           "ms_per_probe": (c1 - c0) / max(1.0, n1 - n0) * 1000,
-                           "failures": metric_sum(text, "fcmon_probe_failures_total"),
-                           "up": metric_sum(text, "fcmon_up")})
-            return ws
-        finally:
-            code = ctx.procs.stop(f.proc)
-            if code != 0:
-                ctx.notes.append(f"cpu: fcmon exited {code}")
+        def __init__(self) -> None:
+            super().__init__(daemon=True)
+            self.stop_ev = threading.Event()
+            self.n = self.fails = 0
+            self.error: Optional[str] = None
 
-    def run_bb(k: int) -> List[dict]:
-        assert bb is not None
-        ws = []
-        blackbox.run_rate(bb, rate, 1.0)  # warm-up
-        for _ in range(k):
-            c0, t0 = bb.proc.cpu(), time.monotonic()
-            n, fails = blackbox.run_rate(bb, rate, window)
-            c1, t1 = bb.proc.cpu(), time.monotonic()
-            ws.append({"probes": n, "cpu": c1 - c0, "wall": t1 - t0, "failures": fails,
-                       "ms_per_probe": (c1 - c0) / n * 1000})
-        return ws
+        def run(self) -> None:
+            assert bb is not None
+            period, next_at = 1.0 / rate, time.monotonic()
+            while not self.stop_ev.is_set():
+                try:
+                    self.fails += 0 if bb.probe() else 1
+                except Exception as exc:
+                    self.error = str(exc)
+                    return
+                self.n += 1
+                next_at += period
+                self.stop_ev.wait(max(0.0, next_at - time.monotonic()))
 
-    for r in range(rounds):
-        ctx.log(f"cpu round {r + 1}/{rounds}: raw reference")
-        out["raw"] += emu_cpu_delta("raw", lambda: run_client("raw", windows))
-        if r == 0:
-            ctx.log("cpu: requests.Session reference, fcmon probe loop without the daemon")
-            out["requests"] += emu_cpu_delta("requests", lambda: run_client("requests", 1))
-            out["probeloop"] += emu_cpu_delta("probeloop", lambda: run_probeloop(1))
-        ctx.log(f"cpu round {r + 1}/{rounds}: fcmon daemon")
-        out["fcmon"] += emu_cpu_delta("fcmon", lambda: run_fcmon(windows))
+    steal0, wall0 = steal_seconds(), time.monotonic()
+    ctx.log(f"cpu phase 1: raw reference, fcmon daemon{', blackbox_exporter' if bb else ''} at the same time, "
+            f"{windows} windows of {window:g} s")
+    e0 = emu.proc.cpu()
+    f = FcmonProc(ctx.procs, cfg, cfg_port, name="fcmon-cpu")
+    driver = Driver() if bb is not None else None
+    try:
+        f.wait_listening(30)
+        if driver is not None:
+            driver.start()
+        warm = interval + 1.5
+        raw = start_client("raw", windows, warm)
+        raw.wait_for_line(r"^started$", 30)
+        time.sleep(warm)
+        for _ in range(windows):
+            n0 = metric_sum(f.metrics(), "fcmon_probes_total")
+            c0, t0 = f.proc.cpu(), time.monotonic()
+            b0 = (bb.proc.cpu(), driver.n, driver.fails) if driver is not None and bb is not None else None
+            time.sleep(window)
+            c1, t1 = f.proc.cpu(), time.monotonic()
+            if driver is not None and bb is not None and b0 is not None:
+                bn = driver.n - b0[1]
+                bc = bb.proc.cpu() - b0[0]
+                out["blackbox"].append({"probes": bn, "cpu": bc, "failures": driver.fails - b0[2],
+                                        "ms_per_probe": bc / max(1, bn) * 1000})
+            text = f.metrics()
+            n1 = metric_sum(text, "fcmon_probes_total")
+            out["fcmon"].append({"probes": n1 - n0, "cpu": c1 - c0, "wall": t1 - t0,
+                                 "ms_per_probe": (c1 - c0) / max(1.0, n1 - n0) * 1000,
+                                 "failures": metric_sum(text, "fcmon_probe_failures_total"),
+                                 "up": metric_sum(text, "fcmon_up")})
+        out["raw"] = client_windows(raw, windows)
+    finally:
+        if driver is not None:
+            driver.stop_ev.set()
+            driver.join(10)
+            if driver.error:
+                ctx.notes.append(f"cpu: blackbox driver stopped: {driver.error}")
+        code = ctx.procs.stop(f.proc)
+        if code != 0:
+            ctx.notes.append(f"cpu: fcmon exited {code}")
         if bb is not None:
-            ctx.log(f"cpu round {r + 1}/{rounds}: blackbox_exporter")
-            out["blackbox"] += emu_cpu_delta("blackbox", lambda: run_bb(windows))
-    if bb is not None:
-        bb.close()
-        ctx.procs.stop(bb.proc)
+            bb.close()
+            ctx.procs.stop(bb.proc)
+    out["emulator_cpu_s_phase1"] = emu.proc.cpu() - e0
 
-    for key in ("raw", "requests", "probeloop", "fcmon", "blackbox"):
-        vals = [w["ms_per_probe"] for w in out[key]]
-        out[f"{key}_ms_median"] = _median(vals)
-    out["emulator_ms_per_probe"] = {k: _median(v) for k, v in out["emulator_ms_per_probe"].items()}
+    ctx.log(f"cpu phase 2 (information): raw reference, plain requests, fcmon probe loop without the daemon, "
+            f"{info_windows} windows")
+    warm = 2.0
+    procs2 = [start_client("raw", info_windows, warm), start_client("requests", info_windows, warm),
+              ctx.procs.start("probeloop", [PYTHON, "-m", "bench.probeloop", "-c", str(cfg), "--rate", str(rate),
+                                            "--windows", str(info_windows), "--window", str(window),
+                                            "--warmup-seconds", str(warm)])]
+    for key, p in zip(("raw_info", "requests", "probeloop"), procs2):
+        out[key] = client_windows(p, info_windows)
+    out["steal_fraction"] = (steal_seconds() - steal0) / max(1e-9, (time.monotonic() - wall0) * (os.cpu_count() or 1))
+
+    def ratios(a: str, b: str) -> List[float]:
+        return [x["ms_per_probe"] / y["ms_per_probe"] for x, y in zip(out[a], out[b]) if y["ms_per_probe"]]
+
+    for key in ("raw", "requests", "probeloop", "fcmon", "blackbox", "raw_info"):
+        out[f"{key}_ms_median"] = _median([w["ms_per_probe"] for w in out[key]])
+    out["ratio_fcmon_raw_windows"] = ratios("fcmon", "raw")
+    out["ratio_fcmon_blackbox_windows"] = ratios("fcmon", "blackbox")
+    out["ratio_requests_raw_windows"] = ratios("requests", "raw_info")
+    out["ratio_probeloop_raw_windows"] = ratios("probeloop", "raw_info")
+    for key in ("fcmon_raw", "fcmon_blackbox", "requests_raw", "probeloop_raw"):
+        out[f"ratio_{key}_median"] = _median(out[f"ratio_{key}_windows"])
     return out
 
 
@@ -394,7 +423,8 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
                 now = time.monotonic() - t_start
                 if now >= nxt - 0.01 and f.proc.alive():
                     rss_series.append((round(now, 1), f.proc.rss() / MB))
-                    cpu_series.append((round(now, 1), f.proc.cpu()))
+                    cpu_series.append((round(now, 1), f.proc.cpu(), thread_count(f.proc.pid),
+                                       os.getloadavg()[0], round(steal_seconds(), 2)))
 
         # Half an interval in: the first round is staggered, so about half the targets are probed.
         at(step.interval / 2)
@@ -408,6 +438,7 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
         at(steady_from)
         text_a = f.metrics()
         cpu_a, t_a = f.proc.cpu(), time.monotonic() - t_start
+        steal_a = steal_seconds()
         burst: Dict[str, Any] = {}
         if step.scrapes:
             # Scrapes spaced like Prometheus' (15 s), so each one finds the
@@ -418,6 +449,7 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
             scrape_from = step.duration - 15 - (step.scrapes - 1) * spacing
             at(scrape_from)
             cpu_b, t_b = f.proc.cpu(), time.monotonic() - t_start
+            steal_b = steal_seconds()
             times: List[float] = []
             first_body = body = b""
             for k in range(step.scrapes):
@@ -464,6 +496,7 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
         text_e = f.metrics()
         if not step.scrapes:
             steady_text_end, steady_cpu_end, steady_t_end = text_e, cpu_e, t_e
+            steal_b = steal_seconds()
         stop_polling.set()
 
         # -- steady-state CPU and lateness
@@ -475,12 +508,16 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
             "cpu_s": cpu_s, "cpu_cores": cpu_s / max(1e-9, steady_t_end - t_a),
             "cpu_ms_per_probe": cpu_s / max(1.0, probes_s - probes_a) * 1000,
             "lateness": _quantiles(_bucket_delta(_lateness_buckets(text_a), _lateness_buckets(steady_text_end))),
+            # CPU the hypervisor gave elsewhere during the window, as a share of this machine's CPUs
+            "steal_fraction": (steal_b - steal_a) / max(1e-9, (steady_t_end - t_a) * (os.cpu_count() or 1)),
         }
         res["whole_run"] = {
             "cpu_s": cpu_e, "seconds": t_e, "probes": metric_sum(text_e, "fcmon_probes_total"),
             "lateness": _quantiles(_lateness_buckets(text_e)),
         }
         res["rss_mb_series"] = rss_series
+        # (t, cpu seconds, threads, 1-min load average, machine steal seconds so far)
+        res["cpu_threads_load_series"] = cpu_series
         res["rss_mb_peak_sampled"] = max([v for _, v in rss_series] + [res["rss_mb_at_end"]])
         if burst:
             res["scrape"] = burst
