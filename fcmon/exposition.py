@@ -23,7 +23,6 @@ from .metrics import (
     EXPIRY_DAYS,
     FAMILIES,
     Family,
-    Labels,
     MetricsStore,
     Sample,
     _global_families,
@@ -103,5 +102,3 @@ class TextRenderer:
                 parts.extend(_line((s.name, tuple(s.labels.items()), s.value)) for s in metric.samples)
         return "".join(parts).encode() + generate_latest(self._extra)
 
-
-__all__ = ["TextRenderer", "Labels"]

@@ -164,11 +164,6 @@ class MetricsStore:
             if ok:
                 self._reload_ok_at = when
 
-    def latest(self, target: str) -> Optional[ProbeResult]:
-        with self._lock:
-            state = self._targets.get(target)
-            return state.latest if state else None
-
     def snapshot(self, known: Optional[Dict[str, int]] = None) -> "Snapshot":
         """A consistent copy. With `known` (target -> version already
         rendered), unchanged targets are not copied: their entry is None."""

@@ -179,8 +179,9 @@ def test_client_certificate_from_unknown_ca(tls_max, test_pki: PKI, tmp_path) ->
 
 
 def test_matrix_covers_every_reason_but_network_ones() -> None:
-    from fcmon.result import REASONS
+    from fcmon.result import REASONS, STAGES
 
+    assert {r.stage for r in MATRIX if r.stage} == set(STAGES) - {"connect"}
     covered = {r.reason for r in MATRIX} | {"tls_verify", "client_cert_rejected"}
     # dns, connect_refused: tests/test_probe.py; connect_timeout and
     # tls_handshake below.
