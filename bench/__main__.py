@@ -32,8 +32,8 @@ def _load() -> str:
 def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(SUITES),
-                    help=f"comma-separated subset of {','.join(SUITES)} (default: all). startup runs the "
-                         "smallest scale step; memory and scrape come from the largest (long) one")
+                    help=f"comma-separated subset of {','.join(SUITES)} (default: all). memory and scrape "
+                         "come from the largest (long) scale step")
     ap.add_argument("--quick", action="store_true",
                     help="fewer rounds and samples, a 1.5-minute long step: a smoke run, not the goals' conditions")
     ap.add_argument("--scale-targets", default="100,1000,3000", help="scale steps (default 100,1000,3000)")
@@ -73,6 +73,7 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
             runs = [
                 ("cpu", "cpu" in only, lambda: suites.suite_cpu(ctx)),
                 ("fidelity", "fidelity" in only, lambda: suites.suite_fidelity(ctx)),
+                ("startup", "startup" in only, lambda: suites.suite_startup(ctx)),
             ]
             for name, wanted, fn in runs:
                 if not wanted:
@@ -92,17 +93,9 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
                 ctx._emulator = None
 
             long_wanted = bool(only & {"scale", "memory", "scrape"})
-            if long_wanted or "startup" in only:
-                if "scale" in only:
-                    run_sizes = sizes
-                else:
-                    run_sizes = sorted({sizes[0]} if "startup" in only else set()) + (
-                        [sizes[-1]] if long_wanted and sizes[-1] != sizes[0] else [])
-                if not long_wanted:
-                    # startup only: the smallest step, short.
-                    long_minutes_eff = 45 / 60
-                else:
-                    long_minutes_eff = long_minutes
+            if long_wanted:
+                run_sizes = sizes if "scale" in only else [sizes[-1]]
+                long_minutes_eff = long_minutes
                 t0 = time.monotonic()
                 try:
                     results["scale"] = suites.suite_scale(ctx, run_sizes, long_minutes_eff,
@@ -139,9 +132,11 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
         "the same windows (phase 1: raw, fcmon daemon, blackbox_exporter; phase 2: raw, plain requests, fcmon's "
         "probe loop); fcmon warmed up one interval first; CPU from /proc/PID/stat (raw, requests and probe "
         "loop: time.process_time in their own process); ratio = median of the per-window ratios",
+        "startup: fcmon run with 100 healthy targets at a 30 s interval, from exec to the first 200 of "
+        "/-/ready (polled every 5 ms)",
         "scale: fcmon run with N targets (every tenth pointing at a TCP server that accepts and never "
         "answers), interval 30 s, timeout 10 s; lateness from fcmon_probe_start_lateness_seconds; "
-        "missed = runs due by the stagger (counted from when /-/healthy first answered) minus probes run",
+        "missed = runs due by the schedule (first round 5 ms apart, then each target's phase; counted from when /-/healthy first answered) minus probes run",
     ]
     report.write(results, args.out)
     md = (args.out / "latest.md").read_text()

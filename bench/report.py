@@ -115,21 +115,21 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                              "p99 < 2 s", "", "not blocked", blocked_ok,
                              f"{sc['probes_during_phase']:g} probes in {sc['phase_wall_s']:.0f} s; "
                              f"steady state without scrapes: p99 {_f(big['steady']['lateness']['p99_s'], ' s', 3)}"))
-    small = min(ok_steps, key=lambda s: s["targets"]) if ok_steps else None
-    if small is not None:
-        listen = small["listening_s"]
-        rows.append(_row(f"6. Start-up with {small['targets']} targets: listening (/-/healthy 200)",
+    st = results.get("startup")
+    if st and "error" not in st:
+        n, iv = st["targets"], st["interval_s"]
+        listen, ready = st["listening_s"], st["ready_s"]
+        rows.append(_row(f"6. Start-up with {n} targets: listening (/-/healthy 200)",
                          _f(listen, " s", 3), "1 s", _f(listen, "x"), "<= 1 s", listen <= 1.0))
-        ready = small.get("ready_s")
-        half = small["first_round_half_interval"]
-        rows.append(_row(f"6. Start-up with {small['targets']} targets: /-/ready 200 (contract: first round done)",
-                         _f(ready, " s", 1), "1 s", _f(ready, "x") if ready else "n/a", "<= 1 s",
-                         ready is not None and ready <= 1.0,
-                         f"conflicts with staggering: ready needs every target probed once = about one interval "
-                         f"({small['interval_s']:g} s) + timeout of hung targets; at half an interval "
-                         f"{half['probed_targets']}/{half['of']} targets were probed (staggered)"
-                         + (f"; /-/ready first answered 200 at {small['ready_premature_s']:.2f} s, then 503 "
-                            "again (premature)" if small.get("ready_premature_s") is not None else "")))
+        second = st["second_probes_done"]
+        rows.append(_row(f"6. Start-up with {n} targets: /-/ready 200 (every target probed once)",
+                         _f(ready, " s", 3), "1 s", _f(ready, "x"), "<= 1 s", ready <= 1.0,
+                         f"{st['up_at_ready']}/{n} up at ready; first probes 5 ms apart (span of their ends "
+                         f"{_f(st['first_round_span_s'], ' s', 3)}); then on phases spread over the {iv:g} s "
+                         f"interval: second probes done by 0.75 / 1.25 intervals {second['0.75']:g} / "
+                         f"{second['1.25']:g} of {n} (flat: about {n // 4} / {3 * n // 4})"))
+    elif st:
+        rows.append(_row("6. Start-up", "error", "", "", "", False, st["error"]))
     for s in ok_steps:
         if s.get("ready_premature_s") is not None:
             rows.append(_row(f"(finding) {s['targets']} targets: /-/ready answered 200 before the first round",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import threading
@@ -10,6 +11,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from fcmon.scheduler import FIRST_ROUND_SPACING
 
 from . import blackbox
 from .procs import (
@@ -22,6 +25,7 @@ from .procs import (
     Procs,
     fcmon_config,
     free_port,
+    wait_http,
     histogram_quantile,
     http_get,
     metric_sum,
@@ -350,6 +354,17 @@ class ScaleStep:
     ready_poll: float = 0.1
 
 
+def runs_due(first: float, phase: float, interval: float, horizon: float) -> int:
+    """Runs of one target due by `horizon` under fcmon's schedule: the first
+    at `first`, then every phase + k * interval at least half an interval
+    after it (fcmon.scheduler.PhasedTrigger)."""
+    if horizon < first:
+        return 0
+    k0 = math.ceil((first + interval / 2 - phase) / interval)
+    later = phase + k0 * interval
+    return 1 + (0 if horizon < later else int((horizon - later) // interval) + 1)
+
+
 def _scale_targets(n: int, healthy_url: str, hang_url: str) -> Tuple[List[Tuple[str, str]], List[str], List[int]]:
     """Every tenth target hangs (10%), spread evenly through the stagger."""
     targets = []
@@ -425,12 +440,6 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
                     rss_series.append((round(now, 1), f.proc.rss() / MB))
                     cpu_series.append((round(now, 1), f.proc.cpu(), thread_count(f.proc.pid),
                                        os.getloadavg()[0], round(steal_seconds(), 2)))
-
-        # Half an interval in: the first round is staggered, so about half the targets are probed.
-        at(step.interval / 2)
-        text = f.metrics()
-        probed = sum(1 for s in samples(text, ["fcmon_probes_total"]) if s.value >= 1)
-        res["first_round_half_interval"] = {"probed_targets": probed, "of": n, "expected_fraction": 0.5}
 
         # Steady state: from one interval on (every target has had its first
         # probe, and built its SSL context).
@@ -537,7 +546,7 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
         horizon = wall_e - 3.0 - t_listen_wall
         for name, i in zip(healthy, healthy_index):
             offset = step.interval * i / n
-            due = 0 if horizon < offset else int((horizon - offset) // step.interval) + 1
+            due = runs_due(min(offset, i * FIRST_ROUND_SPACING), offset, step.interval, horizon)
             got = probes.get(name, 0)
             if got < due:
                 missed += int(due - got)
@@ -592,3 +601,33 @@ def suite_scale(ctx: Ctx, sizes: Sequence[int], long_minutes: float, scrapes: in
             out["steps"].append({"targets": n, "error": f"{type(exc).__name__}: {exc}"})
     ctx.procs.stop(emu.proc)
     return out
+
+
+def suite_startup(ctx: Ctx, n: int = 100, interval: float = 30.0) -> Dict[str, Any]:
+    """Goal 6: `fcmon run` with `n` healthy targets, from exec to /-/ready 200,
+    then how the later probes spread over the interval."""
+    emu = ctx.emulator()
+    port = free_port()
+    targets = [(f"s{i:03d}", emu.url) for i in range(n)]
+    cfg = fcmon_config(ctx.work / "startup.ini", ctx.pki, port, targets, interval, 10.0)
+    f = FcmonProc(ctx.procs, cfg, port, name="fcmon-startup")
+    res: Dict[str, Any] = {"targets": n, "interval_s": interval}
+    try:
+        res["listening_s"] = f.wait_listening(60)
+        res["ready_s"] = wait_http(port, "/-/ready", 60, interval=0.005) - f.t_start
+        text = f.metrics()
+        up = [s.value for s in samples(text, ["fcmon_up"])]
+        res["up_at_ready"] = sum(1 for v in up if v == 1)
+        ends = [s.value for s in samples(text, ["fcmon_last_probe_timestamp_seconds"])]
+        res["first_round_span_s"] = (max(ends) - min(ends)) if ends else None
+        # After the first round each target runs on its phase (interval * i / n),
+        # at least half an interval after its first probe: about a quarter of the
+        # second probes are done by 0.75 intervals, three quarters by 1.25.
+        counts = {}
+        for frac in (0.75, 1.25):
+            time.sleep(max(0.0, f.t_start + res["listening_s"] + frac * interval - time.monotonic()))
+            counts[str(frac)] = metric_sum(f.metrics(), "fcmon_probes_total") - n
+        res["second_probes_done"] = counts
+    finally:
+        ctx.procs.stop(f.proc, 30)
+    return res

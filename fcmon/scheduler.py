@@ -1,9 +1,15 @@
-"""APScheduler wiring: one interval job per target.
+"""APScheduler wiring: one job per target.
 
 APScheduler's defaults silently drop work (10 workers, 1 s misfire grace,
 see pitfalls.md): here the pool is sized for the worst case of every
 target hanging until its timeout, the grace is the interval, and every
 skipped or missed run is counted.
+
+Targets run on phases spread evenly over the interval, so the steady load
+is flat. Only the first round is compressed: first probes start
+FIRST_ROUND_SPACING apart (at most 200 a second), so `/-/ready`, which
+waits for every target's first result, comes within seconds instead of one
+interval, and every target has series by then.
 """
 
 from __future__ import annotations
@@ -13,12 +19,12 @@ import logging
 import math
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
+from apscheduler.triggers.base import BaseTrigger
 
 from .config import TargetConfig
 from .probe import Prober
@@ -27,6 +33,9 @@ from .result import ProbeResult
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
+# Gap between first probes at start-up (and of targets added by a reload):
+# caps the start-up burst at 200 probes a second.
+FIRST_ROUND_SPACING = 0.005
 
 
 def pool_size(targets: Sequence[TargetConfig]) -> int:
@@ -35,14 +44,54 @@ def pool_size(targets: Sequence[TargetConfig]) -> int:
     return max(4, min(MAX_WORKERS, math.ceil(busy) + 2))
 
 
-def first_run_offsets(targets: Sequence[TargetConfig]) -> Dict[str, float]:
-    """Spread first runs evenly over each target's interval.
+def phase_offsets(targets: Sequence[TargetConfig]) -> Dict[str, float]:
+    """Each target's phase: its steady runs spread evenly over its interval.
 
-    A random first run per target (instead of trigger jitter, which
-    accumulates) would do too; even spacing also keeps the load flat.
+    A random phase per target (instead of trigger jitter, which
+    accumulates: pitfalls.md) would do too; even spacing keeps the load flat.
     """
     n = len(targets)
     return {t.name: t.interval * i / n for i, t in enumerate(targets)}
+
+
+def plan(targets: Sequence[TargetConfig], fresh: Sequence[str]) -> Dict[str, Tuple[float, float]]:
+    """(first run, phase) offsets in seconds from now for the `fresh` targets
+    (new or changed): first runs FIRST_ROUND_SPACING apart in `fresh` order,
+    never later than the target's phase."""
+    phases = phase_offsets(targets)
+    return {
+        name: (min(phases[name], i * FIRST_ROUND_SPACING), phases[name])
+        for i, name in enumerate(fresh)
+    }
+
+
+class PhasedTrigger(BaseTrigger):
+    """Fires at `first`, then on `phase` + k * interval.
+
+    Every run after the first is the earliest phase point at least half an
+    interval after the previous run, so after the compressed first round the
+    gap between a target's first two probes is between half an interval and
+    one and a half, and every later gap is exactly one interval.
+    """
+
+    __slots__ = ("first", "phase", "interval")
+
+    def __init__(self, first: dt.datetime, phase: dt.datetime, interval: float):
+        self.first = first
+        self.phase = phase
+        self.interval = dt.timedelta(seconds=interval)
+
+    def get_next_fire_time(
+        self, previous_fire_time: Optional[dt.datetime], now: dt.datetime
+    ) -> Optional[dt.datetime]:
+        if previous_fire_time is None:
+            return self.first
+        earliest = previous_fire_time + self.interval / 2
+        k = math.ceil((earliest - self.phase) / self.interval)
+        return self.phase + k * self.interval
+
+    def __str__(self) -> str:
+        return f"phased[first={self.first.isoformat()}, phase={self.phase.isoformat()}, interval={self.interval}]"
 
 
 class ProbeScheduler:
@@ -57,9 +106,10 @@ class ProbeScheduler:
         self._on_result = on_result
         self._on_skip = on_skip
         self._on_lateness = on_lateness  # how late each scheduled run started
-        # target -> (first scheduled run as Unix time, interval): every later
-        # run is due a whole number of intervals after it.
-        self._anchors: Dict[str, Any] = {}
+        # target -> [first run, phase] as Unix times and the interval: the
+        # first run is due at `first`, every later one a whole number of
+        # intervals after `phase`. `first` becomes None once it has started.
+        self._anchors: Dict[str, List[Any]] = {}
         self._lock = threading.Lock()
         self._targets: Dict[str, TargetConfig] = {}
         self._pending_first: set = set()
@@ -87,7 +137,6 @@ class ProbeScheduler:
             self._scheduler.remove_executor("default", shutdown=False)
             self._scheduler.add_executor(ThreadPoolExecutor(needed), "default")
             self._workers = needed
-        offsets = first_run_offsets(targets)
         now = dt.datetime.now(dt.timezone.utc)
         with self._lock:
             current = dict(self._targets)
@@ -103,28 +152,25 @@ class ProbeScheduler:
                 self._scheduler.remove_job(name)
                 with self._lock:
                     self._anchors.pop(name, None)
-        for name, target in wanted.items():
-            if current.get(name) == target:
-                continue
+        fresh = [name for name, target in wanted.items() if current.get(name) != target]
+        for name, (first_s, phase_s) in plan(targets, fresh).items():
+            target = wanted[name]
             if name in current:
                 self._scheduler.remove_job(name)
-            first = now + dt.timedelta(seconds=offsets[name])
+            first = now + dt.timedelta(seconds=first_s)
+            phase = now + dt.timedelta(seconds=phase_s)
             with self._lock:
-                self._anchors[name] = (first.timestamp(), float(target.interval))
+                self._anchors[name] = [first.timestamp(), phase.timestamp(), float(target.interval)]
             self._scheduler.add_job(
                 self._run,
-                trigger=IntervalTrigger(
-                    seconds=target.interval,
-                    start_date=now + dt.timedelta(seconds=offsets[name]),
-                    timezone=dt.timezone.utc,
-                ),
+                trigger=PhasedTrigger(first, phase, target.interval),
                 args=(target,),
                 id=name,
                 name=name,
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=max(1, int(target.interval)),
-                next_run_time=now + dt.timedelta(seconds=offsets[name]),
+                next_run_time=first,
             )
 
     def shutdown(self, wait: bool = True) -> None:
@@ -163,17 +209,21 @@ class ProbeScheduler:
             log.exception("handling the result of %s failed", target.name)
 
     def _record_lateness(self, name: str, started: float) -> None:
-        """Start time minus scheduled time. The due time is the latest whole
-        interval after the anchor (coalesced runs: the latest one is run), so
+        """Start time minus scheduled time. After the first run the due time
+        is the latest phase point (coalesced runs: the latest one is run), so
         a run started more than one interval late, already counted as
         skipped, shows as its lateness modulo the interval."""
         with self._lock:
             anchor = self._anchors.get(name)
-        if anchor is None:
-            return
-        first, interval = anchor
-        behind = started - first
-        lateness = behind % interval if behind > 0 else 0.0
+            if anchor is None:
+                return
+            first, phase, interval = anchor
+            anchor[0] = None
+        if first is not None:
+            lateness = max(0.0, started - first)
+        else:
+            behind = started - phase
+            lateness = behind % interval if behind > 0 else 0.0
         try:
             self._on_lateness(lateness)
         except Exception:  # the boundary: never kill the worker

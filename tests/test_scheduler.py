@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+import time
 from collections import Counter
 
 import pytest
 
 from fcmon.emulator import Emulator, Fault
 from fcmon.probe import Prober
-from fcmon.scheduler import MAX_WORKERS, ProbeScheduler, first_run_offsets, pool_size
+from fcmon.scheduler import (
+    FIRST_ROUND_SPACING,
+    MAX_WORKERS,
+    PhasedTrigger,
+    ProbeScheduler,
+    phase_offsets,
+    plan,
+    pool_size,
+)
 
 from support import PKI, make_target, wait_for
 
@@ -25,11 +35,66 @@ def test_pool_size_covers_every_target_hanging() -> None:
     assert pool_size(many) == MAX_WORKERS
 
 
-def test_first_runs_are_spread_over_the_interval() -> None:
+def test_phases_are_spread_over_the_interval() -> None:
     from fcmon.config import TargetConfig
 
     targets = [TargetConfig(name=f"t{i}", endpoint="https://x/api", interval=60, timeout=10) for i in range(4)]
-    assert sorted(first_run_offsets(targets).values()) == [0, 15, 30, 45]
+    assert sorted(phase_offsets(targets).values()) == [0, 15, 30, 45]
+
+
+def test_first_round_is_compressed_and_never_after_the_phase() -> None:
+    from fcmon.config import TargetConfig
+
+    targets = [TargetConfig(name=f"t{i}", endpoint="https://x/api", interval=60, timeout=10) for i in range(100)]
+    p = plan(targets, [t.name for t in targets])
+    firsts = sorted(first for first, _ in p.values())
+    # One after the other, FIRST_ROUND_SPACING apart: 100 targets in half a second.
+    assert firsts[0] == 0
+    assert firsts[-1] == pytest.approx(99 * FIRST_ROUND_SPACING)
+    assert all(b - a == pytest.approx(FIRST_ROUND_SPACING) for a, b in zip(firsts, firsts[1:]))
+    assert all(first <= phase for first, phase in p.values())
+    # Later runs still spread evenly over the interval.
+    assert sorted(phase for _, phase in p.values()) == [60 * i / 100 for i in range(100)]
+    # A reload that adds one target probes it at once, on its own phase afterwards.
+    assert plan(targets, ["t99"]) == {"t99": (0.0, 59.4)}
+    # Few targets and a short interval: the phase comes first.
+    short = [TargetConfig(name=f"s{i}", endpoint="https://x/api", interval=0.004, timeout=0.002) for i in range(4)]
+    assert [first for first, _ in plan(short, [t.name for t in short]).values()] == [0, 0.001, 0.002, 0.003]
+
+
+def _fires(trigger: PhasedTrigger, n: int) -> list:
+    out, prev = [], None
+    now = trigger.first
+    for _ in range(n):
+        prev = trigger.get_next_fire_time(prev, now)
+        out.append(prev)
+    return out
+
+
+def test_phased_trigger_moves_from_the_first_run_onto_the_phase() -> None:
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    sec = dt.timedelta(seconds=1)
+    # Phase late in the interval: the second run is that phase point, in the first interval.
+    late = _fires(PhasedTrigger(t0, t0 + 50 * sec, 60), 4)
+    assert late == [t0, t0 + 50 * sec, t0 + 110 * sec, t0 + 170 * sec]
+    # Phase early: the next phase point is under half an interval away, so the one after.
+    early = _fires(PhasedTrigger(t0, t0 + 10 * sec, 60), 3)
+    assert early == [t0, t0 + 70 * sec, t0 + 130 * sec]
+    # First run on the phase itself: a plain interval.
+    assert _fires(PhasedTrigger(t0, t0, 60), 3) == [t0, t0 + 60 * sec, t0 + 120 * sec]
+    # Whatever the phase, the first gap stays within half and one and a half intervals.
+    for phase in range(0, 60, 7):
+        first, second = _fires(PhasedTrigger(t0, t0 + phase * sec, 60), 2)
+        assert 30 * sec <= second - first <= 90 * sec
+
+
+def test_phased_trigger_after_a_late_run_stays_on_the_phase() -> None:
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    sec = dt.timedelta(seconds=1)
+    trigger = PhasedTrigger(t0, t0 + 20 * sec, 60)
+    # APScheduler passes the scheduled time of the run it just made, even when
+    # the run itself started late: the next is the phase point after it.
+    assert trigger.get_next_fire_time(t0 + 200 * sec, t0 + 230 * sec) == t0 + 260 * sec
 
 
 class Collect:
@@ -112,3 +177,29 @@ def test_many_targets_first_round_counts_every_result(test_pki: PKI, emulator: E
     assert len(collect.results) == emulator.sessions_created() - created
     assert all(r.up for r in collect.results)
     assert sum(collect.skipped.values()) == 0
+
+
+@pytest.mark.slow
+def test_first_round_done_within_seconds_although_the_interval_is_long(
+    test_pki: PKI, emulator: Emulator
+) -> None:
+    """Readiness waits for every first result, not for one staggered interval."""
+    targets = [make_target(test_pki, emulator, name=f"r{i:02d}", interval=300.0, timeout=5.0) for i in range(30)]
+    collect = Collect()
+    sched = ProbeScheduler(Prober(), collect.result, collect.skip)
+    t0 = time.monotonic()
+    sched.start(targets)
+    try:
+        wait_for(lambda: sched.first_round_done, timeout=30)
+        took = time.monotonic() - t0
+        assert {r.target for r in collect.results} == {t.name for t in targets}
+        # Phases spread over 300 s: without the compressed first round the
+        # last target would be probed about 290 s from now.
+        assert took < 60
+        starts = sorted(r.started for r in collect.results)
+        assert starts[-1] - starts[0] >= 29 * FIRST_ROUND_SPACING * 0.9  # spaced, not all at once
+        # No target runs a second time until its phase, at least half an interval later.
+        time.sleep(1.0)
+        assert len(collect.results) == len(targets)
+    finally:
+        sched.shutdown(wait=True)
