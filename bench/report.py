@@ -124,7 +124,7 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         second = st["second_probes_done"]
         rows.append(_row(f"6. Start-up with {n} targets: /-/ready 200 (every target probed once)",
                          _f(ready, " s", 3), "1 s", _f(ready, "x"), "<= 1 s", ready <= 1.0,
-                         f"{st['up_at_ready']}/{n} up at ready; first probes 5 ms apart (span of their ends "
+                         f"{st['up_at_ready']}/{n} up at ready; first probes 5 ms apart, 10 ms after the first 200 (span of their ends "
                          f"{_f(st['first_round_span_s'], ' s', 3)}); then on phases spread over the {iv:g} s "
                          f"interval: second probes done by 0.75 / 1.25 intervals {second['0.75']:g} / "
                          f"{second['1.25']:g} of {n} (flat: about {n // 4} / {3 * n // 4})"))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from fcmon.scheduler import FIRST_ROUND_SPACING
+from fcmon.scheduler import first_round_offset
 
 from . import blackbox
 from .procs import (
@@ -546,7 +546,7 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
         horizon = wall_e - 3.0 - t_listen_wall
         for name, i in zip(healthy, healthy_index):
             offset = step.interval * i / n
-            due = runs_due(min(offset, i * FIRST_ROUND_SPACING), offset, step.interval, horizon)
+            due = runs_due(min(offset, first_round_offset(i)), offset, step.interval, horizon)
             got = probes.get(name, 0)
             if got < due:
                 missed += int(due - got)

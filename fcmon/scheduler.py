@@ -6,10 +6,10 @@ target hanging until its timeout, the grace is the interval, and every
 skipped or missed run is counted.
 
 Targets run on phases spread evenly over the interval, so the steady load
-is flat. Only the first round is compressed: first probes start
-FIRST_ROUND_SPACING apart (at most 200 a second), so `/-/ready`, which
-waits for every target's first result, comes within seconds instead of one
-interval, and every target has series by then.
+is flat. Only the first round is compressed: the first 200 first probes
+start 5 ms apart, the rest 10 ms apart, so `/-/ready`, which waits for
+every target's first result, comes within about a second for 100 targets
+instead of one interval, and every target has series by then.
 """
 
 from __future__ import annotations
@@ -33,9 +33,13 @@ from .result import ProbeResult
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
-# Gap between first probes at start-up (and of targets added by a reload):
-# caps the start-up burst at 200 probes a second.
+# Gaps between first probes at start-up (and of targets a reload adds): the
+# first FIRST_ROUND_BURST 5 ms apart, the rest 10 ms apart (100 a second,
+# the steady rate of 3,000 targets at 30 s). Faster would pile up hung
+# first probes in the pool and overload a small machine.
 FIRST_ROUND_SPACING = 0.005
+FIRST_ROUND_BURST = 200
+FIRST_ROUND_SPACING_AFTER_BURST = 0.010
 
 
 def pool_size(targets: Sequence[TargetConfig]) -> int:
@@ -56,13 +60,17 @@ def phase_offsets(targets: Sequence[TargetConfig]) -> Dict[str, float]:
 
 def plan(targets: Sequence[TargetConfig], fresh: Sequence[str]) -> Dict[str, Tuple[float, float]]:
     """(first run, phase) offsets in seconds from now for the `fresh` targets
-    (new or changed): first runs FIRST_ROUND_SPACING apart in `fresh` order,
+    (new or changed): first runs in `fresh` order at first_round_offset(),
     never later than the target's phase."""
     phases = phase_offsets(targets)
-    return {
-        name: (min(phases[name], i * FIRST_ROUND_SPACING), phases[name])
-        for i, name in enumerate(fresh)
-    }
+    return {name: (min(phases[name], first_round_offset(i)), phases[name]) for i, name in enumerate(fresh)}
+
+
+def first_round_offset(i: int) -> float:
+    """When the i-th first probe of a round is due, in seconds from its start."""
+    if i < FIRST_ROUND_BURST:
+        return i * FIRST_ROUND_SPACING
+    return FIRST_ROUND_BURST * FIRST_ROUND_SPACING + (i - FIRST_ROUND_BURST) * FIRST_ROUND_SPACING_AFTER_BURST
 
 
 class PhasedTrigger(BaseTrigger):

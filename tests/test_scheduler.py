@@ -12,7 +12,9 @@ import pytest
 from fcmon.emulator import Emulator, Fault
 from fcmon.probe import Prober
 from fcmon.scheduler import (
+    FIRST_ROUND_BURST,
     FIRST_ROUND_SPACING,
+    FIRST_ROUND_SPACING_AFTER_BURST,
     MAX_WORKERS,
     PhasedTrigger,
     ProbeScheduler,
@@ -55,6 +57,12 @@ def test_first_round_is_compressed_and_never_after_the_phase() -> None:
     assert all(first <= phase for first, phase in p.values())
     # Later runs still spread evenly over the interval.
     assert sorted(phase for _, phase in p.values()) == [60 * i / 100 for i in range(100)]
+    # Past the burst, first probes come at the steady rate of a large fleet.
+    many = [TargetConfig(name=f"m{i}", endpoint="https://x/api", interval=60, timeout=10) for i in range(1000)]
+    firsts = sorted(first for first, _ in plan(many, [t.name for t in many]).values())
+    gaps = [b - a for a, b in zip(firsts, firsts[1:])]
+    assert gaps[: FIRST_ROUND_BURST - 1] == pytest.approx([FIRST_ROUND_SPACING] * (FIRST_ROUND_BURST - 1))
+    assert gaps[FIRST_ROUND_BURST:] == pytest.approx([FIRST_ROUND_SPACING_AFTER_BURST] * (999 - FIRST_ROUND_BURST))
     # A reload that adds one target probes it at once, on its own phase afterwards.
     assert plan(targets, ["t99"]) == {"t99": (0.0, 59.4)}
     # Few targets and a short interval: the phase comes first.
