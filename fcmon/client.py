@@ -5,17 +5,27 @@ the SSL context is built here once per target and requests is kept from
 touching it (no certifi, no REQUESTS_CA_BUNDLE, see pitfalls.md). Every
 connection of a probe goes through one small pool whose connections this
 module knows, so a deadline can cut a socket that a server drips bytes into.
+
+A probe's calls go through a fresh requests Session and its HTTPAdapter,
+trimmed to what a probe uses: no PoolManagers, no cookies, hooks or
+redirects, a request plan (path, headers, createSession body) made once
+per target, one write per request. The connection itself reads the whole
+(capped) body and times the call on the wire: from just before the first
+byte of the request is written to just after the last byte of the response
+is read, so a step's time is the server's, not requests' own work.
 """
 
 from __future__ import annotations
 
 import errno
-import functools
+import http.client
 import json
 import logging
 import socket
 import ssl
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
@@ -23,8 +33,9 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPSConnection
+from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util.timeout import Timeout
 from urllib3.util.wait import wait_for_read
 
 from .certs import CertFileError, der_cert_info, file_stamp, load_private_key
@@ -183,7 +194,119 @@ def _cut(conn: Any) -> None:
         pass
 
 
-class _ProbeHTTPSConnection(HTTPSConnection):
+# Step timings are taken on the wire, inside the connection: from just
+# before the request's first byte is written to just after the last byte of
+# the response body is read. requests' and urllib3's own work around a call
+# (and JSON decoding) is not the server's latency and is left out.
+_clock = time.perf_counter
+
+
+class Wire:
+    """What a probe's connections saw of the last exchange.
+
+    One per ApiClient, shared by every connection its pool opens. `cap` is
+    the response size limit; the body is read (capped) inside the connection
+    and handed to requests from here.
+    """
+
+    __slots__ = ("cap", "started", "finished", "body", "connect_seconds", "connects")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.started: Optional[float] = None
+        self.finished: Optional[float] = None
+        self.body: Optional[bytes] = None
+        self.connect_seconds: Optional[float] = None
+        self.connects = 0  # TCP connects (and TLS handshakes) made
+
+    def seconds(self) -> Optional[float]:
+        """Wire time of the last exchange, None unless its whole body was read."""
+        if self.started is None or self.finished is None:
+            return None
+        return self.finished - self.started
+
+
+def _read_body(resp: http.client.HTTPResponse, cap: int) -> bytes:
+    """The whole body of `resp`, at most `cap` bytes, or raise."""
+    if resp.length is not None:  # Content-Length (0 for HEAD, 204, 304)
+        if resp.length > cap:
+            raise ProbeError("bad_response", f"response of {resp.length} bytes exceeds the cap of {cap}")
+        return resp.read()  # exactly that many bytes, or IncompleteRead
+    chunks = []
+    size = 0
+    while True:  # chunked, or delimited by the end of the connection
+        chunk = resp.read(min(65536, cap + 1 - size))
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > cap:
+            raise ProbeError("bad_response", f"response exceeds the cap of {cap} bytes")
+        chunks.append(chunk)
+
+
+class _WireIO(http.client.HTTPConnection):
+    """The http.client layer of a probe connection.
+
+    In the MRO it sits between urllib3's connection and http.client's, so
+    urllib3's `getresponse` gets a response whose body this class has
+    already read (the wire time ends there), and urllib3's writes of one
+    request (headers, then body) can be collected and sent as one.
+    """
+
+    fcmon_wire: Optional[Wire] = None
+    _fcmon_out: Optional[List[bytes]] = None
+
+    def send(self, data: Any) -> None:  # type: ignore[override]
+        out = self._fcmon_out
+        if out is not None and isinstance(data, bytes):
+            out.append(data)
+            return
+        super().send(data)
+
+    def getresponse(self) -> http.client.HTTPResponse:
+        resp = super().getresponse()
+        wire = self.fcmon_wire
+        if wire is not None:
+            wire.body = _read_body(resp, wire.cap)
+            wire.finished = _clock()
+        return resp
+
+
+class _WireMixin:
+    """urllib3 connection methods of a probe connection (before urllib3's in the MRO)."""
+
+    fcmon_wire: Optional[Wire]
+    _fcmon_out: Optional[List[bytes]]
+
+    def connect(self) -> None:
+        started = _clock()
+        wire = self.fcmon_wire
+        if wire is not None:
+            wire.connects += 1
+        super().connect()  # type: ignore[misc]
+        if wire is not None:
+            wire.connect_seconds = _clock() - started
+
+    def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any) -> None:  # type: ignore[override]
+        # urllib3 writes the request line and headers, then the body: two TLS
+        # records and two syscalls. Collect them and write once, the way
+        # http.client does for a bytes body; the wire time starts there.
+        wire = self.fcmon_wire
+        if wire is not None:
+            wire.started = wire.finished = None
+            wire.body = None
+        out: List[bytes] = []
+        self._fcmon_out = out
+        try:
+            super().request(method, url, body=body, headers=headers, **kw)  # type: ignore[misc]
+        finally:
+            self._fcmon_out = None
+        if wire is not None:
+            wire.started = _clock()
+        super().send(b"".join(out))  # type: ignore[misc]
+
+
+class _ProbeHTTPSConnection(_WireMixin, HTTPSConnection, _WireIO):
     @property
     def is_connected(self) -> bool:
         """urllib3 calls an idle connection dropped when its socket is readable.
@@ -216,29 +339,87 @@ class _ProbeHTTPSConnection(HTTPSConnection):
                 pass
 
 
+class _ProbeHTTPConnection(_WireMixin, HTTPConnection, _WireIO):
+    pass
+
+
 class _TrackingMixin:
+    """Pool methods of a probe's pool: every connection is tracked (for the
+    deadline) and reports to the probe's Wire."""
+
     _fcmon_tracked: _Tracked
+    _fcmon_wire: Wire
 
     def _new_conn(self):  # type: ignore[no-untyped-def]
         conn = super()._new_conn()  # type: ignore[misc]
+        conn.fcmon_wire = self._fcmon_wire
         self._fcmon_tracked.add(conn)
         return conn
 
 
-class _HTTPSPool(_TrackingMixin, HTTPSConnectionPool):
+class _LeanPoolMixin:
+    """urlopen of a probe's pool: take the connection, write, read, give it back.
+
+    urllib3's urlopen wraps these steps in what a probe never uses: retries
+    (a probe's failure is its result; requests passes Retry(0) anyway),
+    redirects (requests passes redirect=False), proxies, URL re-encoding
+    (the path is the target's, fixed) and header copies. Errors propagate
+    as the socket, TLS or http.client raised them; requests' adapter wraps
+    them as it does urllib3's, and classify_request_error looks through both.
+    """
+
+    def urlopen(self, method, url, body=None, headers=None, retries=None, redirect=True,  # type: ignore[no-untyped-def]
+                assert_same_host=True, timeout=Timeout.DEFAULT_TIMEOUT, pool_timeout=None, release_conn=None,
+                chunked=False, body_pos=None, preload_content=True, decode_content=True, **response_kw):
+        timeout_obj = self._get_timeout(timeout)  # type: ignore[attr-defined]
+        conn = self._get_conn(timeout=pool_timeout)  # type: ignore[attr-defined]
+        try:
+            conn.timeout = timeout_obj.connect_timeout
+            if conn.is_closed:
+                conn.connect()
+            try:
+                conn.request(method, url, body=body, headers=headers, chunked=chunked,
+                             preload_content=preload_content, decode_content=decode_content)
+            except BrokenPipeError:
+                pass  # as urllib3: the answer may still be on the wire (a TLS alert, say)
+            except OSError as exc:
+                if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
+                    raise
+            conn.timeout = timeout_obj.read_timeout
+            response = conn.getresponse()
+        except BaseException:
+            conn.close()
+            self._put_conn(None)  # type: ignore[attr-defined]
+            raise
+        # The connection has read the whole body: it is free for the next call.
+        self._put_conn(conn)  # type: ignore[attr-defined]
+        return response
+
+
+class _HTTPSPool(_TrackingMixin, _LeanPoolMixin, HTTPSConnectionPool):
     ConnectionCls = _ProbeHTTPSConnection
 
 
-class _HTTPPool(_TrackingMixin, HTTPConnectionPool):
-    pass
+class _HTTPPool(_TrackingMixin, _LeanPoolMixin, HTTPConnectionPool):
+    ConnectionCls = _ProbeHTTPConnection
 
 
 class _ProbeAdapter(HTTPAdapter):
-    """Sends every request through the probe's own pool; never touches TLS trust."""
+    """Sends every request through the probe's own pool; never touches TLS trust.
 
-    def __init__(self, pool: HTTPConnectionPool):
+    It builds no PoolManager (requests' default adapters each build one
+    that a probe never uses), and hands requests the body the connection
+    already read.
+    """
+
+    def __init__(self, pool: HTTPConnectionPool, wire: Wire, path: str):
         self._pool = pool
+        self._wire = wire
+        self._path = path
         super().__init__(max_retries=0)
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        self.poolmanager = None
 
     def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):  # type: ignore[no-untyped-def,override]
         return self._pool
@@ -251,9 +432,66 @@ class _ProbeAdapter(HTTPAdapter):
         # urllib3 would then load it into our context on every connection.
         return None
 
+    def request_url(self, request, proxies):  # type: ignore[no-untyped-def,override]
+        # Every request of a probe goes to the target's endpoint, no proxy.
+        return self._path
+
+    def build_response(self, req, resp):  # type: ignore[no-untyped-def,override]
+        """A complete requests.Response from the body the connection read.
+
+        No cookie extraction (a probe carries its authToken in JSON) and no
+        charset sniffing (the body is JSON bytes).
+        """
+        response = requests.Response()
+        response.status_code = resp.status
+        response.headers = resp.headers  # urllib3's HTTPHeaderDict: case-insensitive
+        response.raw = resp
+        response.reason = resp.reason
+        response.url = req.url
+        response.request = req
+        response.connection = self
+        response._content = self._wire.body if self._wire.body is not None else b""
+        response._content_consumed = True
+        return response
+
     def close(self) -> None:
-        super().close()
         self._pool.close()
+
+
+class _ProbeSession(requests.Session):
+    """A Session without requests' default adapters.
+
+    requests.Session() mounts two HTTPAdapters with a PoolManager each; a
+    probe sends everything through its own adapter, so it builds neither.
+    Environment proxies and CA bundles are off (trust_env False).
+    """
+
+    def __init__(self, adapter: HTTPAdapter):
+        self.headers = requests.structures.CaseInsensitiveDict()
+        self.auth = None
+        self.proxies = {}
+        self.hooks = requests.hooks.default_hooks()
+        self.params = {}
+        self.stream = False
+        self.verify = True
+        self.cert = None
+        self.max_redirects = requests.models.DEFAULT_REDIRECT_LIMIT
+        self.trust_env = False
+        self.cookies = requests.cookies.cookiejar_from_dict({})
+        self.adapters = OrderedDict()
+        self.mount("https://", adapter)
+        self.mount("http://", adapter)
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        """Straight to the adapter.
+
+        requests.Session.send around it would dispatch response hooks (a
+        probe registers none), extract cookies into the session's jar (a
+        probe's authToken travels in JSON, never in a cookie), time the call
+        (the connection does) and look for a redirect to follow (a probe
+        follows none: a 3xx is answered like any non-JSON reply).
+        """
+        return self.get_adapter(url=request.url).send(request, **kwargs)
 
 
 # ---------------------------------------------------------------- peer certs
@@ -424,20 +662,73 @@ def classify_request_error(exc: BaseException, first_read_after_handshake: bool)
 # ---------------------------------------------------------------- one call
 
 
-@functools.lru_cache(maxsize=4096)
-def _request_template(endpoint: str) -> requests.PreparedRequest:
-    """A prepared POST to `endpoint`, copied for every call.
+_HEADERS = {"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT}
 
-    Session.request would prepare (parse the URL, merge settings) anew for
-    every call: about 0.15 ms each, half of it in runtime-checkable Protocol
-    isinstance checks on Python 3.11.
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class RequestPlan:
+    """Everything about a target's requests that does not change between
+    probes, worked out once per target: where to connect, the path, the
+    header template, the createSession body (JSON-encoded once).
+
+    The createSession body holds the password: this object has no repr that
+    shows it.
     """
-    return requests.Request(
-        "POST",
-        endpoint,
-        data=b"",
-        headers={"Content-Type": "application/json", "Accept": "application/json", "User-Agent": USER_AGENT},
-    ).prepare()
+
+    __slots__ = ("endpoint", "host", "port", "tls", "path", "max_response_bytes", "_create", "__weakref__")
+
+    def __init__(self, target: TargetConfig, session_description: str) -> None:
+        parts = urlsplit(target.endpoint)
+        self.endpoint = target.endpoint
+        self.host = parts.hostname or ""
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        self.path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.max_response_bytes = target.max_response_bytes
+        params: Dict[str, Any] = {
+            "description": session_description,
+            "idleConnectionTimeoutSeconds": target.session_idle_timeout,
+        }
+        if target.username is not None:
+            params["username"] = target.username
+            if target.password is not None:
+                params["password"] = target.password
+        self._create = _json_bytes({"api": "admin", "action": "createSession", "params": params})
+
+    def __repr__(self) -> str:
+        return f"RequestPlan({self.endpoint!r})"
+
+    def create_session(self) -> bytes:
+        return self._create
+
+    @staticmethod
+    def list_databases(token: str) -> bytes:
+        # Byte for byte what json.dumps of the dict gives, without building it.
+        return b'{"api":"db","action":"listDatabases","authToken":' + _json_bytes(token) + b"}"
+
+    @staticmethod
+    def delete_session(token: str) -> bytes:
+        return b'{"api":"admin","action":"deleteSession","authToken":' + _json_bytes(token) + b"}"
+
+    def prepare(self, body: bytes) -> requests.PreparedRequest:
+        """A prepared POST of `body`.
+
+        Built directly rather than copied from a prepared template: a copy
+        duplicates a CaseInsensitiveDict and a cookie jar per call. The
+        headers are a plain dict (requests and urllib3 only look up
+        Content-Length in it and iterate it).
+        """
+        request = requests.PreparedRequest()
+        request.method = "POST"
+        request.url = self.endpoint
+        headers = dict(_HEADERS)
+        headers["Content-Length"] = str(len(body))
+        request.headers = headers  # type: ignore[assignment]
+        request.body = body
+        return request
 
 
 @dataclass(frozen=True)
@@ -448,59 +739,60 @@ class ApiResponse:
 
 
 class ApiClient:
-    """The connection(s) of one probe to one endpoint.
+    """The connection(s) of one probe to one endpoint: a fresh requests
+    Session with the probe's own adapter and one-connection pool.
 
     Not thread-safe; one per probe. `cut()` may be called from another thread
     (the deadline) and makes every blocked read return at once.
     """
 
-    def __init__(
-        self,
-        endpoint: str,
-        ssl_context: Optional[ssl.SSLContext],
-        max_response_bytes: int,
-    ):
-        parts = urlsplit(endpoint)
-        self.endpoint = endpoint
-        self.host = parts.hostname or ""
-        self.tls = parts.scheme == "https"
-        self.port = parts.port or (443 if self.tls else 80)
-        self.max_response_bytes = max_response_bytes
+    def __init__(self, plan: RequestPlan, ssl_context: Optional[ssl.SSLContext]):
+        self.plan = plan
+        self.host = plan.host
+        self.port = plan.port
         self.ssl_context = ssl_context
+        self.wire = Wire(plan.max_response_bytes)
         self._tracked = _Tracked()
         pool: HTTPConnectionPool
-        if self.tls:
+        if plan.tls:
             pool = _HTTPSPool(
-                self.host,
-                self.port,
+                plan.host,
+                plan.port,
                 maxsize=1,
                 retries=False,
                 ssl_context=ssl_context,
                 cert_reqs="CERT_REQUIRED",
             )
         else:
-            pool = _HTTPPool(self.host, self.port, maxsize=1, retries=False)
+            pool = _HTTPPool(plan.host, plan.port, maxsize=1, retries=False)
         pool._fcmon_tracked = self._tracked  # type: ignore[attr-defined]
+        pool._fcmon_wire = self.wire  # type: ignore[attr-defined]
         self._pool = pool
-        self._session = requests.Session()
-        # Environment proxies and CA bundles must not change what a probe trusts.
-        self._session.trust_env = False
-        adapter = _ProbeAdapter(pool)
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
+        self.session = _ProbeSession(_ProbeAdapter(pool, self.wire, plan.path))
         self._fresh_tls = False
+        # wire time of the last call whose whole response was read, else None
+        self.last_wire: Optional[float] = None
+        self.connect_seconds: Optional[float] = None
 
     def fresh(self) -> "ApiClient":
         """A new client with its own connection to the same endpoint."""
-        return ApiClient(self.endpoint, self.ssl_context, self.max_response_bytes)
+        return ApiClient(self.plan, self.ssl_context)
+
+    @property
+    def connects(self) -> int:
+        """TCP connects (and TLS handshakes) this client made."""
+        return self.wire.connects
 
     def connect(self, timeout: float) -> PeerInfo:
         """TCP connect + TLS handshake now, so it is timed on its own; the
-        connection then carries createSession."""
+        connection then carries createSession. `connect_seconds` is the time
+        of the connect and handshake alone."""
+        self.connect_seconds = None
         conn = self._pool._get_conn()
         conn.timeout = max(timeout, 0.001)
         try:
             conn.connect()
+            self.connect_seconds = self.wire.connect_seconds
             peer = peer_info(conn.sock)
         except BaseException:
             conn.close()
@@ -510,45 +802,36 @@ class ApiClient:
         self._fresh_tls = peer.tls_version == "TLSv1.3"
         return peer
 
-    def call(self, body: Dict[str, Any], timeout: float) -> ApiResponse:
-        """POST one request; return the parsed body or raise ProbeError."""
+    def call(self, body: bytes, timeout: float) -> ApiResponse:
+        """POST one JSON request body; return the parsed body or raise ProbeError.
+
+        `last_wire` is then the call's time on the wire, or None when no
+        complete response was read.
+        """
         first_read = self._fresh_tls
         self._fresh_tls = False
+        self.last_wire = None
+        wire = self.wire
+        wire.started = wire.finished = None
         t = max(timeout, 0.001)
-        data = json.dumps(body, separators=(",", ":")).encode()
-        request = _request_template(self.endpoint).copy()
-        request.body = data
-        request.headers["Content-Length"] = str(len(data))
         try:
-            resp = self._session.send(
-                request, timeout=(t, t), stream=True, allow_redirects=False
+            resp = self.session.send(
+                self.plan.prepare(body),
+                timeout=Timeout(connect=t, read=t),
+                stream=False,
+                verify=True,
+                cert=None,
+                proxies=_NO_PROXIES,
             )
-        except (requests.exceptions.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
-            raise classify_request_error(exc, first_read) from None
-        try:
-            raw = self._read_capped(resp)
-        finally:
-            resp.close()
-        return self._parse(resp.status_code, raw)
-
-    def _read_capped(self, resp: requests.Response) -> bytes:
-        cap = self.max_response_bytes
-        declared = resp.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > cap:
-            raise ProbeError("bad_response", f"response of {declared} bytes exceeds the cap of {cap}")
-        chunks = []
-        size = 0
-        try:
-            for chunk in resp.iter_content(chunk_size=65536):
-                size += len(chunk)
-                if size > cap:
-                    raise ProbeError("bad_response", f"response exceeds the cap of {cap} bytes")
-                chunks.append(chunk)
         except ProbeError:
             raise
-        except (requests.exceptions.RequestException, OSError, urllib3.exceptions.HTTPError) as exc:
-            raise classify_request_error(exc, False) from None
-        return b"".join(chunks)
+        except (requests.exceptions.RequestException, OSError, urllib3.exceptions.HTTPError,
+                http.client.HTTPException) as exc:
+            raise classify_request_error(exc, first_read) from None
+        self.last_wire = wire.seconds()
+        raw = resp.content
+        resp.close()
+        return self._parse(resp.status_code, raw)
 
     @staticmethod
     def _parse(status: int, raw: bytes) -> ApiResponse:
@@ -571,5 +854,7 @@ class ApiClient:
         self._tracked.cut_all()
 
     def close(self) -> None:
-        self._session.close()
+        self.session.close()
 
+
+_NO_PROXIES: Dict[str, str] = {}

@@ -7,6 +7,7 @@ raises; every failure becomes a `Failure` with a stage and a reason.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -17,6 +18,7 @@ from .client import (
     ApiResponse,
     PeerInfo,
     ProbeError,
+    RequestPlan,
     TLSContextCache,
     classify_connect_error,
     fetch_peer_unverified,
@@ -71,7 +73,7 @@ def redact(text: str, secrets: List[str]) -> str:
 
 class Prober:
     """Runs probes; holds what is worth keeping between probes of a target
-    (SSL contexts, parsed certificate files)."""
+    (SSL contexts, parsed certificate files, request plans)."""
 
     def __init__(
         self,
@@ -84,9 +86,26 @@ class Prober:
         self.file_certs = file_certs or FileCertCache()
         self.deadlines = deadlines or DeadlineWatcher()
         self._wall = wall_clock
+        self._plans: Dict[str, Tuple[TargetConfig, RequestPlan]] = {}
+        self._plans_lock = threading.Lock()
 
     def retain(self, targets: Sequence[TargetConfig]) -> None:
         self.contexts.retain(targets)
+        keep = {t.name for t in targets}
+        with self._plans_lock:
+            for name in list(self._plans):
+                if name not in keep:
+                    del self._plans[name]
+
+    def plan(self, target: TargetConfig) -> RequestPlan:
+        """The target's RequestPlan, built once and rebuilt when its config changes."""
+        entry = self._plans.get(target.name)
+        if entry is not None and (entry[0] is target or entry[0] == target):
+            return entry[1]
+        plan = RequestPlan(target, SESSION_DESCRIPTION)
+        with self._plans_lock:
+            self._plans[target.name] = (target, plan)
+        return plan
 
     def probe(self, target: TargetConfig) -> ProbeResult:
         try:
@@ -169,25 +188,12 @@ class _Probe:
             except CertFileError as exc:
                 self.fail("connect", "tls_handshake", f"cannot set up TLS: {exc}")
                 return None
-        return ApiClient(target.endpoint, ctx, target.max_response_bytes)
+        return ApiClient(self.prober.plan(target), ctx)
 
     def _main(self, client: ApiClient, deadline: _Deadline) -> None:
         if not self._connect(client, deadline):
             return
-        params: Dict[str, Any] = {
-            "description": SESSION_DESCRIPTION,
-            "idleConnectionTimeoutSeconds": self.target.session_idle_timeout,
-        }
-        if self.target.username is not None:
-            params["username"] = self.target.username
-            if self.target.password is not None:
-                params["password"] = self.target.password
-        created = self._call(
-            client,
-            deadline,
-            "create_session",
-            {"api": "admin", "action": "createSession", "params": params},
-        )
+        created = self._call(client, deadline, "create_session", "createSession", client.plan.create_session())
         if created is None:
             return
         result = created.body.get("result")
@@ -202,12 +208,7 @@ class _Probe:
             return
         self.token = token
         self.secrets.append(token)
-        listed = self._call(
-            client,
-            deadline,
-            "list_databases",
-            {"api": "db", "action": "listDatabases", "authToken": token},
-        )
+        listed = self._call(client, deadline, "list_databases", "listDatabases", client.plan.list_databases(token))
         if listed is None:
             return
         result = listed.body.get("result")
@@ -219,8 +220,11 @@ class _Probe:
 
     def _connect(self, client: ApiClient, deadline: _Deadline) -> bool:
         t = time.monotonic()
+        elapsed: Optional[float] = None
         try:
             self.peer = client.connect(deadline.remaining())
+            # TCP connect + TLS handshake as timed inside the connection.
+            elapsed = client.connect_seconds
             return True
         except Exception as exc:
             err = classify_connect_error(exc, self.target.client_cert_file is not None)
@@ -231,7 +235,7 @@ class _Probe:
                 self._fetch_unverified(client, deadline)
             return False
         finally:
-            self.steps.append(("connect", time.monotonic() - t))
+            self.steps.append(("connect", elapsed if elapsed is not None else time.monotonic() - t))
 
     def _fetch_unverified(self, client: ApiClient, deadline: _Deadline) -> None:
         try:
@@ -242,10 +246,14 @@ class _Probe:
             log.debug("%s: could not fetch the unverified server certificate: %s", self.target.name, exc)
 
     def _call(
-        self, client: ApiClient, deadline: _Deadline, step: str, body: Dict[str, Any]
+        self, client: ApiClient, deadline: _Deadline, step: str, action: str, body: bytes
     ) -> Optional[ApiResponse]:
-        action = body["action"]
+        """One API call. Its step time is the time on the wire (first byte of
+        the request written to last byte of the response read, taken in the
+        connection) when a whole response arrived, else the wall time until
+        the call failed."""
         t = time.monotonic()
+        client.last_wire = None
         response: Optional[ApiResponse] = None
         try:
             remaining = deadline.remaining()
@@ -262,6 +270,8 @@ class _Probe:
                 self.fail(step, reason, f"{action}: {message}")
         finally:
             elapsed = time.monotonic() - t
+            if client.last_wire is not None:
+                elapsed = client.last_wire
             self.steps.append((step, elapsed))
             self.calls.append(
                 CallResult(action, elapsed, response.error_code if response is not None else None)
@@ -301,11 +311,9 @@ class _Probe:
                 self._delete_on(client, deadline)
 
     def _delete_on(self, client: ApiClient, deadline: _Deadline) -> None:
+        assert self.token is not None
         response = self._call(
-            client,
-            deadline,
-            "delete_session",
-            {"api": "admin", "action": "deleteSession", "authToken": self.token},
+            client, deadline, "delete_session", "deleteSession", client.plan.delete_session(self.token)
         )
         if response is None:
             self.leaked = True

@@ -42,3 +42,33 @@ def test_one_thread_for_many_deadlines() -> None:
     for h in handles:
         watcher.cancel(h)
     assert watcher.pending() == 0
+
+
+def test_deadlines_due_later_and_cancels_do_not_wake_the_thread() -> None:
+    """Probes set a deadline and almost always cancel it long before it is due:
+    neither should wake the shared thread."""
+    watcher = DeadlineWatcher(idle_nap=60)
+    now = time.monotonic()
+    first = watcher.at(now + 30, lambda: None)  # starts the thread, which sleeps until then
+    time.sleep(0.2)
+    woken = watcher.wakeups
+    for i in range(300):
+        handle = watcher.at(now + 31 + i * 0.001, lambda: None)
+        watcher.cancel(handle)
+    time.sleep(0.2)
+    assert watcher.wakeups == woken
+    assert watcher.pending() == 1
+    # An earlier deadline still wakes it, and fires on time.
+    done = threading.Event()
+    watcher.at(time.monotonic() + 0.05, done.set)
+    assert done.wait(5)
+    watcher.cancel(first)
+    assert watcher.pending() == 0
+
+
+def test_cancel_drops_the_deadline_at_once() -> None:
+    watcher = DeadlineWatcher()
+    handles = [watcher.at(time.monotonic() + 60 + i, lambda: None) for i in range(10)]
+    for h in handles:
+        watcher.cancel(h)
+    assert watcher._heap == []
