@@ -50,7 +50,7 @@ class Daemon:
         self._up_lock = threading.Lock()
         self.store.set_targets(config.targets)
         self.store.record_reload(True, time.time())
-        self.app = App(self.renderer.render, self.healthy, self.ready, self.probe_now, config.web)
+        self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_now, config.web)
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
                              server_ssl_context(config.web))
 

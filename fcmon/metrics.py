@@ -2,8 +2,9 @@
 
 `MetricsStore` keeps the latest result of each target and the cumulative
 counters; `target_samples` turns one target's state into samples;
-`FcmonCollector` (for /probe, `check` and tests) and
-`exposition.TextRenderer` (for /metrics) render them from a snapshot, so a
+`FcmonCollector` (for /probe, `check` and tests) renders them from a
+snapshot, and `exposition.TextRenderer` (for /metrics) renders each
+target when it changes, through the store's renderer hook. Either way a
 target removed from the store has no series at all. Nothing here knows of
 HTTP or TLS.
 
@@ -44,10 +45,16 @@ LATENESS = "fcmon_probe_start_lateness_seconds"
 SECONDS_PER_DAY = 86400.0
 
 
-@dataclass
 class _Histogram:
-    counts: List[int] = field(default_factory=lambda: [0] * len(REQUEST_BUCKETS))
-    total: float = 0.0
+    # one per target and action: slots keep 9,000 of them small
+    __slots__ = ("counts", "total")
+
+    def __init__(self, counts: Optional[List[int]] = None, total: float = 0.0):
+        self.counts = [0] * len(REQUEST_BUCKETS) if counts is None else counts
+        self.total = total
+
+    def __repr__(self) -> str:
+        return f"_Histogram(counts={self.counts!r}, total={self.total!r})"
 
     def observe(self, value: float) -> None:
         for i, bound in enumerate(REQUEST_BUCKETS):
@@ -79,8 +86,10 @@ class _TargetState:
     api_errors: Dict[Tuple[str, int], int] = field(default_factory=dict)
     last_error_code: Dict[str, int] = field(default_factory=dict)
     requests: Dict[str, _Histogram] = field(default_factory=dict)
-    # bumped on every change, so a renderer can reuse what it rendered before
+    # bumped on every change
     version: int = 0
+    # what the store's renderer made of this state (exposition.Fragment), or None
+    rendered: object = None
 
     def copy(self) -> "_TargetState":
         # ProbeResults are frozen; only the small mutable parts are copied.
@@ -93,10 +102,16 @@ class _TargetState:
 
 
 class MetricsStore:
-    """Thread-safe store of everything the collector exports."""
+    """Thread-safe store of everything the collector exports.
+
+    With a renderer (`set_renderer`), each change of a target's state
+    renders that target at once, in the recording thread and under the
+    lock, so readers of `rendered()` only collect references.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._render: Optional[Callable[[str, _TargetState], object]] = None
         self._targets: Dict[str, _TargetState] = {}
         self._reload_ok: Optional[bool] = None
         self._reload_ok_at: Optional[float] = None
@@ -108,12 +123,29 @@ class MetricsStore:
         with self._lock:
             fresh: Dict[str, _TargetState] = {}
             for t in targets:
-                state = self._targets.get(t.name) or _TargetState(t.endpoint, t.username or "")
-                if (state.endpoint, state.username) != (t.endpoint, t.username or ""):
+                state = self._targets.get(t.name)
+                if state is None:
+                    state = _TargetState(t.endpoint, t.username or "")
+                    self._changed(t.name, state)
+                elif (state.endpoint, state.username) != (t.endpoint, t.username or ""):
                     state.endpoint, state.username = t.endpoint, t.username or ""
-                    state.version += 1
+                    self._changed(t.name, state)
                 fresh[t.name] = state
             self._targets = fresh
+
+    def set_renderer(self, render: Optional[Callable[[str, _TargetState], object]]) -> None:
+        """Call `render(name, state)` whenever a target's state changes (and
+        now, for every target); `rendered()` returns what it made."""
+        with self._lock:
+            self._render = render
+            for name, state in self._targets.items():
+                state.rendered = None if render is None else render(name, state)
+
+    def _changed(self, name: str, state: _TargetState) -> None:
+        # under self._lock
+        state.version += 1
+        if self._render is not None:
+            state.rendered = self._render(name, state)
 
     def record(self, result: ProbeResult) -> None:
         with self._lock:
@@ -121,7 +153,6 @@ class MetricsStore:
             if state is None:  # removed while its probe was running
                 return
             state.latest = result
-            state.version += 1
             state.probes += 1
             if result.failure is None:
                 state.last_success = result.ended
@@ -132,7 +163,10 @@ class MetricsStore:
             if result.session_leaked:
                 state.leaks += 1
             for call in result.calls:
-                state.requests.setdefault(call.action, _Histogram()).observe(call.duration)
+                hist = state.requests.get(call.action)
+                if hist is None:
+                    hist = state.requests[call.action] = _Histogram()
+                hist.observe(call.duration)
                 if call.error_code is None:
                     state.last_error_code.pop(call.action, None)
                     continue
@@ -140,13 +174,14 @@ class MetricsStore:
                 if call.error_code != 0:
                     key2 = (call.action, call.error_code)
                     state.api_errors[key2] = state.api_errors.get(key2, 0) + 1
+            self._changed(result.target, state)
 
     def record_skipped(self, target: str) -> None:
         with self._lock:
             state = self._targets.get(target)
             if state is not None:
                 state.skipped += 1
-                state.version += 1
+                self._changed(target, state)
 
     def record_lateness(self, seconds: float) -> None:
         """A scheduled probe started `seconds` after its scheduled time (all targets together)."""
@@ -164,23 +199,31 @@ class MetricsStore:
             if ok:
                 self._reload_ok_at = when
 
-    def snapshot(self, known: Optional[Dict[str, int]] = None) -> "Snapshot":
-        """A consistent copy. With `known` (target -> version already
-        rendered), unchanged targets are not copied: their entry is None."""
+    def snapshot(self, only: Optional[str] = None) -> "Snapshot":
+        """A consistent copy (of target `only` alone, if given)."""
         with self._lock:
-            targets: Dict[str, Optional[_TargetState]] = {}
-            for name, state in self._targets.items():
-                if known is not None and known.get(name) == state.version:
-                    targets[name] = None
-                else:
-                    targets[name] = state.copy()
-            return Snapshot(targets, self._reload_ok, self._reload_ok_at,
-                            (tuple(self._lateness_counts), self._lateness_sum))
+            if only is None:
+                targets = {name: state.copy() for name, state in self._targets.items()}
+            else:
+                state = self._targets.get(only)
+                targets = {} if state is None else {only: state.copy()}
+            return self._snapshot(targets)
+
+    def rendered(self) -> Tuple[List[object], "Snapshot"]:
+        """What the renderer made of each target, in target order, and a
+        snapshot without targets (the global series). Only collects
+        references under the lock: the caller formats outside it."""
+        with self._lock:
+            return [s.rendered for s in self._targets.values()], self._snapshot({})
+
+    def _snapshot(self, targets: Dict[str, _TargetState]) -> "Snapshot":
+        return Snapshot(targets, self._reload_ok, self._reload_ok_at,
+                        (tuple(self._lateness_counts), self._lateness_sum))
 
 
 @dataclass(frozen=True)
 class Snapshot:
-    targets: Dict[str, Optional[_TargetState]]
+    targets: Dict[str, _TargetState]
     reload_ok: Optional[bool]
     reload_ok_at: Optional[float]
     # (count per LATENESS_BUCKETS bucket, sum of seconds)
@@ -297,12 +340,10 @@ class FcmonCollector(Collector):
         self._clock = clock
 
     def collect(self) -> Iterator[Metric]:
-        snap = self._store.snapshot()
+        snap = self._store.snapshot(self._only)
         now = self._clock()
         families = {f.name: Metric(f.name, f.help, f.type) for f in FAMILIES}
         for name, state in snap.targets.items():
-            if state is None or self._only is not None and name != self._only:
-                continue
             for fam, samples in target_samples(name, state).items():
                 for sample, labels, value in samples:
                     families[fam].add_sample(sample, dict(labels), value)

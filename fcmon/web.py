@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 from socketserver import ThreadingMixIn
-from typing import Any, Callable, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Protocol, Tuple, Union
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -31,6 +31,18 @@ HANDSHAKE_TIMEOUT = 5.0
 REQUEST_TIMEOUT = 10.0
 
 StartResponse = Callable[..., Any]
+
+
+class Chunks(Protocol):
+    """A body sent in pieces as they come (`exposition.Body`): `size` in
+    bytes, and the pieces."""
+
+    size: int
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+
+BodyType = Union[bytes, Chunks]
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -83,13 +95,14 @@ def server_ssl_context(web: WebConfig) -> Optional[ssl.SSLContext]:
 
 
 class App:
-    """The WSGI application. `metrics()` is the /metrics body;
+    """The WSGI application. `metrics()` is the /metrics body (bytes, or
+    pieces with a length: sent as they come, never joined here);
     `probe_target(name)` returns a registry holding only that target's series
     after probing it now, or None for an unknown name."""
 
     def __init__(
         self,
-        metrics: Callable[[], bytes],
+        metrics: Callable[[], BodyType],
         healthy: Callable[[], bool],
         ready: Callable[[], bool],
         probe_target: Callable[[str], Optional[CollectorRegistry]],
@@ -148,14 +161,14 @@ class App:
         return ok_user and ok_password
 
 
-def _reply(start_response: StartResponse, status: str, body: bytes,
-           headers: Optional[List[Tuple[str, str]]] = None) -> List[bytes]:
+def _reply(start_response: StartResponse, status: str, body: BodyType,
+           headers: Optional[List[Tuple[str, str]]] = None) -> Iterable[bytes]:
     hdrs = [("Content-Type", "text/plain; charset=utf-8")] if headers is None else list(headers)
     if not any(k == "Content-Type" for k, _ in hdrs):
         hdrs.append(("Content-Type", "text/plain; charset=utf-8"))
-    hdrs.append(("Content-Length", str(len(body))))
+    hdrs.append(("Content-Length", str(len(body) if isinstance(body, bytes) else body.size)))
     start_response(status, hdrs)
-    return [body]
+    return [body] if isinstance(body, bytes) else body
 
 
 class WebServer:

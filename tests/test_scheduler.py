@@ -170,21 +170,26 @@ def test_update_removes_and_adds_jobs(test_pki: PKI, emulator: Emulator) -> None
 def test_many_targets_first_round_counts_every_result(test_pki: PKI, emulator: Emulator) -> None:
     """Jobs that run while the others are still being added are neither lost
     nor let readiness through early."""
-    targets = [make_target(test_pki, emulator, name=f"t{i:03d}", interval=4.0, timeout=3.0) for i in range(200)]
-    collect = Collect()
-    created = emulator.sessions_created()
-    sched = ProbeScheduler(Prober(), collect.result, collect.skip)
-    sched.start(targets)
-    try:
-        assert not sched.first_round_done
-        wait_for(lambda: sched.first_round_done, timeout=30)
-        assert {r.target for r in collect.results} == {t.name for t in targets}
-    finally:
-        sched.shutdown(wait=True)
-    # Every probe that ran (one session each) delivered its result.
-    assert len(collect.results) == emulator.sessions_created() - created
-    assert all(r.up for r in collect.results)
-    assert sum(collect.skipped.values()) == 0
+    # 200 targets on one server and user: the compressed first round may hold
+    # more than FairCom's 50 sessions per user at once on a loaded machine
+    # (this emulator shares the test's GIL); that limit is not under test here.
+    with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+                  client_ca_file=test_pki.ca_file, max_sessions_per_user=1024) as server:
+        targets = [make_target(test_pki, server, name=f"t{i:03d}", interval=4.0, timeout=3.0) for i in range(200)]
+        collect = Collect()
+        sched = ProbeScheduler(Prober(), collect.result, collect.skip)
+        sched.start(targets)
+        try:
+            assert not sched.first_round_done
+            wait_for(lambda: sched.first_round_done, timeout=30)
+            assert {r.target for r in collect.results} == {t.name for t in targets}
+        finally:
+            sched.shutdown(wait=True)
+        # Every probe that ran (one session each) delivered its result.
+        assert len(collect.results) == server.sessions_created()
+        assert all(r.up for r in collect.results)
+        assert sum(collect.skipped.values()) == 0
+        assert server.open_sessions() == 0
 
 
 @pytest.mark.slow
