@@ -20,11 +20,15 @@ from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import generate_latest
 
 from .config import WebConfig
 
 log = logging.getLogger(__name__)
+
+# What both /metrics and /probe write is the 0.0.4 text format; recent
+# prometheus_client's CONTENT_TYPE_LATEST announces 1.0.0 instead.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 HANDSHAKE_TIMEOUT = 5.0
 # A client may take this long between bytes of its request before it is dropped.
@@ -121,14 +125,14 @@ class App:
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
             return _reply(start_response, "200 OK", self._metrics(),
-                          [("Content-Type", CONTENT_TYPE_LATEST)])
+                          [("Content-Type", METRICS_CONTENT_TYPE)])
         if path == "/probe":
             names = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
             registry = self._probe_target(names[0]) if len(names) == 1 else None
             if registry is None:
                 return _reply(start_response, "404 Not Found", b"unknown target\n")
             return _reply(start_response, "200 OK", generate_latest(registry),
-                          [("Content-Type", CONTENT_TYPE_LATEST)])
+                          [("Content-Type", METRICS_CONTENT_TYPE)])
         if path == "/-/healthy":
             ok = self._healthy()
             return _reply(start_response, "200 OK" if ok else "503 Service Unavailable",

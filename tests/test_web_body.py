@@ -8,7 +8,6 @@ from typing import Any, List
 
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 import fcmon.exposition as exposition
 from fcmon.config import WebConfig
@@ -45,7 +44,8 @@ def test_metrics_body_is_passed_through_in_blocks(renderer: TextRenderer, monkey
     assert len(blocks) > 3
     body = b"".join(blocks)
     assert int(headers["Content-Length"]) == len(body)
-    assert headers["Content-Type"] == CONTENT_TYPE_LATEST
+    # the format the renderer writes, whatever prometheus_client calls "latest"
+    assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert body == renderer.render()
 
 
