@@ -266,10 +266,11 @@ def free_port() -> int:
 # ---------------------------------------------------------------- HTTP
 
 
-def http_get(port: int, path: str, timeout: float = 30.0) -> Tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 30.0,
+             headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes]:
     conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import os
@@ -478,6 +479,14 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
                 t0 = time.monotonic()
                 http_get(port, "/metrics", 60)
                 back_to_back.append(time.monotonic() - t0)
+            # As Prometheus asks for it: gzipped (and unpacked here, as Prometheus would).
+            gzipped, gzip_bytes = [], 0
+            for _ in range(5):
+                t0 = time.monotonic()
+                status, packed = http_get(port, "/metrics", 60, headers={"Accept-Encoding": "gzip"})
+                gzip.decompress(packed)
+                gzipped.append(time.monotonic() - t0)
+                gzip_bytes = len(packed)
             lat_b, lat_c = _lateness_buckets(text_b), _lateness_buckets(text_c)
             probes_b = metric_sum(text_b, "fcmon_probes_total")
             probes_c = metric_sum(text_c, "fcmon_probes_total")
@@ -486,6 +495,7 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
                 "median_s": statistics.median(times), "max_s": max(times), "bytes": len(body),
                 "lines": text_c.count("\n"),
                 "back_to_back_s": back_to_back, "back_to_back_median_s": statistics.median(back_to_back),
+                "gzip_back_to_back_median_s": statistics.median(gzipped), "gzip_bytes": gzip_bytes,
                 "phase_wall_s": t_c - t_b, "cpu_s_during_phase": cpu_c - cpu_b,
                 "probes_during_phase": probes_c - probes_b,
                 "probes_expected_during_phase": (t_c - t_b - times[0]) * n / step.interval,
