@@ -86,8 +86,6 @@ class _TargetState:
     api_errors: Dict[Tuple[str, int], int] = field(default_factory=dict)
     last_error_code: Dict[str, int] = field(default_factory=dict)
     requests: Dict[str, _Histogram] = field(default_factory=dict)
-    # bumped on every change
-    version: int = 0
     # what the store's renderer made of this state (exposition.Fragment), or None
     rendered: object = None
 
@@ -143,7 +141,6 @@ class MetricsStore:
 
     def _changed(self, name: str, state: _TargetState) -> None:
         # under self._lock
-        state.version += 1
         if self._render is not None:
             state.rendered = self._render(name, state)
 
