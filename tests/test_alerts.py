@@ -22,6 +22,11 @@ RULES = PROM_DIR / "fcmon-alerts.yml"
 RULE_TESTS = PROM_DIR / "fcmon-alerts.test.yml"
 EXAMPLE = PROM_DIR / "prometheus.example.yml"
 DASHBOARD = ROOT / "grafana" / "fcmon-dashboard.json"
+RUNBOOK = ROOT / "docs" / "runbook.md"
+
+#: Every runbook_url starts with this base; docs/runbook.md and the rule file's
+#: header tell the operator to replace it (one sed) with where they publish it.
+RUNBOOK_BASE = "https://fcmon.example/docs/runbook.md"
 
 #: Alerts about an fcmon instance or job rather than one FairCom target.
 NOT_PER_TARGET = {"FcmonDown", "FcmonAbsent", "FcmonConfigReloadFailed"}
@@ -145,7 +150,7 @@ def test_every_alert_has_severity_summary_and_description() -> None:
         labels = rule.get("labels") or {}
         annotations = rule.get("annotations") or {}
         assert labels.get("severity") in ("warning", "critical"), name
-        assert set(annotations) == {"summary", "description"}, name
+        assert set(annotations) == {"summary", "description", "runbook_url"}, name
         summary, description = annotations["summary"], annotations["description"]
         assert "\n" not in summary, name
         if name in NOT_PER_TARGET:
@@ -156,6 +161,42 @@ def test_every_alert_has_severity_summary_and_description() -> None:
             assert "{{ $labels.subject }}" in summary, name
         assert "Check first:" in description, name
         assert isinstance(rule.get("for"), str), f"{name}: give `for:` explicitly"
+
+
+def markdown_anchors(text: str) -> List[str]:
+    """The anchors GitHub (and most Markdown renderers) give the headings of text."""
+    anchors = []
+    for line in text.splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if m:
+            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
+            anchors.append(slug)
+    return anchors
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    doc = RUNBOOK.read_text()
+    anchors = markdown_anchors(doc)
+    assert len(anchors) == len(set(anchors)), "duplicate headings in docs/runbook.md"
+    header = RULES.read_text().split("groups:")[0]
+    assert RUNBOOK_BASE in header and "docs/runbook.md" in header, "the rule file must say how to rebase the links"
+    assert RUNBOOK_BASE in doc
+    for name, rule in alert_rules().items():
+        url = (rule.get("annotations") or {}).get("runbook_url", "")
+        # One base for all (a single sed rebases them), then the alert's own section.
+        assert url == f"{RUNBOOK_BASE}#{name.lower()}", f"{name}: runbook_url {url!r}"
+        assert name.lower() in anchors, f"{name}: no section '## {name}' in docs/runbook.md"
+        section = doc.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
+        for part in ("**Means:**", "**Check first:**", "**Fixed when:**"):
+            assert part in section, f"{name}: runbook section lacks {part}"
+    # Links between sections stay valid too.
+    for target in re.findall(r"\]\(#([^)]+)\)", doc):
+        assert target in anchors, f"broken link #{target} in docs/runbook.md"
+
+
+def test_markdown_anchors_follow_github() -> None:
+    assert markdown_anchors("## FcmonProbeFailing\n### What it means, and why!\n") == [
+        "fcmonprobefailing", "what-it-means-and-why"]
 
 
 def test_certificate_alerts_use_the_base_unit_and_split_the_thresholds() -> None:
@@ -189,7 +230,8 @@ def test_every_alert_fires_and_stays_silent_in_the_unit_tests() -> None:
             (fired if expected else silent)[name] = (fired if expected else silent).get(name, 0) + 1
             for alert in expected:
                 assert alert["exp_labels"]["severity"] == rules[name]["labels"]["severity"]
-                assert set(alert["exp_annotations"]) == {"summary", "description"}
+                assert set(alert["exp_annotations"]) == {"summary", "description", "runbook_url"}
+                assert alert["exp_annotations"]["runbook_url"] == rules[name]["annotations"]["runbook_url"]
     assert sorted(set(rules) - set(fired)) == [], "alerts never shown firing"
     assert sorted(set(rules) - set(silent)) == [], "alerts never shown silent"
 
