@@ -79,10 +79,8 @@ def _config_error(exc: ConfigError) -> None:
 def main(argv: Optional[List[str]] = None, environ: Mapping[str, str] = os.environ) -> int:
     args = build_parser(environ).parse_args(argv)
     try:
-        if args.command == "run":
-            from .daemon import run_daemon
-
-            return run_daemon(Path(args.config), environ)
+        if args.command in ("run", "demo"):
+            return _serve(args, environ)
         if args.command == "check":
             return _check(args, environ)
         if args.command == "validate":
@@ -98,10 +96,6 @@ def main(argv: Optional[List[str]] = None, environ: Mapping[str, str] = os.envir
                 return 1
             print("config OK")
             return 0
-        if args.command == "demo":
-            from .demo import run_demo
-
-            return run_demo(args.listen, environ=environ)
         if args.command == "emulator":
             from .emulator.cli import run as run_emulator
 
@@ -112,6 +106,26 @@ def main(argv: Optional[List[str]] = None, environ: Mapping[str, str] = os.envir
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    """`run` and `demo`: the daemon; an address it cannot bind is one line, exit 1."""
+    from .logs import stream_is_journal
+    from .web import ListenError
+
+    try:
+        if args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args.listen, environ=environ)
+        from .daemon import run_daemon
+
+        return run_daemon(Path(args.config), environ)
+    except ListenError as exc:
+        # Under systemd, <3> makes it an error-priority journal entry.
+        prefix = "<3>" if stream_is_journal(environ, sys.stderr) else ""
+        print(f"{prefix}fcmon: {exc}", file=sys.stderr)
+        return 1
 
 
 def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:

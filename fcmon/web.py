@@ -208,10 +208,24 @@ def _reply(start_response: StartResponse, status: str, body: BodyType,
     return [body] if isinstance(body, bytes) else body
 
 
+class ListenError(Exception):
+    """The endpoint's address cannot be bound (taken, not local, privileged)."""
+
+
+def listen_error(host: str, port: int, exc: OSError) -> ListenError:
+    """One line naming the address and the cause, for the operator (not a traceback)."""
+    shown = f"[{host}]" if ":" in host else host
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    return ListenError(f"cannot listen on {shown}:{port}: {cause[:1].lower()}{cause[1:]}")
+
+
 class WebServer:
     def __init__(self, app: App, host: str, port: int, ssl_context: Optional[ssl.SSLContext]):
         server_class = _Server6 if ":" in host else _Server
-        self._httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+        try:
+            self._httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+        except OSError as exc:  # includes socket.gaierror for a host name that does not resolve
+            raise listen_error(host, port, exc) from None
         self._httpd.ssl_context = ssl_context  # type: ignore[attr-defined]
         self._app = app
         self._thread: Optional[threading.Thread] = None

@@ -93,6 +93,20 @@ def start_fcmon(*args: str, env: Optional[dict] = None) -> subprocess.Popen:
     )
 
 
+def run_fcmon(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`python -m fcmon ARGS` to completion (for commands that end by themselves)."""
+    return subprocess.run(fcmon_command(*args), capture_output=True, text=True, timeout=timeout,
+                          cwd=str(ROOT))
+
+
+def taken_port() -> socket.socket:
+    """A loopback socket listening on a free port: that address is taken until it is closed."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
 class FcmonProcess:
     """`python -m fcmon ARGS` as a real process, its stderr collected by a thread."""
 

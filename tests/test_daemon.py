@@ -9,7 +9,7 @@ import pytest
 
 from fcmon.emulator import Emulator, Fault
 
-from support import PKI, FcmonProcess, sample, scrape, target_section, wait_for
+from support import PKI, FcmonProcess, run_fcmon, sample, scrape, taken_port, target_section, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +92,17 @@ def test_invalid_config_exits_nonzero_without_traceback(tmp_path) -> None:  # ty
     assert "Traceback" not in text
     assert "[fcmon] interval" in text
     assert "[target:a] endpoint" in text
+
+
+def test_taken_listen_port_is_one_line_and_exit_1(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with taken_port() as sock:
+        port = sock.getsockname()[1]
+        config = tmp_path / "config.ini"
+        config.write_text(HEAD.replace("127.0.0.1:0", f"127.0.0.1:{port}") + target_section(test_pki, emulator))
+        proc = run_fcmon("run", "-c", str(config))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr == f"fcmon: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert emulator.open_sessions() == 0
 
 
 def test_schedule_off_probes_only_on_request(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from support import FcmonProcess, sample, scrape
+from support import FcmonProcess, run_fcmon, sample, scrape, taken_port
 
 pytestmark = pytest.mark.slow
 
@@ -28,3 +28,13 @@ def test_demo_serves_up_within_15_seconds() -> None:
         assert sample(text, "fcmon_cert_expiry_days", target="demo", cert="client") is not None
         assert fc.stop(signal.SIGINT) == 0
     assert "Traceback" not in fc.text()
+
+
+def test_demo_on_a_taken_port_is_one_line_and_exit_1() -> None:
+    with taken_port() as sock:
+        port = sock.getsockname()[1]
+        proc = run_fcmon("demo", "--listen", f"127.0.0.1:{port}")
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The emulator it started logs its stop; the last word is the reason.
+    assert proc.stderr.splitlines()[-1] == f"fcmon: cannot listen on 127.0.0.1:{port}: address already in use"
