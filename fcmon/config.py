@@ -19,7 +19,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,10 @@ def parse_config(
 
     sections = [s for s in parser.sections() if not s.startswith(_PLACEHOLDER)]
     target_sections: List[Tuple[str, str]] = []
+    # Keys written under a misspelled header ([fcmn], [defualts]): what the
+    # operator meant to set there is unknown, not the default (_mark_unknown).
+    meant: Dict[str, List[str]] = {FCMON: [], WEB: [], DEFAULTS: []}
+    misspelled_target = False
     for section in sections:
         if section in (FCMON, WEB, DEFAULTS):
             continue
@@ -220,11 +224,16 @@ def parse_config(
                 )
             target_sections.append((section, name))
             continue
-        problems.add_section(section, "unknown section" + _section_hint(section))
+        hint = _section_hint(section)
+        problems.add_section(section, "unknown section" + hint)
+        misspelled_target = misspelled_target or hint.startswith(", did you mean [target:")
+        home = _meant_section(section)
+        if home is not None and not parser.has_section(home):
+            meant[home] += [k for k, _ in _items(parser, section)]
 
-    fcmon = _parse_fcmon(_items(parser, FCMON), ctx)
-    web = _parse_web(_items(parser, WEB), ctx)
-    defaults = _parse_target_section(DEFAULTS, _items(parser, DEFAULTS), ctx)
+    fcmon = _parse_fcmon(_items(parser, FCMON), ctx, meant[FCMON])
+    web = _parse_web(_items(parser, WEB), ctx, meant[WEB])
+    defaults = _parse_target_section(DEFAULTS, _items(parser, DEFAULTS), ctx, meant[DEFAULTS])
     _check_interval_timeout(DEFAULTS, defaults, fcmon, None, problems)
 
     targets: List[TargetConfig] = []
@@ -233,7 +242,7 @@ def parse_config(
         target = _build_target(section, name, own, defaults, fcmon, problems)
         if target is not None:
             targets.append(target)
-    if not target_sections:
+    if not target_sections and not misspelled_target:
         problems.add_general("no [target:NAME] section: add one for each FairCom server to probe")
 
     if problems.items:
@@ -396,16 +405,28 @@ def _section_hint(section: str) -> str:
         # [target prod], [targets.prod], [target]
         rest = stripped[len("target"):].lstrip("sS").strip(" _-.=")
         return f", did you mean [target:{rest or 'NAME'}]?"
-    match = difflib.get_close_matches(lower, [FCMON, WEB, DEFAULTS], n=1, cutoff=0.6)
-    if match:
-        return f", did you mean [{match[0]}]?"
+    meant = _meant_section(section)
+    if meant:
+        return f", did you mean [{meant}]?"
     return "; known sections: [fcmon], [web], [defaults], [target:NAME]"
 
 
-def _key_hint(key: str, section: str, allowed: Sequence[str]) -> str:
+def _meant_key(key: str, allowed: Sequence[str]) -> Optional[str]:
+    """The known key an unknown one is probably a misspelling of."""
     match = difflib.get_close_matches(key, list(allowed), n=1, cutoff=0.6)
-    if match:
-        return f", did you mean {match[0]}?"
+    return match[0] if match else None
+
+
+def _meant_section(section: str) -> Optional[str]:
+    """The known section ([fcmon], [web], [defaults]) an unknown header probably misspells."""
+    match = difflib.get_close_matches(section.strip().lower(), [FCMON, WEB, DEFAULTS], n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+def _key_hint(key: str, section: str, allowed: Sequence[str]) -> str:
+    meant = _meant_key(key, allowed)
+    if meant:
+        return f", did you mean {meant}?"
     # A valid key in the wrong section is a common slip worth naming.
     if section == DEFAULTS and key == "endpoint":
         return ": each [target:NAME] needs its own endpoint, it cannot be inherited"
@@ -636,11 +657,30 @@ def _secret_from_env(ctx: _Context, section: str, key: str, value: str) -> Any:
 # Sections
 
 
-def _unknown(ctx: _Context, section: str, key: str, allowed: Sequence[str]) -> None:
+def _unknown(ctx: _Context, section: str, key: str, allowed: Sequence[str]) -> Optional[str]:
+    """Report an unknown key; returns the known key it probably misspells."""
     ctx.problems.add(section, key, "unknown key" + _key_hint(key, section, allowed))
+    return _meant_key(key, allowed)
 
 
-def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context) -> Dict[str, Any]:
+def _mark_unknown(values: Dict[str, Any], written: Sequence[str], meant: Sequence[str]) -> FrozenSet[str]:
+    """Keys the operator meant to set (but misspelled) hold INVALID, not a default.
+
+    Without this a typo such as `timout = 3` leaves timeout at its default,
+    and the checks that combine keys (timeout < interval, pairs such as
+    tls_cert_file + tls_key_file, password + username, http:// + allow_insecure_http)
+    would report the default, or the "missing" key, as a second and
+    misleading problem. Those checks skip INVALID values, and a key that is
+    only guessed (returned here) never counts as given either: the typo,
+    already reported with its suggestion, is the only problem.
+    """
+    guessed = frozenset(k for k in meant if k not in written)
+    for key in guessed:
+        values[key] = INVALID
+    return guessed
+
+
+def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str] = ()) -> Dict[str, Any]:
     out: Dict[str, Any] = {
         "listen": ("127.0.0.1", 9731),
         "interval": 60.0,
@@ -649,9 +689,12 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context) -> Dict[str, Any]:
         "log_format": "text",
         "schedule": True,
     }
+    meant = list(meant)
     for key, value in items:
         if key not in FCMON_KEYS:
-            _unknown(ctx, FCMON, key, FCMON_KEYS)
+            guess = _unknown(ctx, FCMON, key, FCMON_KEYS)
+            if guess is not None:
+                meant.append(guess)
             continue
         if not _single_line(ctx, FCMON, key, value):
             out[key] = INVALID
@@ -665,6 +708,7 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context) -> Dict[str, Any]:
             out[key] = _boolean(ctx, FCMON, key, value)
         else:
             out[key] = _choice(ctx, FCMON, key, value, LOG_FORMATS)
+    _mark_unknown(out, [k for k, _ in items], [k for k in meant if k in FCMON_KEYS])
     interval, timeout = out["interval"], out["timeout"]
     if interval is not INVALID and timeout is not INVALID and timeout >= interval:
         ctx.problems.add(
@@ -673,11 +717,14 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context) -> Dict[str, Any]:
     return out
 
 
-def _parse_web(items: List[Tuple[str, str]], ctx: _Context) -> WebConfig:
+def _parse_web(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str] = ()) -> WebConfig:
     values: Dict[str, Any] = {}
+    meant = list(meant)
     for key, value in items:
         if key not in WEB_KEYS:
-            _unknown(ctx, WEB, key, WEB_KEYS)
+            guess = _unknown(ctx, WEB, key, WEB_KEYS)
+            if guess is not None:
+                meant.append(guess)
             continue
         if not _single_line(ctx, WEB, key, value):
             values[key] = INVALID
@@ -687,11 +734,12 @@ def _parse_web(items: List[Tuple[str, str]], ctx: _Context) -> WebConfig:
             values[key] = _secret_from_file(ctx, WEB, key, value)
         else:
             values[key] = _path(ctx, WEB, key, value)
+    guessed = _mark_unknown(values, [k for k, _ in items], [k for k in meant if k in WEB_KEYS])
 
     p = ctx.problems
-    _require_together(p, WEB, values, "tls_cert_file", "tls_key_file")
-    _require_together(p, WEB, values, "basic_auth_username", "basic_auth_password_file")
-    if "client_ca_file" in values and "tls_cert_file" not in values:
+    _require_together(p, WEB, values, "tls_cert_file", "tls_key_file", guessed)
+    _require_together(p, WEB, values, "basic_auth_username", "basic_auth_password_file", guessed)
+    if "client_ca_file" in values and "client_ca_file" not in guessed and "tls_cert_file" not in values:
         p.add(WEB, "client_ca_file", "needs tls_cert_file and tls_key_file: client certificates need TLS")
 
     def get(key: str) -> Any:
@@ -707,7 +755,11 @@ def _parse_web(items: List[Tuple[str, str]], ctx: _Context) -> WebConfig:
     )
 
 
-def _require_together(p: _Problems, section: str, values: Dict[str, Any], a: str, b: str) -> None:
+def _require_together(
+    p: _Problems, section: str, values: Dict[str, Any], a: str, b: str, guessed: AbstractSet[str] = frozenset()
+) -> None:
+    if a in guessed or b in guessed:
+        return  # one of them was misspelled: that is the problem, already reported
     if a in values and b not in values:
         p.add(section, a, f"given without {b}")
     elif b in values and a not in values:
@@ -722,6 +774,7 @@ class _Section:
     given: Dict[str, Any]  # key as written -> parsed value or INVALID
     password: Any = None  # from whichever password key was given
     client_key_password: Any = None
+    guessed: FrozenSet[str] = frozenset()  # keys meant by a misspelled one (_mark_unknown)
 
     def has(self, *keys: str) -> bool:
         return any(k in self.given for k in keys)
@@ -733,12 +786,17 @@ class _Section:
         return None
 
 
-def _parse_target_section(section: str, items: List[Tuple[str, str]], ctx: _Context) -> _Section:
+def _parse_target_section(
+    section: str, items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str] = ()
+) -> _Section:
     allowed = DEFAULTS_KEYS if section == DEFAULTS else TARGET_KEYS
     given: Dict[str, Any] = {}
+    meant = list(meant)
     for key, value in items:
         if key not in allowed:
-            _unknown(ctx, section, key, allowed)
+            guess = _unknown(ctx, section, key, allowed)
+            if guess is not None:
+                meant.append(guess)
             continue
         if not _single_line(ctx, section, key, value):
             given[key] = INVALID
@@ -762,11 +820,13 @@ def _parse_target_section(section: str, items: List[Tuple[str, str]], ctx: _Cont
             given[key] = _integer(ctx, section, key, value, 1)
         else:
             given[key] = _integer(ctx, section, key, value, MIN_MAX_RESPONSE_BYTES)
+    written = [k for k, _ in items]
+    guessed = _mark_unknown(given, written, [k for k in meant if k in allowed])
 
-    sec = _Section(section, given)
+    sec = _Section(section, given, guessed=guessed)
     p = ctx.problems
     for group in (PASSWORD_KEYS, KEY_PASSWORD_KEYS):
-        present = [k for k in group if k in given]
+        present = [k for k in group if k in written]
         if len(present) > 1:
             p.add(section, ", ".join(present), f"give only one of {', '.join(group)}")
     pw_key = sec.first(PASSWORD_KEYS)
@@ -777,8 +837,8 @@ def _parse_target_section(section: str, items: List[Tuple[str, str]], ctx: _Cont
         sec.client_key_password = given[kp_key]
     # Inheritance moves these as a group (see _build_target), so a pair is
     # complete or incomplete within the section that names it.
-    _require_together(p, section, given, *CLIENT_PAIR_KEYS)
-    if section == DEFAULTS and kp_key is not None and "client_key_file" not in given:
+    _require_together(p, section, given, *CLIENT_PAIR_KEYS, guessed)
+    if section == DEFAULTS and kp_key is not None and kp_key not in guessed and "client_key_file" not in given:
         p.add(section, kp_key, "given without client_key_file")
     return sec
 
@@ -844,11 +904,11 @@ def _build_target(
             )
             ok = False
 
-    if pw_key is not None and merged.get("username") is None:
+    if pw_key is not None and pw_key not in pw_src.guessed and merged.get("username") is None:
         where = "" if pw_src is own else f" (inherited from [{pw_src.name}])"
         problems.add(section, pw_key, f"given without username{where}")
         ok = False
-    if kp_key is not None and kp_src is own and merged.get("client_key_file") is None:
+    if kp_key is not None and kp_src is own and kp_key not in own.guessed and merged.get("client_key_file") is None:
         problems.add(section, kp_key, "given without client_key_file")
         ok = False
 

@@ -88,6 +88,43 @@ def only(tmp_path: Path, text: str, section: str, key: str, *fragments: str,
             "web", "tls_cert", ("did you mean tls_cert_file?",),
             id="unknown-key-web",
         ),
+        # A misspelled key is the only problem: the key it meant is not
+        # checked against the others with its default value (or as missing).
+        pytest.param(
+            "[fcmon]\ninterval = 5\ntimout = 3\n" + TARGET,
+            "fcmon", "timout", ("did you mean timeout?",),
+            id="typo-not-checked-as-default-fcmon",
+        ),
+        pytest.param(
+            TARGET + "interval = 5\ntimout = 3\n",
+            "target:prod", "timout", ("did you mean timeout?",),
+            id="typo-not-checked-as-default-target",
+        ),
+        pytest.param(
+            "[target:prod]\nendpiont = https://db1.example.com:8443/api\n",
+            "target:prod", "endpiont", ("did you mean endpoint?",),
+            id="typo-not-reported-missing-endpoint",
+        ),
+        pytest.param(
+            TARGET.replace("https://", "http://") + "allow_insecure_htp = true\n",
+            "target:prod", "allow_insecure_htp", ("did you mean allow_insecure_http?",),
+            id="typo-not-checked-as-default-insecure",
+        ),
+        pytest.param(
+            TARGET + "usrname = ADMIN\npassword = x\n",
+            "target:prod", "usrname", ("did you mean username?",),
+            id="typo-not-reported-missing-username",
+        ),
+        pytest.param(
+            TARGET + "client_cert_file = present.key\nclient_key_flie = present.key\n",
+            "target:prod", "client_key_flie", ("did you mean client_key_file?",),
+            id="typo-not-reported-missing-pair",
+        ),
+        pytest.param(
+            "[web]\ntls_cert_file = present.key\ntls_kye_file = present.key\n" + TARGET,
+            "web", "tls_kye_file", ("did you mean tls_key_file?",),
+            id="typo-not-reported-missing-pair-web",
+        ),
         pytest.param(
             TARGET + "log_level = debug\n",
             "target:prod", "log_level", ("belongs in [fcmon]",),
@@ -352,6 +389,23 @@ def test_unknown_section_hints(tmp_path: Path, header: str, hint: str) -> None:
     assert len(problems) == 1, problems
     assert f"{header}: unknown section" in problems[0]
     assert hint in problems[0]
+
+
+@pytest.mark.parametrize(
+    "text, header",
+    [
+        # Without [fcmon], interval 300 is not known: the target's timeout is
+        # not compared with the default interval 60.
+        pytest.param("[fcmn]\ninterval = 300\n" + TARGET + "timeout = 100\n", "[fcmn]", id="fcmon"),
+        pytest.param("[defualts]\ninterval = 300\n" + TARGET + "timeout = 100\n", "[defualts]", id="defaults"),
+        # A misspelled target header is not also "no [target:NAME] section".
+        pytest.param("[targt:prod]\nendpoint = " + ENDPOINT + "\n", "[targt:prod]", id="target"),
+    ],
+)
+def test_misspelled_header_is_the_only_problem(tmp_path: Path, text: str, header: str) -> None:
+    problems = problems_of(tmp_path, text)
+    assert len(problems) == 1, problems
+    assert f"{header}: unknown section, did you mean" in problems[0]
 
 
 def test_default_section_does_not_leak_into_targets(tmp_path: Path) -> None:
