@@ -20,6 +20,13 @@ from .result import CertInfo
 
 log = logging.getLogger(__name__)
 
+# Days left under which a certificate warns and is critical: the thresholds
+# of the shipped alert rules (prometheus/fcmon-alerts.yml), the status page's
+# colours and `fcmon check`'s defaults. tests/test_status.py checks that the
+# rules say the same.
+CERT_WARN_DAYS = 30.0
+CERT_CRIT_DAYS = 7.0
+
 
 class CertFileError(Exception):
     """A certificate or key file cannot be used; the message names the file."""

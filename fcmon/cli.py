@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional
 
 from . import __version__
+from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from .config import ConfigError, default_config_path, load_config
 
 EPILOG = "Docs: README.md. Config reference: config.ini (every key, commented)."
@@ -44,10 +45,10 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     check.add_argument("--target", action="append", default=[], metavar="NAME",
                        help="probe only this target (repeatable)")
     check.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
-    check.add_argument("--warn-days", type=float, default=30.0, metavar="N",
-                       help="WARNING when a certificate expires within N days (default 30)")
-    check.add_argument("--crit-days", type=float, default=7.0, metavar="N",
-                       help="CRITICAL when a certificate expires within N days (default 7)")
+    check.add_argument("--warn-days", type=float, default=CERT_WARN_DAYS, metavar="N",
+                       help=f"WARNING when a certificate expires within N days (default {CERT_WARN_DAYS:g})")
+    check.add_argument("--crit-days", type=float, default=CERT_CRIT_DAYS, metavar="N",
+                       help=f"CRITICAL when a certificate expires within N days (default {CERT_CRIT_DAYS:g})")
     check.add_argument("--textfile", type=Path, metavar="PATH",
                        help="also write the Prometheus text to PATH, atomically "
                        "(node_exporter textfile collector)")

@@ -17,6 +17,7 @@ from typing import Dict, Mapping, Optional, Tuple
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
 
+from . import __version__
 from .config import Config, ConfigError, TargetConfig, load_config
 from .exposition import TextRenderer
 from .logs import setup_logging
@@ -25,6 +26,7 @@ from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping
 from .probe import Prober
 from .result import ProbeResult
 from .scheduler import ProbeScheduler
+from .status import StatusBoard, one_line
 from .web import App, WebServer, server_ssl_context
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,10 @@ class Daemon:
         self._up_lock = threading.Lock()
         self.store.set_targets(config.targets)
         self.store.record_reload(True, time.time())
-        self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_now, config.web)
+        self.board = StatusBoard(__version__)
+        self.board.set_targets(config.targets)
+        self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_now, config.web,
+                       status=self.board.snapshot)
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
                              server_ssl_context(config.web))
 
@@ -88,6 +93,7 @@ class Daemon:
 
     def _on_result(self, result: ProbeResult) -> None:
         self.store.record(result)
+        self.board.record(result)
         with self._up_lock:
             before = self._up.get(result.target)
             self._up[result.target] = result.up
@@ -136,18 +142,21 @@ class Daemon:
         except ConfigError as exc:
             log.error("config reload failed, keeping the running config:\n%s", exc)
             self.store.record_reload(False, time.time())
+            self.board.record_reload(False, one_line(exc.problems))
             return False
         try:
             ssl_context = server_ssl_context(new.web)
         except (OSError, ValueError) as exc:
             log.error("config reload failed, keeping the running config: [web]: %s", exc)
             self.store.record_reload(False, time.time())
+            self.board.record_reload(False, one_line([f"[web]: {exc}"]))
             return False
         if (new.listen_host, new.listen_port) != (self.config.listen_host, self.config.listen_port):
             log.warning("[fcmon] listen changed: takes effect after a restart")
         setup_logging(new.log_level, new.log_format, self._environ)
         self.config = new
         self.store.set_targets(new.targets)
+        self.board.set_targets(new.targets)
         self.prober.retain(new.targets)
         self.scheduler.update(_scheduled(new))
         self.app.web = new.web
@@ -155,6 +164,7 @@ class Daemon:
         with self._up_lock:
             self._up = {k: v for k, v in self._up.items() if any(t.name == k for t in new.targets)}
         self.store.record_reload(True, time.time())
+        self.board.record_reload(True)
         log.info("config reloaded: %d targets", len(new.targets))
         return True
 

@@ -23,7 +23,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from . import statuspage
 from .config import WebConfig
+from .status import StatusSnapshot
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,8 @@ class App:
     """The WSGI application. `metrics()` is the /metrics body (bytes, or
     pieces with a length: sent as they come, never joined here);
     `probe_target(name)` returns a registry holding only that target's series
-    after probing it now, or None for an unknown name."""
+    after probing it now, or None for an unknown name; `status()` is what the
+    status page (`/`) and `/api/v1/status` show."""
 
     def __init__(
         self,
@@ -112,8 +115,10 @@ class App:
         ready: Callable[[], bool],
         probe_target: Callable[[str], Optional[CollectorRegistry]],
         web: WebConfig,
+        status: Optional[Callable[[], StatusSnapshot]] = None,
     ):
         self._metrics = metrics
+        self._status = status
         self._healthy = healthy
         self._ready = ready
         self._probe_target = probe_target
@@ -140,10 +145,12 @@ class App:
             ok = self._ready()
             return _reply(start_response, "200 OK" if ok else "503 Service Unavailable",
                           b"OK\n" if ok else b"first round of probes not done\n")
-        if path == "/":
-            body = (b"<html><head><title>fcmon</title></head><body><h1>fcmon</h1>"
-                    b'<p><a href="/metrics">Metrics</a></p></body></html>\n')
-            return _reply(start_response, "200 OK", body, [("Content-Type", "text/html")])
+        if path == "/" and self._status is not None:
+            return _reply(start_response, "200 OK", statuspage.render_html(self._status()),
+                          [("Content-Type", statuspage.HTML_CONTENT_TYPE), *statuspage.PAGE_HEADERS])
+        if path == "/api/v1/status" and self._status is not None:
+            return _reply(start_response, "200 OK", statuspage.render_json(self._status()),
+                          [("Content-Type", statuspage.JSON_CONTENT_TYPE), ("Cache-Control", "no-store")])
         return _reply(start_response, "404 Not Found", b"not found\n")
 
     def _authorized(self, environ: dict) -> bool:

@@ -39,6 +39,8 @@ class Fault:
     `malformed_json`, `non_object_json`), then `drip` for the delivery.
     `http_status` applies to every JSON answer given under the fault (a JSON
     `errorCode` must win over the status in a correct client).
+    `error_message` is the errorMessage sent with `error_code` (a server's
+    text reaches logs and the status page: tests send hostile ones).
     """
 
     delay: float = 0.0
@@ -51,6 +53,7 @@ class Fault:
     non_object_json: bool = False
     oversized: int = 0
     error_code: Optional[int] = None
+    error_message: Optional[str] = None
     http_status: int = 200
     missing_auth_token: bool = False
     limit_reached: bool = False
@@ -106,6 +109,7 @@ _BOOL_FIELDS = frozenset(
 _FLOAT_FIELDS = frozenset({"delay", "drip_interval"})
 _INT_FIELDS = frozenset({"oversized", "http_status"})
 _OPTIONAL_INT_FIELDS = frozenset({"error_code", "count"})
+_OPTIONAL_STR_FIELDS = frozenset({"error_message"})
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -117,6 +121,10 @@ def _coerce(name: str, value: Any) -> Any:
         return value
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number")
+    if name in _OPTIONAL_STR_FIELDS:
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+        return value
     if name in _FLOAT_FIELDS:
         if not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number")

@@ -293,9 +293,10 @@ class JsonApi:
             return self._error(request, ERR_MISSING_ACTION, "the \"action\" property must be a string")
 
         if fault is not None and fault.error_code is not None:
-            return self._error(
-                request, fault.error_code, f"emulator: injected errorCode {fault.error_code} for {action}"
-            )
+            message = fault.error_message
+            if message is None:
+                message = f"emulator: injected errorCode {fault.error_code} for {action}"
+            return self._error(request, fault.error_code, message)
 
         api = request.get("api")
         if api is not None and api not in APIS:

@@ -1,0 +1,189 @@
+"""What the status page and /api/v1/status show, kept from the results.
+
+`StatusBoard` is fed by the daemon: each `ProbeResult`, each reload and
+each new set of targets. It keeps the latest result of every configured
+target, since when its state holds, and a bounded list of recent events
+(state changes and failures), all in memory. `snapshot()` hands the
+renderers (`statuspage.py`) one consistent, immutable view; nothing here
+knows of HTML or JSON.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Deque, Dict, Optional, Sequence, Tuple
+
+from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
+from .config import TargetConfig
+from .result import ProbeResult
+
+SECONDS_PER_DAY = 86400.0
+
+MAX_EVENTS = 50
+
+# Target states
+UP = "up"
+DOWN = "down"
+NOT_PROBED = "not_probed"
+
+
+def cert_level(days_left: float) -> str:
+    """`ok`, `warning`, `critical` or `expired`: the alert a certificate with
+    this many days left is under (the rules' thresholds do not overlap:
+    < 30 days warning, < 7 critical, < 0 expired)."""
+    if days_left < 0:
+        return "expired"
+    if days_left < CERT_CRIT_DAYS:
+        return "critical"
+    if days_left < CERT_WARN_DAYS:
+        return "warning"
+    return "ok"
+
+
+@dataclass(frozen=True)
+class Event:
+    time: float  # Unix time
+    target: str
+    kind: str  # "up", "down", "failure" (still down, failing differently), "added", "removed"
+    text: str
+
+
+@dataclass(frozen=True)
+class TargetStatus:
+    name: str
+    endpoint: str
+    state: str  # UP, DOWN or NOT_PROBED
+    since: float  # Unix time the state began (NOT_PROBED: when the target was configured)
+    latest: Optional[ProbeResult]
+
+
+@dataclass(frozen=True)
+class ReloadStatus:
+    successful: bool
+    last_attempt: Optional[float]  # None: no reload since start
+    last_success: float  # the start counts as one
+    error: Optional[str]  # one line, set while the last reload failed
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    version: str
+    started: float  # Unix time
+    now: float
+    targets: Tuple[TargetStatus, ...]  # in config order
+    events: Tuple[Event, ...]  # newest first
+    reload: ReloadStatus
+
+    @property
+    def uptime(self) -> float:
+        return max(0.0, self.now - self.started)
+
+    @property
+    def targets_up(self) -> int:
+        return sum(1 for t in self.targets if t.state == UP)
+
+
+@dataclass
+class _Entry:
+    endpoint: str
+    state: str
+    since: float
+    latest: Optional[ProbeResult] = None
+
+
+def _failure_text(result: ProbeResult) -> str:
+    f = result.failure
+    assert f is not None
+    return f"down at {f.stage}: {f.reason}: {f.message}"
+
+
+class StatusBoard:
+    def __init__(self, version: str, clock: Callable[[], float] = time.time):
+        self._clock = clock
+        self._version = version
+        self._started = clock()
+        self._lock = threading.Lock()
+        self._targets: Dict[str, _Entry] = {}
+        self._events: Deque[Event] = deque(maxlen=MAX_EVENTS)
+        self._reload = ReloadStatus(True, None, self._started, None)
+        self._configured = False
+
+    def set_targets(self, targets: Sequence[TargetConfig]) -> None:
+        """Hold exactly these targets, in this order; the first call is the
+        start, later ones are reloads (targets added or removed are events)."""
+        now = self._clock()
+        with self._lock:
+            fresh: Dict[str, _Entry] = {}
+            for t in targets:
+                entry = self._targets.get(t.name)
+                if entry is None or entry.endpoint != t.endpoint:
+                    # A new endpoint is another server: what the old one said no longer holds.
+                    entry = _Entry(t.endpoint, NOT_PROBED, now)
+                    if self._configured:
+                        self._events.appendleft(Event(now, t.name, "added", f"added by a reload ({t.endpoint})"))
+                fresh[t.name] = entry
+            if self._configured:
+                for name in self._targets:
+                    if name not in fresh:
+                        self._events.appendleft(Event(now, name, "removed", "removed by a reload"))
+            self._targets = fresh
+            self._configured = True
+
+    def record(self, result: ProbeResult) -> None:
+        with self._lock:
+            entry = self._targets.get(result.target)
+            if entry is None:  # removed while its probe ran
+                return
+            previous = entry.latest
+            state = UP if result.up else DOWN
+            when = result.ended
+            if state != entry.state:
+                entry.state, entry.since = state, when
+                text = "up" if state == UP else _failure_text(result)
+                if state == UP and result.databases is not None:
+                    text += f" ({result.databases} databases)"
+                self._events.appendleft(Event(when, result.target, state, text))
+            elif state == DOWN and previous is not None and previous.failure != result.failure:
+                # Still down, for another reason: worth a line; the same
+                # failure probe after probe is not (it would push out the rest).
+                self._events.appendleft(Event(when, result.target, "failure", _failure_text(result)))
+            entry.latest = result
+
+    def record_reload(self, ok: bool, error: Optional[str] = None) -> None:
+        """A reload's outcome; `error` is a one-line message without secrets."""
+        now = self._clock()
+        with self._lock:
+            last_success = now if ok else self._reload.last_success
+            self._reload = ReloadStatus(ok, now, last_success, None if ok else (error or "reload failed"))
+
+    def snapshot(self) -> StatusSnapshot:
+        with self._lock:
+            targets = tuple(
+                TargetStatus(name, e.endpoint, e.state, e.since, e.latest) for name, e in self._targets.items()
+            )
+            events = tuple(self._events)
+            reload = self._reload
+        return StatusSnapshot(self._version, self._started, self._clock(), targets, events, reload)
+
+
+def one_line(problems: Sequence[str], limit: int = 400) -> str:
+    """Config problems as one line for the status page: the first ones, and
+    how many more (the log has them all)."""
+    parts = [" ".join(p.split()) for p in problems if p.strip()]
+    if not parts:
+        return "reload failed"
+    line = parts[0]
+    shown = 1
+    for p in parts[1:]:
+        if len(line) + 2 + len(p) > limit:
+            break
+        line += "; " + p
+        shown += 1
+    if len(line) > limit:
+        line = line[: limit - 1] + "…"
+    if shown < len(parts):
+        line += f" (and {len(parts) - shown} more)"
+    return line

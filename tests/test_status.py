@@ -1,0 +1,349 @@
+"""The status board and its renderers (`/` and `/api/v1/status`), without a browser.
+
+tests/test_status_browser.py drives the same page in a real chromium
+against a running daemon.
+"""
+
+from __future__ import annotations
+
+import base64
+import html.parser
+import json
+import re
+from typing import Dict, List, Optional, Tuple
+
+import pytest
+import yaml
+
+from fcmon import statuspage
+from fcmon.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
+from fcmon.config import TargetConfig, WebConfig
+from fcmon.result import CallResult, CertInfo, Failure, ProbeResult
+from fcmon.status import MAX_EVENTS, StatusBoard, cert_level, one_line
+from fcmon.web import App
+
+from support import ROOT
+
+HOSTILE = "<script>alert(1)</script>"
+DAY = 86400.0
+
+
+class Clock:
+    def __init__(self, now: float = 1_800_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def target(name: str = "prod", endpoint: str = "https://db1.example.com:8443/api") -> TargetConfig:
+    return TargetConfig(name=name, endpoint=endpoint)
+
+
+def up(name: str, at: float, **kw) -> ProbeResult:  # type: ignore[no-untyped-def]
+    kw.setdefault("databases", 3)
+    return ProbeResult(name, at - 0.05, at, 0.05, None, **kw)
+
+
+def down(name: str, at: float, reason: str = "connect_refused", message: str = "connection refused",
+         stage: str = "connect", **kw) -> ProbeResult:  # type: ignore[no-untyped-def]
+    return ProbeResult(name, at - 0.05, at, 0.05, Failure(stage, reason, message), **kw)
+
+
+def board_with(*names: str, clock: Optional[Clock] = None) -> Tuple[StatusBoard, Clock]:
+    clock = clock or Clock()
+    board = StatusBoard("9.9.9", clock=clock)
+    board.set_targets([target(n) for n in names])
+    return board, clock
+
+
+# -- the board
+
+
+def test_targets_start_not_yet_probed_and_keep_config_order() -> None:
+    board, clock = board_with("b", "a", "c")
+    snap = board.snapshot()
+    assert [t.name for t in snap.targets] == ["b", "a", "c"]
+    assert {t.state for t in snap.targets} == {"not_probed"}
+    assert all(t.since == clock.now and t.latest is None for t in snap.targets)
+    assert snap.targets_up == 0 and snap.events == ()
+
+
+def test_state_since_and_events_follow_the_results() -> None:
+    board, clock = board_with("prod")
+    t0 = clock.now
+    board.record(up("prod", t0 + 1))
+    board.record(up("prod", t0 + 61))
+    snap = board.snapshot()
+    (t,) = snap.targets
+    assert (t.state, t.since, t.latest.ended) == ("up", t0 + 1, t0 + 61)
+    assert [(e.kind, e.text) for e in snap.events] == [("up", "up (3 databases)")]
+
+    board.record(down("prod", t0 + 121))
+    board.record(down("prod", t0 + 181))  # the same failure again: no new event
+    board.record(down("prod", t0 + 241, "tls_verify", "certificate has expired"))
+    board.record(up("prod", t0 + 301))
+    snap = board.snapshot()
+    assert (snap.targets[0].state, snap.targets[0].since) == ("up", t0 + 301)
+    assert [(e.time, e.kind) for e in snap.events] == [
+        (t0 + 301, "up"), (t0 + 241, "failure"), (t0 + 121, "down"), (t0 + 1, "up")]
+    assert snap.events[1].text == "down at connect: tls_verify: certificate has expired"
+    assert snap.events[2].target == "prod"
+
+
+def test_events_are_capped_at_50_newest_first() -> None:
+    board, clock = board_with("flappy")
+    for i in range(3 * MAX_EVENTS):
+        at = clock.now + i
+        board.record(up("flappy", at) if i % 2 else down("flappy", at))
+    events = board.snapshot().events
+    assert MAX_EVENTS == 50
+    assert len(events) == 50
+    assert [e.time for e in events] == [clock.now + i for i in range(3 * MAX_EVENTS - 1, 2 * MAX_EVENTS - 1, -1)]
+
+
+def test_reload_adds_removes_and_resets_a_moved_target() -> None:
+    board, clock = board_with("keep", "gone", "moved")
+    for name in ("keep", "gone", "moved"):
+        board.record(up(name, clock.now + 1))
+    clock.now += 100
+    board.set_targets([target("keep"), target("moved", "https://db9.example.com/api"), target("new")])
+    snap = board.snapshot()
+    states = {t.name: (t.state, t.since) for t in snap.targets}
+    assert states == {"keep": ("up", clock.now - 99), "moved": ("not_probed", clock.now),
+                      "new": ("not_probed", clock.now)}
+    kinds = {(e.target, e.kind) for e in snap.events if e.time == clock.now}
+    assert kinds == {("gone", "removed"), ("moved", "added"), ("new", "added")}
+    board.record(up("gone", clock.now + 1))  # its probe was still running: ignored
+    assert "gone" not in {t.name for t in board.snapshot().targets}
+
+
+def test_reload_status_keeps_the_error_until_a_reload_succeeds() -> None:
+    board, clock = board_with("prod")
+    start = clock.now
+    snap = board.snapshot()
+    assert (snap.reload.successful, snap.reload.last_attempt, snap.reload.error) == (True, None, None)
+    clock.now += 50
+    board.record_reload(False, "[fcmon] timout: unknown key (did you mean timeout?)")
+    r = board.snapshot().reload
+    assert (r.successful, r.last_attempt, r.last_success) == (False, start + 50, start)
+    assert r.error == "[fcmon] timout: unknown key (did you mean timeout?)"
+    clock.now += 50
+    board.record_reload(True)
+    r = board.snapshot().reload
+    assert (r.successful, r.last_attempt, r.last_success, r.error) == (True, start + 100, start + 100, None)
+
+
+def test_one_line_joins_problems_and_counts_the_rest() -> None:
+    assert one_line(["[fcmon] timout: unknown key", "[target:a]\n  endpoint: missing"]) == (
+        "[fcmon] timout: unknown key; [target:a] endpoint: missing")
+    line = one_line([f"[target:t{i}] endpoint: missing, give one" for i in range(100)], limit=120)
+    shown = line.count("[target:")
+    assert "\n" not in line and 1 <= shown < 5 and line.startswith("[target:t0]")
+    assert line.endswith(f"give one (and {100 - shown} more)") and len(line) < 120 + len(" (and 99 more)")
+    assert one_line([]) == "reload failed"
+    assert len(one_line(["x" * 1000], limit=100)) == 100
+
+
+# -- thresholds
+
+
+@pytest.mark.parametrize("days, level", [
+    (400, "ok"), (30.0, "ok"), (29.99, "warning"), (7.0, "warning"), (6.99, "critical"),
+    (0.0, "critical"), (-0.01, "expired"), (-400, "expired"),
+])
+def test_cert_level_at_the_alert_thresholds(days: float, level: str) -> None:
+    assert cert_level(days) == level
+
+
+def test_thresholds_are_the_alert_rules() -> None:
+    rules = yaml.safe_load((ROOT / "prometheus" / "fcmon-alerts.yml").read_text())
+    exprs = {r["alert"]: " ".join(r["expr"].split()) for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    for role in ("Server", "Client", "CA"):
+        assert exprs[f"Fcmon{role}CertExpiringSoon"].endswith(
+            f"< {CERT_WARN_DAYS:g} * 86400 >= {CERT_CRIT_DAYS:g} * 86400")
+        assert exprs[f"Fcmon{role}CertExpiringCritical"].endswith(f"< {CERT_CRIT_DAYS:g} * 86400 >= 0")
+
+
+@pytest.mark.parametrize("days, text", [
+    (364.9, "364 days left"), (1.5, "1 day left"), (0.4, "less than a day left"),
+    (-0.2, "expired less than a day ago"), (-1.7, "expired 1 day ago"), (-12.3, "expired 12 days ago"),
+])
+def test_days_wording(days: float, text: str) -> None:
+    assert statuspage.days_text(days) == text
+
+
+# -- HTML
+
+
+class _Page(html.parser.HTMLParser):
+    """The page as a browser's parser sees it: elements, text, attributes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: List[Tuple[str, Dict[str, Optional[str]]]] = []
+        self.text: List[str] = []
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(body: bytes) -> _Page:
+    page = _Page()
+    page.feed(body.decode("utf-8"))
+    page.close()
+    return page
+
+
+def hostile_board() -> Tuple[StatusBoard, Clock]:
+    clock = Clock()
+    board = StatusBoard("9.9.9", clock=clock)
+    board.set_targets([target('ev"il<b>&', f"https://{HOSTILE}/api"), target("fine"), target("fresh")])
+    certs = (
+        CertInfo("server", f"CN={HOSTILE}", "aa", clock.now - 3.5 * DAY),
+        CertInfo("client", "CN=ADMIN", "bb", clock.now + 20.5 * DAY),
+        CertInfo("ca", "CN=fcmon test CA", "cc", clock.now + 3.5 * DAY),
+        CertInfo("chain", "CN=intermediate", "dd", clock.now + 200 * DAY),
+    )
+    board.record(down('ev"il<b>&', clock.now - 30, "api_error", f"listDatabases: errorCode 12031: {HOSTILE}",
+                      "list_databases", certs=certs, tls_version="TLSv1.3", tls_cipher="TLS_AES_256_GCM_SHA384",
+                      steps=(("connect", 0.0031), ("create_session", 0.0042), ("list_databases", 0.002)),
+                      calls=(CallResult("createSession", 0.0042, 0), CallResult("listDatabases", 0.002, 12031))))
+    board.record(up("fine", clock.now - 5, tls_version="TLSv1.3", steps=(("connect", 0.003),)))
+    board.record_reload(False, f"[target:{HOSTILE}] endpoint: missing")
+    clock.now += 1
+    return board, clock
+
+
+def test_everything_from_servers_and_config_is_escaped() -> None:
+    board, _ = hostile_board()
+    body = statuspage.render_html(board.snapshot())
+    page = parse(body)
+    assert [t for t, _ in page.tags if t in ("script", "b", "iframe", "img", "object")] == []
+    assert b"<script" not in body.lower()
+    text = "".join(page.text)
+    # The hostile strings are there as text: in the message, subject, endpoint, reload error, event.
+    assert text.count(HOSTILE) >= 5
+    assert 'ev"il<b>&' in text
+    # Attribute values cannot be broken out of either.
+    rows = [a for t, a in page.tags if t == "tr" and a.get("data-target")]
+    assert [a["data-target"] for a in rows] == ['ev"il<b>&', "fine", "fresh"]
+    links = [a["href"] for t, a in page.tags if t == "a" and "debug" in (a.get("class") or "")]
+    assert links == ["/probe?target=ev%22il%3Cb%3E%26&debug=true", "/probe?target=fine&debug=true",
+                     "/probe?target=fresh&debug=true"]
+
+
+def test_page_states_certificates_and_header() -> None:
+    board, clock = hostile_board()
+    body = statuspage.render_html(board.snapshot())
+    page = parse(body)
+    text = " ".join(" ".join(page.text).split())
+    assert ('meta', {"http-equiv": "refresh", "content": "15"}) in page.tags
+    assert ('meta', {"charset": "utf-8"}) in page.tags
+    assert "fcmon 9.9.9" in text and "targets up: 1 / 3" in text
+    assert "config reload failed" in text
+    for path in ("/metrics", "/-/ready", "/-/healthy", "/api/v1/status"):
+        assert ("a", {"href": path}) in page.tags
+    # state as words and symbols, not colour alone
+    assert "\u2716 down" in text and "\u2714 up" in text and "\u2026 not yet probed" in text
+    assert "list_databases: api_error" in text
+    # certificates: role, subject, days, level at the alert thresholds
+    levels = [a.get("data-level") for t, a in page.tags if t == "span" and a.get("data-level")]
+    assert levels == ["expired", "warning", "critical", "ok"]
+    assert "expired 3 days ago" in text and "20 days left" in text and "3 days left" in text
+    assert "TLSv1.3" in text and "connect 3.1 ms" in text and "errorCode 12031" in text
+    # no JS, no external asset
+    assert not [a for t, a in page.tags if t in ("link", "script", "img")]
+    assert b"http://" not in body and b"https://db1" in body  # only the endpoints are URLs
+
+
+def test_not_yet_probed_row() -> None:
+    board, _ = board_with("fresh")
+    body = statuspage.render_html(board.snapshot())
+    text = " ".join(" ".join(parse(body).text).split())
+    assert "\u2026 not yet probed" in text and "never" in text and "targets up: 0 / 1" in text
+    assert "No state change yet." in text
+
+
+def test_json_has_the_documented_shape() -> None:
+    board, clock = hostile_board()
+    data = json.loads(statuspage.render_json(board.snapshot()))
+    assert set(data) == {"fcmon", "now", "targets_up", "targets_total", "reload", "cert_thresholds_days",
+                         "targets", "events"}
+    assert set(data["fcmon"]) == {"version", "started", "uptime_seconds"}
+    assert (data["targets_up"], data["targets_total"]) == (1, 3)
+    assert data["reload"]["successful"] is False and HOSTILE in data["reload"]["error"]
+    assert data["cert_thresholds_days"] == {"warning": 30.0, "critical": 7.0}
+    bad, fine, fresh = data["targets"]
+    assert set(bad) == {"name", "endpoint", "state", "since", "debug_probe", "last_probe"}
+    assert (bad["name"], bad["state"]) == ('ev"il<b>&', "down")
+    assert fresh["state"] == "not_probed" and fresh["last_probe"] is None
+    last = bad["last_probe"]
+    assert set(last) >= {"ended", "age_seconds", "duration_seconds", "failure", "steps", "calls", "databases",
+                         "tls", "server", "certificates", "session_leaked"}
+    assert last["failure"] == {"stage": "list_databases", "reason": "api_error",
+                               "message": f"listDatabases: errorCode 12031: {HOSTILE}"}
+    assert last["steps"][0] == {"step": "connect", "seconds": 0.0031}
+    assert last["tls"] == {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
+    assert [(c["role"], c["level"]) for c in last["certificates"]] == [
+        ("server", "expired"), ("client", "warning"), ("ca", "critical"), ("chain", "ok")]
+    assert last["certificates"][0]["days_left"] == pytest.approx(-3.5, abs=0.01)
+    assert last["calls"][1]["error_code"] == 12031 and "12031" in last["calls"][1]["error_meaning"]
+    assert fine["last_probe"]["failure"] is None
+    assert [e["kind"] for e in data["events"]] == ["up", "down"]
+    assert set(data["events"][0]) == {"time", "target", "kind", "text"}
+
+
+# -- through the WSGI app: headers, and [web] basic auth like every path
+
+
+def call(app: App, path: str, auth: Optional[str] = None) -> Tuple[str, Dict[str, str], bytes]:
+    got: Dict[str, object] = {}
+
+    def start_response(status: str, headers: List[Tuple[str, str]]) -> None:
+        got["status"], got["headers"] = status, dict(headers)
+
+    environ = {"PATH_INFO": path, "QUERY_STRING": "", "REQUEST_METHOD": "GET"}
+    if auth is not None:
+        environ["HTTP_AUTHORIZATION"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    body = b"".join(app(environ, start_response))
+    return str(got["status"]), got["headers"], body  # type: ignore[return-value]
+
+
+def make_app(board: StatusBoard, web: WebConfig = WebConfig()) -> App:
+    return App(lambda: b"", lambda: True, lambda: True, lambda name: None, web, status=board.snapshot)
+
+
+def test_app_serves_the_page_and_the_json_with_their_types() -> None:
+    board, _ = hostile_board()
+    status, headers, body = call(make_app(board), "/")
+    assert status == "200 OK" and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "script-src" not in headers["Content-Security-Policy"]
+    assert headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert int(headers["Content-Length"]) == len(body) and b"fcmon status" in body
+    status, headers, body = call(make_app(board), "/api/v1/status")
+    assert status == "200 OK" and headers["Content-Type"] == "application/json; charset=utf-8"
+    assert json.loads(body)["targets_total"] == 3
+
+
+def test_page_and_json_need_basic_auth_when_configured() -> None:
+    board, _ = hostile_board()
+    app = make_app(board, WebConfig(basic_auth_username="prometheus", basic_auth_password="s3cret-x"))
+    for path in ("/", "/api/v1/status"):
+        status, headers, body = call(app, path)
+        assert status == "401 Unauthorized" and HOSTILE.encode() not in body
+        assert call(app, path, "prometheus:wrong")[0] == "401 Unauthorized"
+        assert call(app, path, "prometheus:s3cret-x")[0] == "200 OK"
+
+
+def test_large_fleet_renders() -> None:
+    clock = Clock()
+    board = StatusBoard("9.9.9", clock=clock)
+    board.set_targets([target(f"t{i:04d}") for i in range(3000)])
+    for i in range(3000):
+        board.record(up(f"t{i:04d}", clock.now) if i % 7 else down(f"t{i:04d}", clock.now))
+    body = statuspage.render_html(board.snapshot())
+    assert len(re.findall(rb'<tr class="target ', body)) == 3000
