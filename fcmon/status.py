@@ -100,6 +100,11 @@ def _failure_text(result: ProbeResult) -> str:
     return f"down at {f.stage}: {f.reason}: {f.message}"
 
 
+def _why(result: ProbeResult) -> object:
+    f = result.failure
+    return None if f is None else (f.stage, f.reason)
+
+
 class StatusBoard:
     def __init__(self, version: str, clock: Callable[[], float] = time.time):
         self._clock = clock
@@ -146,9 +151,10 @@ class StatusBoard:
                 if state == UP and result.databases is not None:
                     text += f" ({result.databases} databases)"
                 self._events.appendleft(Event(when, result.target, state, text))
-            elif state == DOWN and previous is not None and previous.failure != result.failure:
+            elif state == DOWN and previous is not None and _why(previous) != _why(result):
                 # Still down, for another reason: worth a line; the same
-                # failure probe after probe is not (it would push out the rest).
+                # failure probe after probe is not (it would push out the
+                # rest), nor is a new wording of it (a TLS alert's text varies).
                 self._events.appendleft(Event(when, result.target, "failure", _failure_text(result)))
             entry.latest = result
 

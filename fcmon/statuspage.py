@@ -204,6 +204,9 @@ tr.not_probed .state{color:#5b6570;background:#eceff2}
 .muted{color:#5b6570}
 .msg{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-word}
 ul.plain{list-style:none;margin:0;padding:0}
+ul.steps li,.age,.took,.for{white-space:nowrap}
+ul.certs li{margin-bottom:.15em}
+.role{font-weight:600}
 .cert-ok{color:#11693a}
 .cert-warning{color:#8a5a00;background:#fff4d6}
 .cert-critical{color:#fff;background:#c4541a}
@@ -225,9 +228,9 @@ def _ago(now: float, ts: float) -> str:
 def _cert_html(c: CertInfo, now: float) -> str:
     d = days_left(c, now)
     level = cert_level(d)
-    return (f'<li><span class="role">{_e(c.role)}</span> <span class="subject">{_e(c.subject)}</span> '
-            f'<span class="days cert-{level}" data-level="{level}" title="{level}">'
-            f"{_CERT_SYMBOL[level]}{_e(days_text(d))}</span></li>")
+    return (f'<li><span class="days cert-{level}" data-level="{level}" title="{level}">'
+            f"{_CERT_SYMBOL[level]}{_e(days_text(d))}</span> "
+            f'<span class="role">{_e(c.role)}</span> <span class="subject">{_e(c.subject)}</span></li>')
 
 
 def _calls_html(calls: Sequence[CallResult]) -> str:
@@ -262,7 +265,7 @@ def _target_html(t: TargetStatus, now: float) -> str:
         cells.extend(["", "", "", ""])
     else:
         cells.append(f'<span class="age" title="{_e(clock_text(r.ended))}">{_e(_ago(now, r.ended))}</span>'
-                     f'<br><span class="muted">took {_e(ms_text(r.duration))}</span>')
+                     f'<br><span class="muted took">took {_e(ms_text(r.duration))}</span>')
         if r.failure is not None:
             f = r.failure
             problem = (f'<span class="stage">{_e(f.stage)}</span>: <strong class="reason">{_e(f.reason)}</strong>'

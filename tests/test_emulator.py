@@ -461,6 +461,15 @@ def test_fault_error_code_with_http_status(emu: Emulator, http: requests.Session
     assert data["errorCode"] == 12345 and data["errorMessage"] and data["requestId"] == 9
 
 
+def test_fault_error_message(emu: Emulator, http: requests.Session) -> None:
+    hostile = "<script>alert(1)</script>"
+    emu.set_fault("createSession", Fault.from_dict({"error_code": 12031, "error_message": hostile}))
+    data = call(http, emu, CREATE)
+    assert (data["errorCode"], data["errorMessage"]) == (12031, hostile)
+    with pytest.raises(ValueError, match="error_message must be a string"):
+        Fault.from_dict({"error_code": 1, "error_message": 5})
+
+
 def test_fault_missing_auth_token(emu: Emulator, http: requests.Session) -> None:
     emu.set_fault("createSession", Fault(missing_auth_token=True))
     data = call(http, emu, CREATE)

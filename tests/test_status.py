@@ -81,6 +81,7 @@ def test_state_since_and_events_follow_the_results() -> None:
 
     board.record(down("prod", t0 + 121))
     board.record(down("prod", t0 + 181))  # the same failure again: no new event
+    board.record(down("prod", t0 + 182, message="connection reset"))  # nor in other words
     board.record(down("prod", t0 + 241, "tls_verify", "certificate has expired"))
     board.record(up("prod", t0 + 301))
     snap = board.snapshot()

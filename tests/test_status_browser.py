@@ -1,0 +1,188 @@
+"""The status page in a real headless chromium, against `fcmon run` and the
+emulator with client certificates required.
+
+Three targets: `healthy`; `hostile`, whose emulator is made to answer
+listDatabases with errorCode 12031 and the errorMessage
+`<script>alert(1)</script>` while the page is open; and `expired-client`,
+which presents a client certificate that expired 9 days ago. A reload with
+a broken config is rejected before the page is opened. The test asserts on
+the DOM chromium built (and that no dialog opened), waits for the page to
+refresh itself (its meta refresh, no navigation) and show the new failure,
+and saves a screenshot in its tmp dir. `make screenshot` runs it with
+FCMON_SCREENSHOT set to write docs/status-page.png as well.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from fcmon import pki
+from fcmon.emulator import Emulator
+from fcmon.emulator.faults import Fault
+
+from support import IN_CI, PKI, FcmonProcess, require_tool, target_section, wait_for
+
+pytestmark = pytest.mark.slow
+
+HOSTILE = "<script>alert(1)</script>"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1500,900",
+)
+
+
+def _selenium():  # type: ignore[no-untyped-def]
+    try:
+        from selenium import webdriver
+    except ImportError:
+        message = "selenium is not installed (pip install -e '.[test]')"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    return webdriver
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    webdriver = _selenium()
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = require_tool("chromium")
+    chromedriver = require_tool("chromedriver")
+    profile = tempfile.mkdtemp(prefix="fcmon-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
+    # Given a driver path, selenium downloads nothing (no network here anyway).
+    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _status(base: str) -> dict:
+    s = requests.Session()
+    s.trust_env = False
+    r = s.get(base + "/api/v1/status", timeout=10)
+    r.raise_for_status()
+    return r.json()
+
+
+def _states(base: str) -> dict:
+    return {t["name"]: t["state"] for t in _status(base)["targets"]}
+
+
+def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emulator,  # type: ignore[no-untyped-def]
+                                 tmp_path: Path) -> None:
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    started = time.monotonic()
+    healthy_emu = session_emulator
+    healthy_emu.clear_faults()
+    expired = pki.make_client(test_pki.ca, days=1,
+                              not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10))
+    expired_files = expired.write(tmp_path, "expired-client")
+    with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+                  client_ca_file=test_pki.ca_file) as hostile_emu:
+        config = tmp_path / "config.ini"
+        good = ("[fcmon]\nlisten = 127.0.0.1:0\ninterval = 2\ntimeout = 1.5\n\n"
+                + target_section(test_pki, healthy_emu, "healthy")
+                + target_section(test_pki, hostile_emu, "hostile")
+                + target_section(test_pki, healthy_emu, "expired-client").replace(
+                    f"client_cert_file = {test_pki.client.cert}\nclient_key_file = {test_pki.client.key}",
+                    f"client_cert_file = {expired_files.cert}\nclient_key_file = {expired_files.key}"))
+        assert str(expired_files.cert) in good
+        config.write_text(good)
+        with FcmonProcess("run", "-c", str(config)) as fc:
+            base = fc.metrics_url()[: -len("/metrics")]
+            wait_for(lambda: _states(base) == {"healthy": "up", "hostile": "up", "expired-client": "down"}, 30)
+
+            # A broken config, reloaded: rejected, the running one kept.
+            config.write_text(good.replace("timeout = 1.5", "timeout = 1.5\ntimout = 3"))
+            fc.proc.send_signal(signal.SIGHUP)
+            fc.wait_for_line(r"config reload failed")
+            assert _status(base)["reload"]["successful"] is False
+
+            driver.get(base + "/")
+            page = driver.find_element(By.TAG_NAME, "html")
+            assert driver.title == "fcmon: 2/3 up"
+            header = driver.find_element(By.TAG_NAME, "header").text
+            assert "targets up: 2 / 3" in header
+            reload_error = driver.find_element(By.CSS_SELECTOR, ".reload-error").text
+            assert "[fcmon] timout" in reload_error and "timeout" in reload_error
+            for link in ("/metrics", "/-/ready", "/-/healthy"):
+                assert driver.find_element(By.CSS_SELECTOR, f'header a[href="{link}"]').is_displayed()
+
+            def row(name: str):  # type: ignore[no-untyped-def]
+                return driver.find_element(By.CSS_SELECTOR, f'tr[data-target="{name}"]')
+
+            healthy = row("healthy")
+            assert healthy.find_element(By.CSS_SELECTOR, ".state").text == "\u2714 up"
+            assert "TLSv1." in healthy.text and "connect" in healthy.text and "databases" in healthy.text
+            server_cert = healthy.find_element(By.CSS_SELECTOR, ".certs li")
+            assert "server" in server_cert.text and "days left" in server_cert.text
+
+            bad = row("expired-client")
+            state = bad.find_element(By.CSS_SELECTOR, ".state")
+            assert state.text == "\u2716 down"
+            # The stylesheet applied: a red state cell (the text says it too).
+            assert state.value_of_css_property("background-color") == "rgba(179, 38, 30, 1)"
+            assert bad.find_element(By.CSS_SELECTOR, ".reason").text == "client_cert_rejected"
+            expired_cert = bad.find_element(By.CSS_SELECTOR, '.days[data-level="expired"]')
+            assert expired_cert.text.endswith("expired 9 days ago")
+            assert "CN=ADMIN" in expired_cert.find_element(By.XPATH, "..").text
+            assert expired_cert.value_of_css_property("color") == "rgba(255, 255, 255, 1)"
+            link = bad.find_element(By.CSS_SELECTOR, "a.debug").get_attribute("href")
+            assert link == base + "/probe?target=expired-client&debug=true"
+            assert driver.find_element(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]').get_attribute("content") == "15"
+            assert row("hostile").find_element(By.CSS_SELECTOR, ".state").text == "\u2714 up"
+
+            # The server turns hostile; the open page refreshes by itself and shows it, as text.
+            hostile_emu.set_fault("listDatabases", Fault(error_code=12031, error_message=HOSTILE))
+            WebDriverWait(driver, 40).until(ec.staleness_of(page))
+            WebDriverWait(driver, 40, ignored_exceptions=(Exception,)).until(
+                lambda d: "down" in row("hostile").find_element(By.CSS_SELECTOR, ".state").text)
+            with pytest.raises(NoAlertPresentException):
+                driver.switch_to.alert  # noqa: B018 (the property raises when no dialog is open)
+            hostile = row("hostile")
+            assert hostile.find_element(By.CSS_SELECTOR, ".reason").text == "api_error"
+            message = hostile.find_element(By.CSS_SELECTOR, ".message")
+            assert message.text == f"listDatabases: errorCode 12031: {HOSTILE}"
+            assert message.is_displayed()
+            assert driver.execute_script("return document.scripts.length") == 0
+            events = driver.find_element(By.CSS_SELECTOR, "ol.events").text
+            assert f"hostile: down at list_databases: api_error: listDatabases: errorCode 12031: {HOSTILE}" in events
+            assert "expired-client: down at connect: client_cert_rejected" in events
+
+            # The whole page, for people (and the README: `make screenshot`).
+            height = int(driver.execute_script("return document.documentElement.scrollHeight"))
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": 1500, "height": height, "deviceScaleFactor": 1, "mobile": False})
+            shot = tmp_path / "status-page.png"
+            assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+            target = os.environ.get("FCMON_SCREENSHOT")
+            if target:
+                shutil.copyfile(shot, target)
+
+            assert fc.stop() == 0
+        assert hostile_emu.open_sessions() == 0
+    print(f"browser test: {time.monotonic() - started:.1f} s")
