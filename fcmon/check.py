@@ -73,7 +73,7 @@ def render_text(verdicts: Sequence[Verdict]) -> str:
             perf.append(f"{_perf_label(v.result.target, step)}={seconds:.6f}s")
         if v.result.databases is not None:
             perf.append(f"{_perf_label(v.result.target, 'databases')}={v.result.databases}")
-    lines = [head + (" | " + " ".join(perf) if perf else "")]
+    lines = [plugin_line(head) + (" | " + " ".join(perf) if perf else "")]
     if len(verdicts) > 1:
         lines += [f"{STATUS_NAMES[v.status]}: {v.result.target}: {v.why}" for v in verdicts]
     return "\n".join(lines) + "\n"
@@ -108,8 +108,43 @@ def render_json(verdicts: Sequence[Verdict], now: float) -> str:
     return json.dumps(out, indent=2) + "\n"
 
 
-def render_prometheus(targets: Sequence[TargetConfig], results: Sequence[ProbeResult]) -> bytes:
+def plugin_line(text: str) -> str:
+    """Text safe for a Nagios plugin's first line: one line, and no `|`, which starts perfdata."""
+    return " ".join(text.split()).replace("|", "/")
+
+
+def config_summary(problems: Sequence[str]) -> str:
+    """Every config problem on one line, the file name said once.
+
+    Config problems never hold secrets (config.py quotes no password), so
+    they can go where Nagios shows them.
+    """
+    if not problems:
+        return "invalid config"
+    prefix = problems[0].split(": ", 1)[0] + ": "
+    if len(problems) > 1 and all(p.startswith(prefix) for p in problems):
+        rest = "; ".join(p[len(prefix):] for p in problems)
+        return f"invalid config: {prefix}{len(problems)} problems: {rest}"
+    return "invalid config: " + "; ".join(problems)
+
+
+def render_unknown(fmt: str, summary: str, problems: Sequence[str] = (), config_ok: Optional[bool] = None) -> str:
+    """UNKNOWN (nothing was probed) in the format asked for: Nagios shows stdout."""
+    line = f"{STATUS_NAMES[UNKNOWN]} - {plugin_line(summary)}"
+    if fmt == "json":
+        return json.dumps({"status": STATUS_NAMES[UNKNOWN], "exit_code": UNKNOWN, "summary": summary,
+                           "problems": list(problems), "targets": []}, indent=2) + "\n"
+    if fmt == "prometheus":
+        return f"# fcmon check: {line}\n" + render_prometheus((), (), config_ok).decode()
+    return line + "\n"
+
+
+def render_prometheus(targets: Sequence[TargetConfig], results: Sequence[ProbeResult],
+                      config_ok: Optional[bool] = True) -> bytes:
+    """The check's series; fcmon_config_last_reload_successful says whether its config loaded."""
     store = MetricsStore()
+    if config_ok is not None:
+        store.record_reload(config_ok, time.time())
     store.set_targets(targets)
     for r in results:
         store.record(r)

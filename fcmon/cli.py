@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import List, Mapping, Optional
+from typing import List, Mapping, Optional, Sequence
 
 from . import __version__
 from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
@@ -130,22 +130,34 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .check import UNKNOWN, run_check, select_targets
+    from .check import UNKNOWN, config_summary, render_prometheus, render_unknown, run_check, \
+        select_targets, write_atomically
 
-    config = load_config(Path(args.config), environ)
-    targets, unknown = select_targets(config.targets, args.target)
-    if unknown:
+    def unknown(summary: str, problems: Sequence[str] = (), config_ok: Optional[bool] = None) -> int:
+        sys.stdout.write(render_unknown(args.format, summary, problems, config_ok))
+        return UNKNOWN
+
+    try:
+        config = load_config(Path(args.config), environ)
+    except ConfigError as exc:
+        _config_error(exc)  # the full list on stderr, for a person
+        if args.textfile is not None:
+            # node_exporter must not keep serving the last good results as if current.
+            try:
+                write_atomically(args.textfile, render_prometheus((), (), config_ok=False))
+            except OSError:
+                pass  # the config problem is the one to report
+        return unknown(config_summary(exc.problems), exc.problems, config_ok=False)
+    targets, missing = select_targets(config.targets, args.target)
+    if missing:
         names = ", ".join(t.name for t in config.targets)
-        print(f"UNKNOWN - no such target: {', '.join(unknown)} (configured: {names})")
-        return UNKNOWN
+        return unknown(f"no such target: {', '.join(missing)} (configured: {names})")
     if args.crit_days > args.warn_days:
-        print("UNKNOWN - --crit-days must not exceed --warn-days")
-        return UNKNOWN
+        return unknown("--crit-days must not exceed --warn-days")
     try:
         code, text = run_check(targets, args.format, args.warn_days, args.crit_days, args.textfile)
     except OSError as exc:
-        print(f"UNKNOWN - cannot write {args.textfile}: {exc.strerror or exc}")
-        return UNKNOWN
+        return unknown(f"cannot write {args.textfile}: {exc.strerror or exc}")
     sys.stdout.write(text)
     return code
 

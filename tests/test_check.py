@@ -92,3 +92,59 @@ def test_unknown_target_and_bad_config_are_unknown(test_pki: PKI, emulator: Emul
     assert proc.returncode == 3
     assert "Traceback" not in proc.stderr
     assert "intervall" in proc.stderr
+
+
+SECRET = "Hunter2-secret"
+BROKEN = f"[fcmon]\ninterval = 5\ntimout = 3\n[target:a]\nendpiont = https://db.example.com/api\nusername = u\npassword = {SECRET}\n"
+
+
+def test_invalid_config_is_one_unknown_line_on_stdout(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Nagios shows stdout: the problem must be there, on the plugin's one line.
+    missing = run_check(tmp_path / "nowhere.ini")
+    assert missing.returncode == 3
+    assert missing.stdout == f"UNKNOWN - invalid config: {tmp_path / 'nowhere.ini'}: cannot read config: No such file or directory\n"
+    bad = tmp_path / "bad.ini"
+    bad.write_text(BROKEN)
+    proc = run_check(bad)
+    assert proc.returncode == 3
+    assert proc.stdout == (f"UNKNOWN - invalid config: {bad}: 2 problems: "
+                           "[fcmon] timout: unknown key, did you mean timeout?; "
+                           "[target:a] endpiont: unknown key, did you mean endpoint?\n")
+    assert "timout" in proc.stderr  # the list for a person, as before
+    assert SECRET not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_invalid_config_in_json_and_prometheus(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    bad = tmp_path / "bad.ini"
+    bad.write_text(BROKEN)
+    proc = run_check(bad, "--format", "json")
+    assert proc.returncode == 3
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "UNKNOWN" and doc["exit_code"] == 3 and doc["targets"] == []
+    assert doc["summary"].startswith("invalid config: ")
+    assert [p.split(": ", 1)[1] for p in doc["problems"]] == [
+        "[fcmon] timout: unknown key, did you mean timeout?",
+        "[target:a] endpiont: unknown key, did you mean endpoint?"]
+    assert SECRET not in proc.stdout
+
+    # A textfile left with the last good results would look current to node_exporter.
+    textfile = tmp_path / "fcmon.prom"
+    textfile.write_text('fcmon_up{target="a"} 1\n')
+    proc = run_check(bad, "--format", "prometheus", "--textfile", str(textfile))
+    assert proc.returncode == 3
+    for text in (proc.stdout, textfile.read_text()):
+        assert sample(text, "fcmon_config_last_reload_successful") == 0
+        assert sample(text, "fcmon_up", target="a") is None
+    assert proc.stdout.startswith("# fcmon check: UNKNOWN - invalid config: ")
+    assert SECRET not in proc.stdout
+    promtool = require_tool("promtool")
+    lint = subprocess.run([promtool, "check", "metrics"], input=proc.stdout, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def test_unknown_target_in_json_is_json(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--target", "nope", "--format", "json")
+    assert proc.returncode == 3
+    doc = json.loads(proc.stdout)
+    assert doc["status"] == "UNKNOWN" and "nope" in doc["summary"]
