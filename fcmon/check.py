@@ -54,11 +54,40 @@ def overall(verdicts: Sequence[Verdict]) -> int:
     return max((v.status for v in verdicts), default=UNKNOWN)
 
 
-def _perf_label(target: str, step: str) -> str:
-    return f"'{target}_{step}'"
+def _perf_label(*parts: str) -> str:
+    """A Nagios perfdata label: quoted (so it may hold spaces), never `=` or `'` inside.
+
+    Target names cannot hold either (config.py), nor can roles or hex serials;
+    the replacement is a guard, not a rule anyone should rely on.
+    """
+    label = "_".join(parts).replace("=", "_").replace("'", "_")
+    return f"'{label}'"
 
 
-def render_text(verdicts: Sequence[Verdict]) -> str:
+def _days(value: float) -> str:
+    return f"{value:g}"
+
+
+def cert_perfdata(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> List[str]:
+    """Days left per certificate, `label=days;warn;crit`, unique per target, role and serial.
+
+    The thresholds are Nagios ranges: `30:` alerts below 30, as --warn-days
+    does (days left only ever get worse as they fall).
+    """
+    out: List[str] = []
+    seen = set()
+    for c in result.certs:
+        label = _perf_label(result.target, "cert", c.role, c.serial, "days")
+        if label in seen:  # the same certificate twice in one bundle
+            continue
+        seen.add(label)
+        days = (c.not_after - now) / SECONDS_PER_DAY
+        out.append(f"{label}={days:.2f};{_days(warn_days)}:;{_days(crit_days)}:")
+    return out
+
+
+def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days: float = 7.0,
+                now: Optional[float] = None) -> str:
     status = overall(verdicts)
     up = sum(1 for v in verdicts if v.result.up)
     bad = [v for v in verdicts if v.status != OK]
@@ -73,6 +102,7 @@ def render_text(verdicts: Sequence[Verdict]) -> str:
             perf.append(f"{_perf_label(v.result.target, step)}={seconds:.6f}s")
         if v.result.databases is not None:
             perf.append(f"{_perf_label(v.result.target, 'databases')}={v.result.databases}")
+        perf += cert_perfdata(v.result, warn_days, crit_days, time.time() if now is None else now)
     lines = [plugin_line(head) + (" | " + " ".join(perf) if perf else "")]
     if len(verdicts) > 1:
         lines += [f"{STATUS_NAMES[v.status]}: {v.result.target}: {v.why}" for v in verdicts]
@@ -190,7 +220,7 @@ def run_check(
     elif fmt == "prometheus":
         text = render_prometheus(targets, results).decode()
     else:
-        text = render_text(verdicts)
+        text = render_text(verdicts, warn_days, crit_days, now)
     return overall(verdicts), text
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+from typing import Dict
+
+import pytest
 
 from fcmon.emulator import Emulator
 
@@ -148,3 +152,60 @@ def test_unknown_target_in_json_is_json(test_pki: PKI, emulator: Emulator, tmp_p
     assert proc.returncode == 3
     doc = json.loads(proc.stdout)
     assert doc["status"] == "UNKNOWN" and "nope" in doc["summary"]
+
+
+# Nagios plugin guidelines: 'label'=value[UOM];[warn];[crit];[min];[max], space
+# separated; a label holds no `=` or `'` and is quoted when it has spaces; UOM
+# is one of s us ms % B KB MB TB c; thresholds are ranges [@][start:][end].
+_NUM = r"-?[0-9]+(?:\.[0-9]+)?"
+_RANGE = rf"(?:@?(?:(?:~|{_NUM})?:)?(?:{_NUM})?)"
+_PERF = re.compile(
+    rf"(?:'(?P<quoted>[^'=]+)'|(?P<bare>[^'= ]+))=(?P<value>{_NUM})(?P<uom>s|us|ms|%|B|KB|MB|TB|c)?"
+    rf"(?:;(?P<warn>{_RANGE}))?(?:;(?P<crit>{_RANGE}))?(?:;(?P<min>{_NUM})?)?(?:;(?P<max>{_NUM})?)?(?= |$)"
+)
+
+
+def parse_perfdata(line: str) -> Dict[str, Dict[str, str]]:
+    """label -> fields of the perfdata after the first `|`; fails on anything not perfdata."""
+    head, sep, perf = line.partition("|")
+    assert sep and "|" not in perf, line
+    out: Dict[str, Dict[str, str]] = {}
+    pos = 0
+    perf = perf.strip()
+    while pos < len(perf):
+        m = _PERF.match(perf, pos)
+        assert m, f"not Nagios perfdata at {perf[pos:]!r}"
+        label = m.group("quoted") or m.group("bare")
+        assert label not in out, f"duplicate perfdata label {label!r}"
+        out[label] = {k: v for k, v in m.groupdict().items() if v is not None}
+        pos = m.end()
+        if pos < len(perf):
+            assert perf[pos] == " ", perf[pos:]
+            pos += 1
+    return out
+
+
+def test_perfdata_parses_and_has_days_left_per_certificate(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = healthy_config(tmp_path, test_pki, emulator)
+    doc = json.loads(run_check(config, "--format", "json").stdout)
+    (t,) = doc["targets"]
+    proc = run_check(config, "--warn-days", "45", "--crit-days", "10.5")
+    assert proc.returncode == 0, proc.stdout
+    perf = parse_perfdata(proc.stdout.splitlines()[0])
+    assert {"prod_connect", "prod_list_databases", "prod_databases"} <= set(perf)
+    certs = {k: v for k, v in perf.items() if "_cert_" in k}
+    assert len(t["certs"]) >= 3  # server, client, ca
+    assert len(certs) == len(t["certs"])
+    for c in t["certs"]:
+        field = certs[f"prod_cert_{c['cert']}_{c['serial']}_days"]
+        assert abs(float(field["value"]) - c["days_left"]) < 0.1
+        # Nagios ranges: alert when days left fall below the threshold.
+        assert (field["warn"], field["crit"]) == ("45:", "10.5:")
+        assert "uom" not in field
+
+
+def test_perfdata_parser_rejects_what_nagios_would() -> None:
+    assert parse_perfdata("OK - x | 'a b'=1s;2;3 c=-2.5;30:;7:")["a b"]["uom"] == "s"
+    for bad in ("OK | a b=1", "OK | 'a=b'=1", "OK | a=1 a=2", "OK | a=x", "OK | a=1;2;3;4;5;6"):
+        with pytest.raises(AssertionError):
+            parse_perfdata(bad)
