@@ -201,6 +201,7 @@ class Daemon:
         host = self.config.listen_host
         shown = f"[{host}]" if ":" in host else host
         log.info("serving metrics on %s://%s:%d/metrics", scheme, shown, self.web.port)
+        log.info("status page on %s://%s:%d/", scheme, shown, self.web.port)
         # The endpoint listens (bound in WebServer's constructor) and the
         # scheduler runs: only now may systemd start what depends on us.
         status = self.status_line()

@@ -1,9 +1,10 @@
 """The status page in a real headless chromium, against `fcmon run` and the
 emulator with client certificates required.
 
-Three targets: `healthy`; `hostile`, whose emulator is made to answer
-listDatabases with errorCode 12031 and the errorMessage
-`<script>alert(1)</script>` while the page is open; and `expired-client`,
+Three targets: `healthy`; `hostile`, whose certificate has 20 days left
+and whose emulator is made to answer listDatabases with errorCode 12031
+and the errorMessage `<script>alert(1)</script>` while the page is open;
+and `expired-client`,
 which presents a client certificate that expired 9 days ago. A reload with
 a broken config is rejected before the page is opened. The test asserts on
 the DOM chromium built (and that no dialog opened), waits for the page to
@@ -101,7 +102,9 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
     expired = pki.make_client(test_pki.ca, days=1,
                               not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10))
     expired_files = expired.write(tmp_path, "expired-client")
-    with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+    # The hostile server's certificate is due for renewal: 20 days, under the warning threshold.
+    renewal_due = pki.make_server(test_pki.ca, days=20).write(tmp_path, "renewal-due")
+    with Emulator(cert_file=renewal_due.cert, key_file=renewal_due.key,
                   client_ca_file=test_pki.ca_file) as hostile_emu:
         config = tmp_path / "config.ini"
         good = ("[fcmon]\nlisten = 127.0.0.1:0\ninterval = 2\ntimeout = 1.5\n\n"
@@ -155,6 +158,10 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
             assert link == base + "/probe?target=expired-client&debug=true"
             assert driver.find_element(By.CSS_SELECTOR, 'meta[http-equiv="refresh"]').get_attribute("content") == "15"
             assert row("hostile").find_element(By.CSS_SELECTOR, ".state").text == "\u2714 up"
+            warning = row("hostile").find_element(By.CSS_SELECTOR, '.days[data-level="warning"]')
+            assert warning.text == "\u26a0 19 days left"
+            assert "server" in warning.find_element(By.XPATH, "..").text
+            assert warning.value_of_css_property("background-color") == "rgba(255, 244, 214, 1)"
 
             # The server turns hostile; the open page refreshes by itself and shows it, as text.
             hostile_emu.set_fault("listDatabases", Fault(error_code=12031, error_message=HOSTILE))
