@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.process_collector import ProcessCollector
@@ -154,7 +154,7 @@ class Daemon:
         if (new.listen_host, new.listen_port) != (self.config.listen_host, self.config.listen_port):
             log.warning("[fcmon] listen changed: takes effect after a restart")
         setup_logging(new.log_level, new.log_format, self._environ)
-        self.config = new
+        old, self.config = self.config, new
         self.store.set_targets(new.targets)
         self.board.set_targets(new.targets)
         self.prober.retain(new.targets)
@@ -165,7 +165,7 @@ class Daemon:
             self._up = {k: v for k, v in self._up.items() if any(t.name == k for t in new.targets)}
         self.store.record_reload(True, time.time())
         self.board.record_reload(True)
-        log.info("config reloaded: %d targets", len(new.targets))
+        log.info("config reloaded: %s", describe_reload(old.targets, new.targets))
         return True
 
     # -- main loop
@@ -174,7 +174,7 @@ class Daemon:
         """The one line `systemctl status` shows (STATUS=)."""
         with self._up_lock:
             up = sum(1 for v in self._up.values() if v)
-        line = f"{len(self.config.targets)} targets, {up} up"
+        line = f"{plural(len(self.config.targets), 'target')}, {up} up"
         if not healthy:
             line += "; probes stalled" if self.scheduler.running else "; scheduler stopped"
         if self._reload_failed:
@@ -245,6 +245,40 @@ class Daemon:
             self.web.stop()
         log.info("stopped")
         return 0
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+#: Names listed per kind of change in the reload line; a fleet edit stays one readable line.
+RELOAD_NAMES_SHOWN = 10
+
+
+def describe_reload(old: Sequence[TargetConfig], new: Sequence[TargetConfig]) -> str:
+    """What a reload changed, by target name: "3 targets; added c; removed a; changed b"
+    (or "1 target; no change to targets").
+
+    "changed" is any difference in a target's settings, including one it
+    inherits ([defaults], [fcmon] interval/timeout); secrets are compared,
+    never shown.
+    """
+    before = {t.name: t for t in old}
+    after = {t.name: t for t in new}
+    kinds = (
+        ("added", [n for n in after if n not in before]),
+        ("removed", [n for n in before if n not in after]),
+        ("changed", [n for n in after if n in before and after[n] != before[n]]),
+    )
+    parts = [plural(len(new), "target")]
+    for kind, names in kinds:
+        if names:
+            shown = ", ".join(names[:RELOAD_NAMES_SHOWN])
+            more = len(names) - RELOAD_NAMES_SHOWN
+            parts.append(f"{kind} {shown}" + (f" and {more} more" if more > 0 else ""))
+    if len(parts) == 1:
+        parts.append("no change to targets")
+    return "; ".join(parts)
 
 
 def _scheduled(config: Config) -> Tuple[TargetConfig, ...]:

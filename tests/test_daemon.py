@@ -69,8 +69,11 @@ def test_sighup_reload_adds_removes_and_survives_bad_config(test_pki: PKI, emula
         config.write_text(HEAD + target_section(test_pki, emulator, "two"))
         fc.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: sample(scrape(url), "fcmon_up", target="two") == 1)
+        fc.wait_for_line(r"config reloaded: 1 target; added two; removed one$")
         text = scrape(url)
         assert 'target="one"' not in text
+        fc.proc.send_signal(signal.SIGHUP)
+        fc.wait_for_line(r"config reloaded: 1 target; no change to targets$")
         config.write_text(HEAD + "[target:three]\nendpont = https://x/api\n")
         fc.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: sample(scrape(url), "fcmon_config_last_reload_successful") == 0)

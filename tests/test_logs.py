@@ -18,6 +18,8 @@ from typing import Iterator, List
 import pytest
 
 from fcmon import pki
+from fcmon.config import TargetConfig
+from fcmon.daemon import describe_reload
 from fcmon.emulator import Emulator
 from fcmon.logs import (
     JournalPriorityFormatter,
@@ -271,3 +273,19 @@ def test_priority_prefixes_when_stderr_is_the_journal_stream(  # type: ignore[no
     with lock:
         assert lines and all(re.match(r"<[2-7]>", line) for line in lines), lines
         assert not any(TIMESTAMP.match(line[3:]) for line in lines)
+
+
+def test_reload_line_names_what_changed() -> None:
+    def t(name: str, **kw: object) -> TargetConfig:
+        return TargetConfig(name=name, endpoint=f"https://{name}.example.com/api", **kw)  # type: ignore[arg-type]
+
+    a, b, c = t("a"), t("b"), t("c")
+    assert describe_reload([a], [a]) == "1 target; no change to targets"
+    assert describe_reload([a, b], [a, b]) == "2 targets; no change to targets"
+    assert describe_reload([a, b], [b, c]) == "2 targets; added c; removed a"
+    secret = "Hunter2-secret"
+    line = describe_reload([a, b, t("c", password="old")], [t("a", interval=30), b, t("c", password=secret)])
+    assert line == "3 targets; changed a, c"  # a password change counts, never shows
+    assert describe_reload([], [a]) == "1 target; added a"
+    many = [t(f"n{i}") for i in range(25)]
+    assert describe_reload([], many) == "25 targets; added " + ", ".join(f"n{i}" for i in range(10)) + " and 15 more"

@@ -331,8 +331,8 @@ def test_main_loop_stops_pinging_when_probes_stop_completing(  # type: ignore[no
             before = len(ns.messages())
             wedged.last_completion = time.monotonic()
             ns.wait("WATCHDOG=1", after=before)
-            assert ns.wait_status("1 targets", after=before).value("STATUS") == "1 targets, 0 up"
-            assert stalled.value("STATUS") == "1 targets, 0 up; probes stalled"
+            assert ns.wait_status("1 target", after=before).value("STATUS") == "1 target, 0 up"
+            assert stalled.value("STATUS") == "1 target, 0 up; probes stalled"
             daemon.request_stop()
             ns.wait("STOPPING=1")
             thread.join(20)
@@ -404,7 +404,7 @@ def test_run_reload_notifies_and_reports_a_broken_config(  # type: ignore[no-unt
     env = {"NOTIFY_SOCKET": ns.address, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": ""}
     try:
         with FcmonProcess("run", "-c", str(config), env=env) as fc:
-            ns.wait_status("1 targets, 1 up")
+            ns.wait_status("1 target, 1 up")
             config.write_text(HEAD + "[target:three]\nendpont = https://x/api\n")
             before = len(ns.messages())
             fc.proc.send_signal(signal.SIGHUP)
@@ -412,7 +412,7 @@ def test_run_reload_notifies_and_reports_a_broken_config(  # type: ignore[no-unt
             assert (reloading.value("MONOTONIC_USEC") or "").isdigit()
             ready = ns.wait("READY=1", after=before)
             # The old config keeps running, and `systemctl status` says why it is old.
-            assert ready.value("STATUS") == "1 targets, 1 up; config reload failed, running the previous config"
+            assert ready.value("STATUS") == "1 target, 1 up; config reload failed, running the previous config"
             pings = ns.count("WATCHDOG=1")
             wait_for(lambda: ns.count("WATCHDOG=1") >= pings + 2, timeout=30)
             # A good config again: the note goes away.
