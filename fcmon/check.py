@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from .config import TargetConfig
+from .flight import Flights
 from .metrics import SECONDS_PER_DAY, FcmonCollector, MetricsStore
 from .probe import Prober
 from .result import ProbeResult
@@ -44,10 +45,16 @@ def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float) -
     return Verdict(result, worst, why)
 
 
-def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None) -> List[ProbeResult]:
+def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
+              max_connections_per_host: int = 8) -> List[ProbeResult]:
     prober = prober or Prober()
+    flights = Flights(max_connections_per_host)
+
+    def one(target: TargetConfig) -> ProbeResult:
+        return flights.run(target, prober.probe)[0]
+
     with ThreadPoolExecutor(max_workers=min(32, max(1, len(targets)))) as pool:
-        return list(pool.map(prober.probe, targets))
+        return list(pool.map(one, targets))
 
 
 def overall(verdicts: Sequence[Verdict]) -> int:
@@ -208,9 +215,10 @@ def run_check(
     warn_days: float,
     crit_days: float,
     textfile: Optional[Path],
+    max_connections_per_host: int = 8,
 ) -> Tuple[int, str]:
     """Probe, judge and render; returns (exit code, output)."""
-    results = probe_all(targets)
+    results = probe_all(targets, max_connections_per_host=max_connections_per_host)
     now = time.time()
     verdicts = [judge(r, warn_days, crit_days, now) for r in results]
     if textfile is not None:

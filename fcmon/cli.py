@@ -155,7 +155,8 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if args.crit_days > args.warn_days:
         return unknown("--crit-days must not exceed --warn-days")
     try:
-        code, text = run_check(targets, args.format, args.warn_days, args.crit_days, args.textfile)
+        code, text = run_check(targets, args.format, args.warn_days, args.crit_days, args.textfile,
+                               config.max_connections_per_host)
     except OSError as exc:
         return unknown(f"cannot write {args.textfile}: {exc.strerror or exc}")
     sys.stdout.write(text)

@@ -73,6 +73,11 @@ class Config:
     # False: probe only when /probe?target= is scraped (Prometheus-driven
     # scheduling, hashmod sharding across instances).
     schedule: bool = True
+    # Probes in flight to one FairCom host (endpoint host name) at most:
+    # FairCom allows 25 connections per client IP by default.
+    max_connections_per_host: int = 8
+    # Probes that /probe may have started and not finished; beyond, 503.
+    max_probe_requests: int = 64
     web: WebConfig = WebConfig()
     targets: Tuple[TargetConfig, ...] = ()
     path: Optional[Path] = None
@@ -86,7 +91,8 @@ WEB = "web"
 DEFAULTS = "defaults"
 TARGET_PREFIX = "target:"
 
-FCMON_KEYS = ("listen", "interval", "timeout", "log_level", "log_format", "schedule")
+FCMON_KEYS = ("listen", "interval", "timeout", "log_level", "log_format", "schedule",
+              "max_connections_per_host", "max_probe_requests")
 WEB_KEYS = (
     "tls_cert_file",
     "tls_key_file",
@@ -256,6 +262,8 @@ def parse_config(
         log_level=fcmon["log_level"],
         log_format=fcmon["log_format"],
         schedule=fcmon["schedule"],
+        max_connections_per_host=fcmon["max_connections_per_host"],
+        max_probe_requests=fcmon["max_probe_requests"],
         web=web,
         targets=tuple(targets),
     )
@@ -271,6 +279,8 @@ def redacted_summary(config: Config) -> List[str]:
         f"probe defaults: interval {_num(config.interval)}s, timeout {_num(config.timeout)}s"
     )
     lines.append(f"logging: level {config.log_level}, format {config.log_format}")
+    lines.append(f"limits: {config.max_connections_per_host} probes in flight per FairCom host, "
+                 f"{config.max_probe_requests} probes started by /probe")
     if not config.schedule:
         lines.append("schedule: off (targets are probed only through /probe?target=NAME)")
     web = config.web
@@ -688,6 +698,8 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
         "log_level": "info",
         "log_format": "text",
         "schedule": True,
+        "max_connections_per_host": 8,
+        "max_probe_requests": 64,
     }
     meant = list(meant)
     for key, value in items:
@@ -706,6 +718,8 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
             out[key] = _choice(ctx, FCMON, key, value, LOG_LEVELS)
         elif key == "schedule":
             out[key] = _boolean(ctx, FCMON, key, value)
+        elif key in ("max_connections_per_host", "max_probe_requests"):
+            out[key] = _integer(ctx, FCMON, key, value, 1)
         else:
             out[key] = _choice(ctx, FCMON, key, value, LOG_FORMATS)
     _mark_unknown(out, [k for k, _ in items], [k for k in meant if k in FCMON_KEYS])

@@ -20,6 +20,7 @@ from prometheus_client.process_collector import ProcessCollector
 from . import __version__
 from .config import Config, ConfigError, TargetConfig, load_config
 from .exposition import TextRenderer
+from .flight import Busy, Flights, Slots
 from .logs import setup_logging
 from .metrics import FcmonCollector, MetricsStore
 from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping_due
@@ -41,8 +42,12 @@ class Daemon:
         process = CollectorRegistry()
         ProcessCollector(registry=process)
         self.renderer = TextRenderer(self.store, process)
+        # One gate for every probe: single flight per target, a cap per
+        # FairCom host, and a cap on the probes /probe may start.
+        self.flights = Flights(config.max_connections_per_host)
+        self.probe_slots = Slots(config.max_probe_requests)
         self.scheduler = ProbeScheduler(self.prober, self._on_result, self.store.record_skipped,
-                                        self.store.record_lateness)
+                                        self.store.record_lateness, self.flights)
         self.notifier = Notifier(environ)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -109,11 +114,18 @@ class Daemon:
                         result.target)
 
     def probe_now(self, name: str) -> Optional[CollectorRegistry]:
-        """For /probe?target=NAME: only configured names, never an address from the caller."""
+        """For /probe?target=NAME: only configured names, never an address
+        from the caller. Joins a probe of that target already in flight;
+        raises `Busy` when it would start one and /probe has started
+        `max_probe_requests` that have not finished."""
         target = next((t for t in self.config.targets if t.name == name), None)
         if target is None:
             return None
-        self._on_result(self.prober.probe(target))
+        try:
+            self.flights.run(target, self.prober.probe, slots=self.probe_slots, on_result=self._on_result)
+        except Busy:
+            self.store.record_probe_request_rejected()
+            raise
         registry = CollectorRegistry()
         registry.register(FcmonCollector(self.store, only_target=name))
         return registry
@@ -157,6 +169,8 @@ class Daemon:
         old, self.config = self.config, new
         self.store.set_targets(new.targets)
         self.board.set_targets(new.targets)
+        self.flights.set_per_host(new.max_connections_per_host)
+        self.probe_slots.limit = new.max_probe_requests
         self.prober.retain(new.targets)
         self.scheduler.update(_scheduled(new))
         self.app.web = new.web

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from . import __version__
@@ -115,6 +115,8 @@ class MetricsStore:
         self._reload_ok_at: Optional[float] = None
         self._lateness_counts = [0] * len(LATENESS_BUCKETS)
         self._lateness_sum = 0.0
+        self._probe_requests_rejected = 0
+        self._connections_rejected = 0
 
     def set_targets(self, targets: Sequence[TargetConfig]) -> None:
         """Make the store hold exactly these targets; a removed target's series vanish."""
@@ -190,6 +192,16 @@ class MetricsStore:
                     break
             self._lateness_sum += seconds
 
+    def record_probe_request_rejected(self) -> None:
+        """A /probe call was answered 503: too many probes started by /probe in flight."""
+        with self._lock:
+            self._probe_requests_rejected += 1
+
+    def record_connection_rejected(self) -> None:
+        """The HTTP endpoint closed a connection at once: too many open."""
+        with self._lock:
+            self._connections_rejected += 1
+
     def record_reload(self, ok: bool, when: float) -> None:
         with self._lock:
             self._reload_ok = ok
@@ -215,7 +227,8 @@ class MetricsStore:
 
     def _snapshot(self, targets: Dict[str, _TargetState]) -> "Snapshot":
         return Snapshot(targets, self._reload_ok, self._reload_ok_at,
-                        (tuple(self._lateness_counts), self._lateness_sum))
+                        (tuple(self._lateness_counts), self._lateness_sum),
+                        self._probe_requests_rejected, self._connections_rejected)
 
 
 @dataclass(frozen=True)
@@ -225,6 +238,8 @@ class Snapshot:
     reload_ok_at: Optional[float]
     # (count per LATENESS_BUCKETS bucket, sum of seconds)
     start_lateness: Tuple[Tuple[int, ...], float] = ((), 0.0)
+    probe_requests_rejected: int = 0
+    connections_rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -379,3 +394,11 @@ def _global_families(snap: Snapshot) -> Iterable[Metric]:
             buckets.append(("+Inf" if bound == float("inf") else repr(bound), float(running)))
         lateness.add_metric([], buckets, total)
         yield lateness
+    yield CounterMetricFamily(
+        "fcmon_probe_requests_rejected",
+        "/probe calls answered 503 because too many probes started by /probe were in flight",
+        value=snap.probe_requests_rejected)
+    yield CounterMetricFamily(
+        "fcmon_http_connections_rejected",
+        "Connections to the HTTP endpoint closed at once because too many were open",
+        value=snap.connections_rejected)

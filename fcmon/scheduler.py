@@ -27,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from .config import TargetConfig
+from .flight import Flights
 from .probe import Prober
 from .result import ProbeResult
 
@@ -109,8 +110,11 @@ class ProbeScheduler:
         on_result: Callable[[ProbeResult], None],
         on_skip: Callable[[str], None],
         on_lateness: Callable[[float], None] = lambda seconds: None,
+        flights: Optional[Flights] = None,
     ):
         self._prober = prober
+        # shared with /probe: one probe per target, a few per FairCom host
+        self._flights = flights or Flights()
         self._on_result = on_result
         self._on_skip = on_skip
         self._on_lateness = on_lateness  # how late each scheduled run started
@@ -204,13 +208,26 @@ class ProbeScheduler:
     # -- jobs
 
     def _run(self, target: TargetConfig) -> None:
-        self._record_lateness(target.name, time.time())
-        result = self._prober.probe(target)
+        # Lateness is taken when the probe starts, after any wait for a slot
+        # on its FairCom host (or when it joins a probe already in flight).
+        _, ran = self._flights.run(
+            target, self._prober.probe,
+            on_start=lambda: self._record_lateness(target.name, time.time()),
+            on_result=lambda result: self._record(target, result))
+        if not ran:
+            self._completed(target)  # a /probe caller ran it and recorded it
+
+    def _completed(self, target: TargetConfig) -> bool:
         with self._lock:
             if self._targets.get(target.name) != target:
-                return  # reconfigured or removed while it ran
+                return False  # reconfigured or removed while it ran
             self._pending_first.discard(target.name)
         self.last_completion = time.monotonic()
+        return True
+
+    def _record(self, target: TargetConfig, result: ProbeResult) -> None:
+        if not self._completed(target):
+            return
         try:
             self._on_result(result)
         except Exception:  # the boundary: never kill the worker

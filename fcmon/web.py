@@ -25,6 +25,7 @@ from prometheus_client.exposition import generate_latest
 
 from . import statuspage
 from .config import WebConfig
+from .flight import Busy
 from .status import StatusSnapshot
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class _QuietHandler(WSGIRequestHandler):
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog of 5 makes a burst of connects wait for SYN retransmits
+    request_queue_size = 1024
     ssl_context: Optional[ssl.SSLContext] = None
 
     def finish_request(self, request: Any, client_address: Any) -> None:
@@ -133,7 +136,11 @@ class App:
             return _exposition(environ, start_response, self._metrics())
         if path == "/probe":
             names = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
-            registry = self._probe_target(names[0]) if len(names) == 1 else None
+            try:
+                registry = self._probe_target(names[0]) if len(names) == 1 else None
+            except Busy:
+                return _reply(start_response, "503 Service Unavailable",
+                              b"too many probes in flight, retry later\n", [("Retry-After", "5")])
             if registry is None:
                 return _reply(start_response, "404 Not Found", b"unknown target\n")
             return _exposition(environ, start_response, generate_latest(registry))

@@ -131,6 +131,7 @@ class _Server(ThreadingHTTPServer):
         self.keepalive_timeout = keepalive_timeout
         self._conns_lock = threading.Lock()
         self._conns: Set[socket.socket] = set()
+        self.peak_connections = 0  # most connections open at once since the last reset
         self._closing = False
         super().__init__(address, _Handler)
 
@@ -150,6 +151,7 @@ class _Server(ThreadingHTTPServer):
             if old is not None:
                 self._conns.discard(old)
             self._conns.add(new)
+            self.peak_connections = max(self.peak_connections, len(self._conns))
             closing = self._closing
         if closing:
             _hard_shutdown(new)
@@ -609,6 +611,19 @@ class Emulator:
 
     def live_connections(self) -> int:
         return self._server.live_connections() if self._server is not None else 0
+
+    def peak_sessions(self) -> int:
+        """The most sessions open at once since the last `reset_peaks()`."""
+        return self.store.peak_open_count()
+
+    def peak_connections(self) -> int:
+        """The most client connections open at once since the last `reset_peaks()`."""
+        return self._server.peak_connections if self._server is not None else 0
+
+    def reset_peaks(self) -> None:
+        self.store.reset_peak()
+        if self._server is not None:
+            self._server.peak_connections = self._server.live_connections()
 
     def set_fault(self, action: str, fault: Fault) -> None:
         self.faults.set(action, fault)

@@ -108,6 +108,7 @@ class SessionStore:
         self._sessions: Dict[str, Session] = {}
         self._created = 0
         self._expired = 0
+        self._peak = 0  # most sessions open at once since the last reset_peak()
 
     def _purge(self, now: float) -> None:
         dead = [t for t, s in self._sessions.items() if s.expired(now)]
@@ -150,6 +151,7 @@ class SessionStore:
             )
             self._sessions[token] = session
             self._created += 1
+            self._peak = max(self._peak, len(self._sessions))
             return session
 
     def touch(self, token: str) -> Optional[Session]:
@@ -173,6 +175,16 @@ class SessionStore:
         with self._lock:
             self._purge(self._clock())
             return len(self._sessions)
+
+    def peak_open_count(self) -> int:
+        """The most sessions open at the same time since the last reset."""
+        with self._lock:
+            return self._peak
+
+    def reset_peak(self) -> None:
+        with self._lock:
+            self._purge(self._clock())
+            self._peak = len(self._sessions)
 
     def created_count(self) -> int:
         with self._lock:
