@@ -26,7 +26,8 @@ from .metrics import FcmonCollector, MetricsStore
 from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping_due
 from .probe import Prober
 from .result import ProbeResult
-from .scheduler import ProbeScheduler
+from .httpd import BASE_FD_RESERVE, connection_cap
+from .scheduler import ProbeScheduler, pool_size
 from .status import StatusBoard, one_line
 from .web import App, WebServer, server_ssl_context
 
@@ -62,7 +63,8 @@ class Daemon:
         self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_now, config.web,
                        status=self.board.snapshot)
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
-                             server_ssl_context(config.web))
+                             server_ssl_context(config.web), connection_cap(fd_reserve(config)),
+                             self.store.record_connection_rejected)
 
     # -- health
 
@@ -171,6 +173,7 @@ class Daemon:
         self.board.set_targets(new.targets)
         self.flights.set_per_host(new.max_connections_per_host)
         self.probe_slots.limit = new.max_probe_requests
+        self.web.max_connections = connection_cap(fd_reserve(new))
         self.prober.retain(new.targets)
         self.scheduler.update(_scheduled(new))
         self.app.web = new.web
@@ -293,6 +296,14 @@ def describe_reload(old: Sequence[TargetConfig], new: Sequence[TargetConfig]) ->
     if len(parts) == 1:
         parts.append("no change to targets")
     return "; ".join(parts)
+
+
+def fd_reserve(config: Config) -> int:
+    """Descriptors no caller of the endpoint can take: two per probe that may
+    be in flight (its connection, and a fresh one to delete its session)
+    from the scheduler's pool and from /probe, plus fcmon's own files."""
+    probes = pool_size(_scheduled(config)) + config.max_probe_requests
+    return BASE_FD_RESERVE + 2 * probes
 
 
 def _scheduled(config: Config) -> Tuple[TargetConfig, ...]:

@@ -1,9 +1,11 @@
 """The HTTP endpoint: /metrics, /probe, /-/healthy, /-/ready.
 
-A small WSGI app served by a threading wsgiref server. With [web] TLS the
-handshake runs in the per-connection thread under a timeout, so an idle or
-slow client cannot stall other scrapes (prometheus_client's own server
-handshakes in the accept loop, see pitfalls.md).
+A small WSGI app behind fcmon's own bounded front door (httpd.py), not
+wsgiref: wsgiref is a thread per connection with a per-read timeout (3,000
+slow clients held 2,239 threads), and production WSGI servers fall short
+here (cheroot handshakes TLS in its accept thread, waitress has no TLS).
+With [web] TLS the handshake runs per connection under a timeout, so an
+idle or slow client cannot stall other scrapes.
 """
 
 from __future__ import annotations
@@ -11,19 +13,15 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-import socket
 import ssl
-import threading
 import zlib
-from socketserver import ThreadingMixIn
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Protocol, Tuple, Union
 from urllib.parse import parse_qs
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from . import statuspage
+from . import httpd, statuspage
 from .config import WebConfig
 from .flight import Busy
 from .status import StatusSnapshot
@@ -33,10 +31,6 @@ log = logging.getLogger(__name__)
 # What both /metrics and /probe write is the 0.0.4 text format; recent
 # prometheus_client's CONTENT_TYPE_LATEST announces 1.0.0 instead.
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-
-HANDSHAKE_TIMEOUT = 5.0
-# A client may take this long between bytes of its request before it is dropped.
-REQUEST_TIMEOUT = 10.0
 
 StartResponse = Callable[..., Any]
 
@@ -51,45 +45,6 @@ class Chunks(Protocol):
 
 
 BodyType = Union[bytes, Chunks]
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    # socketserver's default backlog of 5 makes a burst of connects wait for SYN retransmits
-    request_queue_size = 1024
-    ssl_context: Optional[ssl.SSLContext] = None
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # Runs in the per-connection thread (ThreadingMixIn).
-        request.settimeout(HANDSHAKE_TIMEOUT)
-        if self.ssl_context is not None:
-            try:
-                request = self.ssl_context.wrap_socket(request, server_side=True)
-            except (OSError, ssl.SSLError) as exc:
-                log.debug("TLS handshake with %s failed: %s", client_address, exc)
-                return
-        request.settimeout(REQUEST_TIMEOUT)
-        try:
-            super().finish_request(request, client_address)
-        finally:
-            if isinstance(request, ssl.SSLSocket):
-                try:
-                    request.close()
-                except OSError:
-                    pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("error serving %s", client_address, exc_info=True)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
 
 
 def server_ssl_context(web: WebConfig) -> Optional[ssl.SSLContext]:
@@ -234,27 +189,36 @@ def listen_error(host: str, port: int, exc: OSError) -> ListenError:
 
 
 class WebServer:
-    def __init__(self, app: App, host: str, port: int, ssl_context: Optional[ssl.SSLContext]):
-        server_class = _Server6 if ":" in host else _Server
+    """The app behind fcmon's bounded front door (`httpd.Server`): binds at
+    once, serves once started. `max_connections`: open connections at most
+    (see `httpd.connection_cap`); `on_rejected` counts those closed beyond it."""
+
+    def __init__(self, app: App, host: str, port: int, ssl_context: Optional[ssl.SSLContext],
+                 max_connections: int = httpd.MAX_CONNECTIONS,
+                 on_rejected: Callable[[], None] = lambda: None):
         try:
-            self._httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+            self._server = httpd.Server(app, host, port, ssl_context, max_connections, on_rejected)
         except OSError as exc:  # includes socket.gaierror for a host name that does not resolve
             raise listen_error(host, port, exc) from None
-        self._httpd.ssl_context = ssl_context  # type: ignore[attr-defined]
         self._app = app
-        self._thread: Optional[threading.Thread] = None
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._server.port
+
+    @property
+    def max_connections(self) -> int:
+        return self._server.max_connections
+
+    @max_connections.setter
+    def max_connections(self, value: int) -> None:
+        self._server.max_connections = value
 
     def set_ssl_context(self, ctx: Optional[ssl.SSLContext]) -> None:
-        self._httpd.ssl_context = ctx  # type: ignore[attr-defined]
+        self._server.ssl_context = ctx
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="fcmon-web", daemon=True)
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._server.stop()

@@ -10,6 +10,7 @@ from collections import Counter
 import pytest
 
 from fcmon.emulator import Emulator, Fault
+from fcmon.flight import Flights
 from fcmon.probe import Prober
 from fcmon.scheduler import (
     FIRST_ROUND_BURST,
@@ -172,12 +173,13 @@ def test_many_targets_first_round_counts_every_result(test_pki: PKI, emulator: E
     nor let readiness through early."""
     # 200 targets on one server and user: the compressed first round may hold
     # more than FairCom's 50 sessions per user at once on a loaded machine
-    # (this emulator shares the test's GIL); that limit is not under test here.
+    # (this emulator shares the test's GIL); that limit is not under test
+    # here, nor is the cap on probes per FairCom host.
     with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
                   client_ca_file=test_pki.ca_file, max_sessions_per_user=1024) as server:
         targets = [make_target(test_pki, server, name=f"t{i:03d}", interval=4.0, timeout=3.0) for i in range(200)]
         collect = Collect()
-        sched = ProbeScheduler(Prober(), collect.result, collect.skip)
+        sched = ProbeScheduler(Prober(), collect.result, collect.skip, flights=Flights(per_host=1024))
         sched.start(targets)
         try:
             assert not sched.first_round_done

@@ -1,0 +1,642 @@
+"""The HTTP/1.1 front door: a bounded server for fcmon's WSGI app.
+
+The endpoint is reachable by whoever can reach the port, so what a client
+can make fcmon spend is bounded:
+
+- one event loop thread owns every connection: accepting, the TLS handshake
+  (per connection, non-blocking, with a timeout: never in the accept path),
+  reading the request head and writing the answer. An idle or slow client
+  costs a descriptor and a few KB, not a thread;
+- open connections are capped (`max_connections`, below the descriptor
+  limit minus a reserve for fcmon's own probes); beyond it a connection is
+  closed at once and counted;
+- the request head must be complete `REQUEST_DEADLINE` seconds after the
+  connection (or a keep-alive request's first byte): a deadline for the
+  whole head, not per byte. Request line at most `MAX_REQUEST_LINE` bytes
+  (414), headers `MAX_HEADER_BYTES` / `MAX_HEADERS` (431); only GET and
+  HEAD (405); the answer must be written within `WRITE_DEADLINE`;
+- only complete requests reach the app, in a small pool of threads that
+  retire when idle; `/probe` (which waits for a probe) has its own pool, so
+  it never delays a scrape;
+- when accept() fails for lack of descriptors, accepting pauses briefly
+  instead of spinning;
+- client misbehaviour is never a traceback or a log line per connection: a
+  debug line at most, rate-limited;
+- after a burst, freed heap goes back to the system (`malloc_trim`, glibc).
+
+Why not wsgiref or a production WSGI server: wsgiref is a thread per
+connection with a per-read timeout, and cheroot handshakes TLS in its
+accept thread (an idle client stalls everyone); waitress has no TLS.
+asyncio does the TLS handshake per connection with a timeout and keeps
+slow clients off threads, with no dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import ctypes
+import ctypes.util
+import errno
+import functools
+import io
+import logging
+import resource
+import socket
+import ssl
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from email.utils import formatdate
+from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from urllib.parse import unquote
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 5.0
+# The whole request head, from the connection's start (or from the first
+# byte of a later request on a keep-alive connection).
+REQUEST_DEADLINE = 5.0
+# A keep-alive connection may wait this long for its next request.
+IDLE_TIMEOUT = 30.0
+# Writing one whole answer (17 MB of /metrics for 3,000 targets, or 0.7 MB gzipped).
+WRITE_DEADLINE = 30.0
+MAX_REQUEST_LINE = 8192
+MAX_HEADER_BYTES = 8192
+MAX_HEADERS = 100
+# Listen backlog: a burst of connects waits in the kernel's queue instead of
+# on SYN retransmits (the kernel caps it at net.core.somaxconn).
+BACKLOG = 1024
+# Open connections at most, whatever the descriptor limit.
+MAX_CONNECTIONS = 4096
+MIN_CONNECTIONS = 8
+# Descriptors fcmon needs beyond its probes: listener, event loop, logs,
+# certificate and /proc reads, the notify socket.
+BASE_FD_RESERVE = 64
+# After a refused accept (out of descriptors), accepting resumes after this.
+ACCEPT_PAUSE = 0.5
+# Threads running the app (complete requests only) and running /probe.
+APP_THREADS = 8
+PROBE_THREADS = 256
+THREAD_IDLE = 10.0
+# Below this size an answer is written in one piece without asking the pool again.
+WRITE_HIGH_WATER = 64 * 1024
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
+
+_REASONS = {400: "Bad Request", 405: "Method Not Allowed", 414: "URI Too Long",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+
+
+def descriptor_limit() -> int:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def connection_cap(reserve: int, limit: Optional[int] = None) -> int:
+    """Connections the endpoint may hold open: the descriptor limit minus
+    `reserve` (fcmon's probes and its own files), within
+    [MIN_CONNECTIONS, MAX_CONNECTIONS]."""
+    limit = descriptor_limit() if limit is None else limit
+    return max(MIN_CONNECTIONS, min(MAX_CONNECTIONS, limit - reserve))
+
+
+class _Quiet:
+    """A debug line at most every `every` seconds, with a count of the rest."""
+
+    def __init__(self, every: float = 10.0):
+        self._every = every
+        self._last = 0.0
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def debug(self, message: str, *args: Any) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now - self._last < self._every:
+                self._skipped += 1
+                return
+            self._last, skipped, self._skipped = now, self._skipped, 0
+        if skipped:
+            message += f" (and {skipped} more like it)"
+        log.debug(message, *args)
+
+
+class ElasticPool(concurrent.futures.Executor):
+    """Up to `max_workers` threads, started on demand, ended after `idle`
+    seconds without work: after a burst the thread count returns to its
+    baseline (ThreadPoolExecutor never ends its threads)."""
+
+    def __init__(self, max_workers: int, name: str, idle: Optional[float] = None):
+        self._max = max_workers
+        self._name = name
+        self._idle_timeout = THREAD_IDLE if idle is None else idle
+        self._cond = threading.Condition()
+        self._work: Deque[Tuple[concurrent.futures.Future, Callable[[], Any]]] = deque()
+        self._idle = 0
+        self.threads = 0
+        self._shutdown = False
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._shutdown:
+                raise RuntimeError("pool shut down")
+            self._work.append((future, functools.partial(fn, *args, **kwargs)))
+            if self._idle >= len(self._work):
+                self._cond.notify()
+            elif self.threads < self._max:
+                self.threads += 1
+                threading.Thread(target=self._worker, name=f"{self._name}-{self.threads}", daemon=True).start()
+        return future
+
+    def _worker(self) -> None:
+        with self._cond:
+            while True:
+                while not self._work:
+                    if self._shutdown:
+                        self.threads -= 1
+                        return
+                    self._idle += 1
+                    woken = self._cond.wait(self._idle_timeout)
+                    self._idle -= 1
+                    if not woken and not self._work:
+                        self.threads -= 1
+                        return
+                future, fn = self._work.popleft()
+                self._cond.release()
+                try:
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(fn())
+                        except BaseException as exc:  # handed to the waiting coroutine
+                            future.set_exception(exc)
+                finally:
+                    self._cond.acquire()
+
+    def shutdown(self, wait: bool = True, **_: Any) -> None:
+        with self._cond:
+            self._shutdown = True
+            self._cond.notify_all()
+
+
+class _Trim:
+    """Hands freed heap back to the system after a burst (glibc keeps it:
+    a process that held 139 MB for 300 slow readers went back to 57 MB).
+    A no-op where there is no malloc_trim."""
+
+    def __init__(self) -> None:
+        self._fn: Optional[Callable[[int], int]] = None
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+                self._fn = libc.malloc_trim
+                self._fn.argtypes = [ctypes.c_size_t]
+                self._fn.restype = ctypes.c_int
+            except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+                self._fn = None
+
+    def __call__(self) -> None:
+        if self._fn is not None:
+            self._fn(0)
+
+
+class _Protocol(asyncio.StreamReaderProtocol):
+    """Calls `on_lost` when the connection is really gone (its descriptor
+    closed): what the connection count follows."""
+
+    def __init__(self, reader: asyncio.StreamReader, on_lost: Callable[[], None]):
+        super().__init__(reader)
+        self._on_lost = on_lost
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        try:
+            super().connection_lost(exc)
+        finally:
+            self._on_lost()
+
+
+class _Reply(Exception):
+    """Answer this status and close the connection."""
+
+    def __init__(self, status: int, extra: Tuple[Tuple[str, str], ...] = ()):
+        super().__init__(status)
+        self.status = status
+        self.extra = extra
+
+
+class Server:
+    """Serves `app` on (host, port) once `start()` is called; binds at once."""
+
+    def __init__(self, app: WsgiApp, host: str, port: int, ssl_context: Optional[ssl.SSLContext] = None,
+                 max_connections: int = MAX_CONNECTIONS,
+                 on_rejected: Callable[[], None] = lambda: None,
+                 slow_paths: Tuple[str, ...] = ("/probe",)):
+        self.app = app
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.on_rejected = on_rejected
+        self.slow_paths = slow_paths
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        self._listener.setblocking(False)
+        self.port = int(self._listener.getsockname()[1])
+        self.open = 0  # connections open now (read in tests and the bench)
+        self.rejected = 0
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._thread: Optional[threading.Thread] = None
+        self._tasks: Set["asyncio.Task[None]"] = set()
+        self._app_pool = ElasticPool(APP_THREADS, "fcmon-web")
+        self._probe_pool = ElasticPool(PROBE_THREADS, "fcmon-probe-request")
+        self._quiet = _Quiet()
+        self._trim = _Trim()
+        self._served_since_trim = 0
+        self._trim_due: Optional[asyncio.TimerHandle] = None
+        self._started = threading.Event()
+        self._stopping = False
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="fcmon-web", daemon=True)
+        self._thread.start()
+        self._started.wait(10)
+
+    def _run(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        loop.set_exception_handler(self._loop_error)
+        loop.add_reader(self._listener.fileno(), self._accept)
+        self._started.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def stop(self) -> None:
+        loop = self._loop
+        if loop is None or self._thread is None:
+            self._listener.close()
+            return
+
+        def halt() -> None:
+            self._stopping = True
+            loop.remove_reader(self._listener.fileno())
+            for task in list(self._tasks):
+                task.cancel()
+            loop.call_later(0.2, loop.stop)
+
+        loop.call_soon_threadsafe(halt)
+        self._thread.join(10)
+        self._listener.close()
+        self._app_pool.shutdown()
+        self._probe_pool.shutdown()
+
+    @property
+    def threads(self) -> int:
+        return self._app_pool.threads + self._probe_pool.threads
+
+    # -- accepting
+
+    def _accept(self) -> None:
+        assert self._loop is not None
+        for _ in range(BACKLOG):
+            try:
+                sock, addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: the listener stays readable,
+                    # so pause instead of spinning on it.
+                    log.warning("cannot accept connections: %s; pausing %.1f s", exc.strerror, ACCEPT_PAUSE)
+                    self._loop.remove_reader(self._listener.fileno())
+                    self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+                    return
+                continue  # ECONNABORTED and friends: that client is gone
+            if self.open >= self.max_connections:
+                self.rejected += 1
+                try:
+                    # RST: nothing of it lingers in TIME_WAIT on our side
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+                sock.close()
+                self._quiet.debug("too many connections (%d): closed one from %s", self.open, addr[0])
+                try:
+                    self.on_rejected()
+                except Exception:
+                    log.exception("counting a refused connection failed")
+                continue
+            self.open += 1
+            sock.setblocking(False)
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+            task = self._loop.create_task(self._connection(sock, addr))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _resume_accepting(self) -> None:
+        assert self._loop is not None
+        if not self._stopping:
+            self._loop.add_reader(self._listener.fileno(), self._accept)
+
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: Dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if exc is None or isinstance(exc, (OSError, EOFError, asyncio.CancelledError)):
+            # what a client that vanishes mid-TLS looks like to asyncio
+            self._quiet.debug("connection error: %s", context.get("message") or exc)
+        else:
+            log.error("web server: %s", context.get("message"), exc_info=exc)
+
+    # -- one connection
+
+    async def _connection(self, sock: socket.socket, addr: Any) -> None:
+        loop = asyncio.get_running_loop()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.open -= 1
+                self._served_since_trim += 1
+                self._maybe_trim()
+
+        transport: Optional[asyncio.BaseTransport] = None
+        graceful = False
+        try:
+            reader = asyncio.StreamReader(limit=MAX_REQUEST_LINE + MAX_HEADER_BYTES)
+            protocol = _Protocol(reader, release)
+            ctx = self.ssl_context
+            started = loop.time()
+            try:
+                if ctx is None:
+                    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+                else:
+                    transport, _ = await asyncio.wait_for(
+                        loop.connect_accepted_socket(lambda: protocol, sock, ssl=ctx,
+                                                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT),
+                        HANDSHAKE_TIMEOUT + 1)
+            except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError) as exc:
+                self._quiet.debug("TLS handshake with %s failed: %r", addr[0], exc)
+                sock.close()
+                release()
+                return
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
+            transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
+            buf = bytearray()
+            first = True
+            while True:
+                try:
+                    head = await self._read_head(reader, buf, started if first else None)
+                except _Reply as reply:
+                    await self._refuse(reader, writer, reply)
+                    graceful = True
+                    return
+                if head is None:
+                    return
+                first = False
+                if not await self._respond(head, writer, addr):
+                    graceful = True
+                    return
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError, asyncio.IncompleteReadError) as exc:
+            self._quiet.debug("connection from %s ended: %r", addr[0], exc)
+        except Exception:
+            log.exception("serving %s failed", addr[0])
+        finally:
+            if transport is None:
+                release()
+            elif graceful and not transport.is_closing():
+                # Let the last answer's tail go out, but not for ever.
+                transport.close()
+                loop.call_later(HANDSHAKE_TIMEOUT, transport.abort)
+            else:
+                transport.abort()
+
+    async def _read_head(self, reader: asyncio.StreamReader, buf: bytearray,
+                         started: Optional[float]) -> Optional[Tuple[str, str, str, List[Tuple[str, str]]]]:
+        """(method, target, version, headers) of the next request; None when
+        the client closed, idled out or missed the deadline."""
+        loop = asyncio.get_running_loop()
+        if started is None and not buf:
+            try:
+                chunk = await asyncio.wait_for(reader.read(4096), IDLE_TIMEOUT)
+            except asyncio.TimeoutError:
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+            started = loop.time()
+        assert started is not None
+        deadline = started + REQUEST_DEADLINE
+        while True:
+            while buf[:2] == b"\r\n":  # stray CRLFs before a request are allowed
+                del buf[:2]
+            end = buf.find(b"\r\n\r\n")
+            line_end = buf.find(b"\r\n")
+            if (line_end < 0 and len(buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+                raise _Reply(414)
+            if end < 0 and len(buf) > MAX_REQUEST_LINE + MAX_HEADER_BYTES or end - line_end > MAX_HEADER_BYTES:
+                raise _Reply(431)
+            if end >= 0:
+                head = bytes(buf[:end])
+                del buf[:end + 4]
+                return _parse(head)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                self._quiet.debug("request head not complete within %.0f s: connection dropped", REQUEST_DEADLINE)
+                return None
+            try:
+                chunk = await asyncio.wait_for(reader.read(8192), remaining)
+            except asyncio.TimeoutError:
+                self._quiet.debug("request head not complete within %.0f s: connection dropped", REQUEST_DEADLINE)
+                return None
+            if not chunk:
+                return None
+            buf += chunk
+
+    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: _Reply) -> None:
+        status = f"{reply.status} {_REASONS[reply.status]}"
+        self._quiet.debug("refused a request: %s", status)
+        body = (status + "\n").encode()
+        headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                   *reply.extra]
+        writer.write(_head(status, headers, keep=False) + body)
+        await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
+        # Read (and drop) what the client is still sending for a moment before
+        # closing: closing with unread data resets the connection, and the
+        # client might lose the answer.
+        loop = asyncio.get_running_loop()
+        until, dropped = loop.time() + 1.0, 0
+        try:
+            if writer.can_write_eof():
+                writer.write_eof()
+            while dropped < 256 * 1024:
+                chunk = await asyncio.wait_for(reader.read(65536), max(0.0, until - loop.time()))
+                if not chunk:
+                    break
+                dropped += len(chunk)
+        except (asyncio.TimeoutError, OSError):
+            pass
+
+    async def _respond(self, head: Tuple[str, str, str, List[Tuple[str, str]]],
+                       writer: asyncio.StreamWriter, addr: Any) -> bool:
+        """Answer one request; whether the connection may carry another."""
+        method, target, version, headers = head
+        loop = asyncio.get_running_loop()
+        fields: Dict[str, str] = {}
+        for name, value in headers:
+            key = name.lower()
+            fields[key] = fields[key] + "," + value if key in fields else value
+        tokens = {t.strip().lower() for t in fields.get("connection", "").split(",")}
+        keep = version == "HTTP/1.1" and "close" not in tokens
+        if fields.get("content-length", "0").strip() != "0" or "transfer-encoding" in fields:
+            keep = False  # a body fcmon does not read: no second request after it
+        if method not in ("GET", "HEAD"):
+            body = b"only GET and HEAD\n"
+            writer.write(_head("405 Method Not Allowed", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                ("Allow", "GET, HEAD")], keep=False) + body)
+            await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
+            return False
+        environ = self._environ(method, target, version, fields, addr)
+        pool = self._probe_pool if environ["PATH_INFO"] in self.slow_paths else self._app_pool
+        try:
+            status, out_headers, result, it, first = await loop.run_in_executor(pool, _call_app, self.app, environ)
+        except Exception:
+            log.exception("the web app failed on %s", environ["PATH_INFO"])
+            body = b"internal error\n"
+            writer.write(_head("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8"),
+                                                              ("Content-Length", str(len(body)))], keep=False)
+                         + body)
+            await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
+            return False
+        try:
+            if not any(k.lower() == "content-length" for k, _ in out_headers):
+                keep = False  # close-delimited
+            deadline = loop.time() + WRITE_DEADLINE
+            writer.write(_head(status, out_headers, keep))
+            if method == "HEAD":
+                await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
+                return keep
+            # A list is already in memory; anything else (the /metrics body) is
+            # made block by block in the pool, never on the loop.
+            direct = isinstance(result, (list, tuple))
+            block: Optional[bytes] = first
+            while block is not None:
+                if block:
+                    writer.write(block)
+                    await asyncio.wait_for(writer.drain(), max(0.001, deadline - loop.time()))
+                if direct:
+                    block = next(it, None)
+                else:
+                    block = await loop.run_in_executor(self._app_pool, next, it, None)
+            return keep
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    def _environ(self, method: str, target: str, version: str, fields: Dict[str, str], addr: Any) -> Dict[str, Any]:
+        path, _, query = target.partition("?")
+        if "://" in path:  # absolute form: keep the path
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
+        environ: Dict[str, Any] = {
+            "REQUEST_METHOD": method,
+            "SCRIPT_NAME": "",
+            "PATH_INFO": unquote(path, "iso-8859-1"),
+            "QUERY_STRING": query,
+            "SERVER_NAME": str(self._listener.getsockname()[0]),
+            "SERVER_PORT": str(self.port),
+            "SERVER_PROTOCOL": version,
+            "REMOTE_ADDR": str(addr[0]),
+            "wsgi.version": (1, 0),
+            "wsgi.url_scheme": "https" if self.ssl_context is not None else "http",
+            "wsgi.input": io.BytesIO(b""),
+            "wsgi.errors": sys.stderr,
+            "wsgi.multithread": True,
+            "wsgi.multiprocess": False,
+            "wsgi.run_once": False,
+        }
+        for key, value in fields.items():
+            if key == "content-type":
+                environ["CONTENT_TYPE"] = value
+            elif key == "content-length":
+                environ["CONTENT_LENGTH"] = value
+            else:
+                environ["HTTP_" + key.upper().replace("-", "_")] = value
+        return environ
+
+    # -- memory
+
+    def _maybe_trim(self) -> None:
+        """Once a burst is over (few connections left after many), return
+        freed heap to the system, a second later and off the loop."""
+        if self.open > 2 or self._served_since_trim < 50 or self._trim_due is not None:
+            return
+        assert self._loop is not None
+
+        def trim() -> None:
+            self._trim_due = None
+            if self.open > 2:
+                return
+            self._served_since_trim = 0
+            self._app_pool.submit(self._trim)
+
+        self._trim_due = self._loop.call_later(1.0, trim)
+
+
+def _call_app(app: WsgiApp, environ: Dict[str, Any]) -> Tuple[str, List[Tuple[str, str]], Any, Any, Optional[bytes]]:
+    """Runs in a pool thread: the app up to its first block (WSGI lets it
+    call start_response as late as that)."""
+    started: List[Any] = []
+
+    def start_response(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+        started[:] = [status, list(headers)]
+
+        def write(_: bytes) -> None:
+            raise NotImplementedError("write() is not supported; return the body")
+        return write
+
+    result = app(environ, start_response)
+    it = iter(result)
+    first = next(it, None)
+    if not started:
+        raise RuntimeError("the app returned without start_response()")
+    return started[0], started[1], result, it, first
+
+
+def _parse(head: bytes) -> Tuple[str, str, str, List[Tuple[str, str]]]:
+    try:
+        text = head.decode("iso-8859-1")
+    except UnicodeDecodeError:  # pragma: no cover (latin-1 decodes anything)
+        raise _Reply(400)
+    lines = text.split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[2].startswith("HTTP/1."):
+        raise _Reply(400)
+    method, target, version = parts
+    if len(lines) - 1 > MAX_HEADERS:
+        raise _Reply(431)
+    headers = []
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if not sep or not name or name != name.strip() or line[:1] in (" ", "\t"):
+            raise _Reply(400)
+        headers.append((name, value.strip()))
+    return method, target, version, headers
+
+
+def _head(status: str, headers: List[Tuple[str, str]], keep: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status}", f"Date: {formatdate(usegmt=True)}"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    if not keep:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("iso-8859-1")
