@@ -241,7 +241,15 @@ class Server:
         self.on_rejected = on_rejected
         self.slow_paths = slow_paths
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._listener = socket.create_server((host, port), family=family, backlog=BACKLOG)
+        # Not socket.create_server: it rewrites the error's strerror.
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind((host, port))
+            self._listener.listen(BACKLOG)
+        except BaseException:
+            self._listener.close()
+            raise
         self._listener.setblocking(False)
         self.port = int(self._listener.getsockname()[1])
         self.open = 0  # connections open now (read in tests and the bench)
