@@ -89,6 +89,7 @@ def cert_info(cert: x509.Certificate, role: str) -> CertInfo:
         subject=cert.subject.rfc4514_string(),
         serial=format(cert.serial_number, "x"),
         not_after=not_after_timestamp(cert),
+        issuer=cert.issuer.rfc4514_string(),
     )
 
 

@@ -50,10 +50,11 @@ USER_AGENT = "fcmon"
 class ProbeError(Exception):
     """A classified failure: `reason` is one of result.REASONS."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str, http_status: Optional[int] = None):
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.http_status = http_status  # when a response arrived
 
 
 # ---------------------------------------------------------------- TLS context
@@ -502,6 +503,7 @@ class PeerInfo:
     certs: Tuple[CertInfo, ...]  # server leaf first, then chain
     tls_version: Optional[str]
     tls_cipher: Optional[str]
+    address: Optional[str] = None  # "host:port" connected to ("[v6]:port")
 
 
 def _chain_der(sock: ssl.SSLSocket) -> List[bytes]:
@@ -531,16 +533,28 @@ def _chain_der(sock: ssl.SSLSocket) -> List[bytes]:
     return [leaf] if leaf else []
 
 
+def _peer_address(sock: Any) -> Optional[str]:
+    try:
+        peer = sock.getpeername()
+    except (OSError, AttributeError):
+        return None
+    if not isinstance(peer, tuple) or len(peer) < 2:
+        return None
+    host = str(peer[0])
+    return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+
+
 def peer_info(sock: Any) -> PeerInfo:
+    address = _peer_address(sock)
     if not isinstance(sock, ssl.SSLSocket):
-        return PeerInfo((), None, None)
+        return PeerInfo((), None, None, address)
     infos = []
     for i, der in enumerate(_chain_der(sock)):
         info = der_cert_info(der, "server" if i == 0 else "chain")
         if info is not None:
             infos.append(info)
     cipher = sock.cipher()
-    return PeerInfo(tuple(infos), sock.version(), cipher[0] if cipher else None)
+    return PeerInfo(tuple(infos), sock.version(), cipher[0] if cipher else None, address)
 
 
 def fetch_peer_unverified(host: str, port: int, timeout: float) -> PeerInfo:
@@ -842,12 +856,12 @@ class ApiClient:
         if not isinstance(body, dict):
             # The HTTP status counts only when the body is not a JSON object.
             if not 200 <= status < 300:
-                raise ProbeError("http_status", f"HTTP {status} without a JSON object body")
+                raise ProbeError("http_status", f"HTTP {status} without a JSON object body", status)
             what = "not JSON" if body is None else f"JSON {type(body).__name__}, not an object"
-            raise ProbeError("bad_response", f"response body is {what}")
+            raise ProbeError("bad_response", f"response body is {what}", status)
         code = body.get("errorCode")
         if isinstance(code, bool) or not isinstance(code, int):
-            raise ProbeError("bad_response", "response has no integer errorCode")
+            raise ProbeError("bad_response", "response has no integer errorCode", status)
         return ApiResponse(status, body, code)
 
     def cut(self) -> None:

@@ -55,6 +55,8 @@ class Daemon:
         self._wake = threading.Event()
         self._started = time.monotonic()
         self._up: Dict[str, bool] = {}
+        # target -> serverVersion of its last successful createSession
+        self._versions: Dict[str, Optional[str]] = {}
         self._up_lock = threading.Lock()
         self.store.set_targets(config.targets)
         self.store.record_reload(True, time.time())
@@ -101,9 +103,15 @@ class Daemon:
     def _on_result(self, result: ProbeResult) -> None:
         self.store.record(result)
         self.board.record(result)
+        server = result.server
         with self._up_lock:
             before = self._up.get(result.target)
             self._up[result.target] = result.up
+            old_version = self._versions.get(result.target)
+            if server is not None and server.version is not None:
+                self._versions[result.target] = server.version
+        if server is not None and server.version is not None and old_version not in (None, server.version):
+            log.info("target %s: server version changed from %r to %r", result.target, old_version, server.version)
         f = result.failure
         if f is not None:
             log.warning("target %s: probe failed at %s: %s (%s)", result.target, f.stage, f.reason, f.message)
@@ -180,6 +188,7 @@ class Daemon:
         self.web.set_ssl_context(ssl_context)
         with self._up_lock:
             self._up = {k: v for k, v in self._up.items() if any(t.name == k for t in new.targets)}
+            self._versions = {k: v for k, v in self._versions.items() if k in self._up}
         self.store.record_reload(True, time.time())
         self.board.record_reload(True)
         log.info("config reloaded: %s", describe_reload(old.targets, new.targets))

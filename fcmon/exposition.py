@@ -41,6 +41,7 @@ from .metrics import (
     Sample,
     _global_families,
     _TargetState,
+    server_labels,
 )
 from .result import CertInfo
 
@@ -169,6 +170,9 @@ def render_target(name: str, s: _TargetState) -> Fragment:
             f"fcmon_last_success_timestamp_seconds{{{t}}} {_value(s.last_success)}\n")
     if s.databases is not None:
         p[_INDEX["fcmon_databases"]] = f"fcmon_databases{{{t}}} {_value(s.databases)}\n"
+    if s.server is not None:
+        labels = "".join([f',{k}="{_escape(v)}"' for k, v in server_labels(s.server)])
+        p[_INDEX["fcmon_server_info"]] = f"fcmon_server_info{{{t}{labels}}} 1.0\n"
     certs: Tuple[Tuple[bytes, float], ...] = ()
     r = s.latest
     if r is not None:

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .config import TargetConfig
-from .result import CertInfo, ProbeResult
+from .result import CertInfo, ProbeResult, ServerInfo
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 # How late scheduled probes start (actual start - scheduled time): the scheduler's health.
@@ -86,6 +86,8 @@ class _TargetState:
     api_errors: Dict[Tuple[str, int], int] = field(default_factory=dict)
     last_error_code: Dict[str, int] = field(default_factory=dict)
     requests: Dict[str, _Histogram] = field(default_factory=dict)
+    # from the last successful createSession; a later failed probe keeps it
+    server: Optional[ServerInfo] = None
     # what the store's renderer made of this state (exposition.Fragment), or None
     rendered: object = None
 
@@ -161,6 +163,8 @@ class MetricsStore:
                 state.failures[key] = state.failures.get(key, 0) + 1
             if result.session_leaked:
                 state.leaks += 1
+            if result.server is not None:
+                state.server = result.server
             for call in result.calls:
                 hist = state.requests.get(call.action)
                 if hist is None:
@@ -266,6 +270,8 @@ FAMILIES = (
     Family("fcmon_cert_not_after_timestamp_seconds", "gauge", "Certificate expiry (Unix time)"),
     Family("fcmon_cert_expiry_days", "gauge", "Days until the certificate expires (negative once expired)"),
     Family("fcmon_tls_info", "gauge", "TLS version and cipher of the last handshake"),
+    Family("fcmon_server_info", "gauge",
+           "Server version and host name from the last successful createSession (labels only when sent)"),
     Family("fcmon_session_leaks", "counter", "Sessions created whose deleteSession did not succeed"),
     Family("fcmon_probes_skipped", "counter",
            "Scheduled runs skipped: previous run still running, or missed"),
@@ -306,6 +312,8 @@ def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
         add("fcmon_last_success_timestamp_seconds", "fcmon_last_success_timestamp_seconds", (), s.last_success)
     if s.databases is not None:
         add("fcmon_databases", "fcmon_databases", (), s.databases)
+    if s.server is not None:
+        add("fcmon_server_info", "fcmon_server_info", server_labels(s.server), 1)
     r = s.latest
     if r is None:
         return out
@@ -319,6 +327,17 @@ def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
             _cert_labels(c), c.not_after)
     if r.tls_version:
         add("fcmon_tls_info", "fcmon_tls_info", (("version", r.tls_version), ("cipher", r.tls_cipher or "")), 1)
+    return out
+
+
+def server_labels(server: ServerInfo) -> Labels:
+    """Only the fields the server sent: an absent one is no label at all
+    (Prometheus treats an empty label as absent anyway)."""
+    out: Labels = ()
+    if server.version is not None:
+        out += (("version", server.version),)
+    if server.hostname is not None:
+        out += (("hostname", server.hostname),)
     return out
 
 

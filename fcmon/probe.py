@@ -23,9 +23,10 @@ from .client import (
     classify_connect_error,
     fetch_peer_unverified,
 )
+from .codes import describe
 from .config import TargetConfig
 from .deadlines import DeadlineWatcher
-from .result import CallResult, Failure, ProbeResult
+from .result import ERROR_MESSAGE_MAX, CallResult, Failure, ProbeResult, ServerInfo
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,9 @@ class _Probe:
         self.token: Optional[str] = None
         self.databases: Optional[List[Any]] = None
         self.leaked = False
+        self.server: Optional[ServerInfo] = None
+        self.t0 = time.monotonic()
+        self.connect_started: Optional[float] = None
 
     def fail(self, stage: str, reason: str, message: str) -> None:
         if self.failure is None:
@@ -142,7 +146,7 @@ class _Probe:
     def run(self) -> ProbeResult:
         target = self.target
         started = self.prober._wall()
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()
         main = _Deadline(t0 + target.timeout, self.prober.deadlines)
         client: Optional[ApiClient] = None
         try:
@@ -173,6 +177,9 @@ class _Probe:
             tls_version=self.peer.tls_version,
             tls_cipher=self.peer.tls_cipher,
             session_leaked=self.leaked,
+            server=self.server,
+            peer_address=self.peer.address,
+            connect_started=self.connect_started,
             database_names=tuple(
                 str(d.get("databaseName")) if isinstance(d, dict) else str(d)
                 for d in (self.databases or [])
@@ -197,6 +204,7 @@ class _Probe:
         if created is None:
             return
         result = created.body.get("result")
+        self.server = ServerInfo.from_result(result)
         token = result.get("authToken") if isinstance(result, dict) else None
         if not token:
             token = created.body.get("authToken")
@@ -220,6 +228,7 @@ class _Probe:
 
     def _connect(self, client: ApiClient, deadline: _Deadline) -> bool:
         t = time.monotonic()
+        self.connect_started = t - self.t0
         elapsed: Optional[float] = None
         try:
             self.peer = client.connect(deadline.remaining())
@@ -255,6 +264,8 @@ class _Probe:
         t = time.monotonic()
         client.last_wire = None
         response: Optional[ApiResponse] = None
+        status: Optional[int] = None
+        error_message: Optional[str] = None
         try:
             remaining = deadline.remaining()
             if remaining <= 0:
@@ -262,8 +273,10 @@ class _Probe:
             response = client.call(body, remaining)
         except ProbeError as exc:
             reason, message = exc.reason, exc.message
+            status = exc.http_status
             if deadline.fired:
                 reason, message = "timeout", "no complete response within the timeout"
+            error_message = message
             if reason == "client_cert_rejected":
                 self.fail("connect", reason, message)
             else:
@@ -273,21 +286,42 @@ class _Probe:
             if client.last_wire is not None:
                 elapsed = client.last_wire
             self.steps.append((step, elapsed))
+            if response is not None:
+                status = response.status
+                server_message = response.body.get("errorMessage")
+                if isinstance(server_message, str) and server_message:
+                    error_message = server_message
             self.calls.append(
-                CallResult(action, elapsed, response.error_code if response is not None else None)
+                CallResult(
+                    action,
+                    elapsed,
+                    response.error_code if response is not None else None,
+                    http_status=status,
+                    error_message=self._clean(error_message),
+                    started=t - self.t0,
+                )
             )
         if response is None:
             return None
         if response.error_code != 0:
-            message = response.body.get("errorMessage")
+            message = self._clean(error_message)
             self.fail(
                 step,
                 "api_error",
-                f"{action}: errorCode {response.error_code}"
-                + (f": {message}" if isinstance(message, str) and message else ""),
+                f"{action}: errorCode {describe(response.error_code)}" + (f": {message}" if message else ""),
             )
             return None
         return response
+
+    def _clean(self, message: Optional[str]) -> Optional[str]:
+        """A message fit for logs and pages: secrets redacted, then capped
+        (redacting first, so a cut cannot leave half a secret behind)."""
+        if not message:
+            return None
+        text = redact(message, self.secrets)
+        if len(text) > ERROR_MESSAGE_MAX:
+            text = text[: ERROR_MESSAGE_MAX - 3] + "..."
+        return text
 
     def _delete(self, client: Optional[ApiClient], main: _Deadline, deadline: _Deadline) -> None:
         assert self.token is not None and client is not None

@@ -34,6 +34,8 @@ class CertInfo:
     subject: str  # RFC 4514 string
     serial: str  # lower-case hex, no separators
     not_after: float  # Unix time
+    # RFC 4514 string; for people (debug probe, status page), never a label
+    issuer: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -41,12 +43,52 @@ class CallResult:
     """One JSON API call: its latency and the errorCode it returned.
 
     `error_code` is None when no JSON errorCode was obtained (transport error,
-    timeout, non-JSON body).
+    timeout, non-JSON body). `http_status` is None when no response arrived.
+    `error_message` is the server's errorMessage (or, without one, what went
+    wrong), capped at ERROR_MESSAGE_MAX characters and run through the
+    probe's redaction: it never holds a password or an authToken.
+    `started` is when the call began, in seconds from the probe's start.
     """
 
     action: str
     duration: float
     error_code: Optional[int]
+    http_status: Optional[int] = None
+    error_message: Optional[str] = None
+    started: Optional[float] = None
+
+
+ERROR_MESSAGE_MAX = 500
+# serverVersion, hostname, hostUuid: what a hostile server sends must not
+# blow up labels or the status page.
+SERVER_FIELD_MAX = 200
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    """The server's identity from createSession's result; each field only
+    when the server sent it as a string (capped at SERVER_FIELD_MAX)."""
+
+    version: Optional[str] = None
+    hostname: Optional[str] = None
+    uuid: Optional[str] = None
+
+    @classmethod
+    def from_result(cls, result: object) -> "ServerInfo":
+        """From createSession's `result` object; anything else gives an empty one."""
+        if not isinstance(result, dict):
+            return cls()
+        return cls(
+            version=_field(result.get("serverVersion")),
+            hostname=_field(result.get("hostname")),
+            uuid=_field(result.get("hostUuid")),
+        )
+
+
+def _field(value: object) -> Optional[str]:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    return value.strip()[:SERVER_FIELD_MAX]
 
 
 @dataclass(frozen=True)
@@ -74,6 +116,14 @@ class ProbeResult:
     session_leaked: bool = False
     # the databases listed, for `check` output; not exported as labels
     database_names: Tuple[str, ...] = field(default=(), compare=False)
+    # the server's identity, from a successful createSession (None before that
+    # step succeeded in this probe)
+    server: Optional[ServerInfo] = None
+    # "host:port" (IPv6 as "[addr]:port") of the connection that carried the
+    # probe, once connected
+    peer_address: Optional[str] = None
+    # when the TCP connect began, in seconds from the probe's start
+    connect_started: Optional[float] = None
 
     @property
     def up(self) -> bool:

@@ -11,7 +11,7 @@ from prometheus_client.exposition import generate_latest
 
 from fcmon.config import TargetConfig
 from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.result import CallResult, CertInfo, Failure, ProbeResult
+from fcmon.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
 
 from support import require_tool
 
@@ -36,6 +36,7 @@ def healthy(name: str, ended: float = NOW) -> ProbeResult:
                CertInfo("client", "CN=ADMIN", "3c", NOW + 30 * 86400),
                CertInfo("ca", "CN=Root", "4d", NOW + 3650 * 86400)),
         tls_version="TLSv1.3", tls_cipher="TLS_AES_256_GCM_SHA384",
+        server=ServerInfo('FairCom EDGE "4.1"', f"{name}-host", "uuid-1"),
     )
 
 
@@ -75,6 +76,7 @@ def test_healthy_series() -> None:
     assert v("fcmon_cert_expiry_days", labels) == pytest.approx(10)
     assert v("fcmon_cert_not_after_timestamp_seconds", labels) == NOW + 10 * 86400
     assert v("fcmon_tls_info", {"target": "a", "version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}) == 1
+    assert v("fcmon_server_info", {"target": "a", "version": 'FairCom EDGE "4.1"', "hostname": "a-host"}) == 1
     assert v("fcmon_target_info", {"target": "a", "endpoint": "https://a.example:8443/api", "username": "ADMIN"}) == 1
     assert v("fcmon_request_duration_seconds_bucket", {"target": "a", "action": "createSession", "le": "0.005"}) == 0
     assert v("fcmon_request_duration_seconds_bucket", {"target": "a", "action": "createSession", "le": "0.01"}) == 1

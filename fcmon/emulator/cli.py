@@ -117,6 +117,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-max-version", choices=sorted(_TLS_VERSIONS), help="highest TLS version offered"
     )
+    parser.add_argument(
+        "--server-version", metavar="TEXT",
+        help="serverVersion that createSession reports (default: the emulator's own)",
+    )
+    parser.add_argument(
+        "--hostname", metavar="NAME", help="hostname that createSession reports (default: this machine's)"
+    )
 
 
 def _banner(
@@ -211,6 +218,8 @@ def run(args: argparse.Namespace) -> int:
                 max_sessions_per_user=args.max_sessions_per_user,
                 tls_max_version=tls_max,
                 allow_http=args.plain_http,
+                server_version=args.server_version,
+                hostname=args.hostname,
             ).start()
         except (OSError, ssl.SSLError, ValueError) as exc:
             print(f"fcmon emulator: cannot start: {exc}", file=sys.stderr)

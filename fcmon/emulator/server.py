@@ -504,6 +504,9 @@ class Emulator:
         handshake_timeout: float = 10.0,
         keepalive_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        server_version: Optional[str] = None,
+        hostname: Optional[str] = None,
+        host_uuid: Optional[str] = None,
     ) -> None:
         if cert_file is None and not allow_http:
             raise ValueError("cert_file is required unless allow_http=True")
@@ -518,7 +521,10 @@ class Emulator:
         )
         self.client_certs_required = client_ca_file is not None
         self.store = SessionStore(clock, time.time, max_sessions, max_sessions_per_user)
-        self.api = JsonApi(self.store, users, databases)
+        # createSession's serverVersion / hostname / hostUuid (defaults: the
+        # emulator's own version, this machine's name, a random UUID);
+        # settable later through self.api.
+        self.api = JsonApi(self.store, users, databases, hostname, server_version, host_uuid)
         self.faults = FaultTable()
         self.stopping = threading.Event()
         self._handshake_timeout = handshake_timeout

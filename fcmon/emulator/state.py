@@ -23,6 +23,7 @@ import secrets
 import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -248,6 +249,7 @@ class JsonApi:
         databases: Sequence[str],
         hostname: Optional[str] = None,
         server_version: Optional[str] = None,
+        host_uuid: Optional[str] = None,
     ) -> None:
         self.store = store
         # FairCom user names are case-insensitive (its own example logs in as
@@ -257,7 +259,10 @@ class JsonApi:
         }
         self.databases = tuple(databases)
         self.hostname = hostname or socket.gethostname()
+        # What createSession reports as the server's identity, like a real
+        # server; attributes, so a test can "upgrade" a running emulator.
         self.server_version = server_version or f"FairCom JSON DB API emulator (fcmon {__version__})"
+        self.host_uuid = host_uuid or str(uuid.uuid4())
 
     # -- envelope ---------------------------------------------------------
 
@@ -406,6 +411,7 @@ class JsonApi:
             "sessionStartTimestamp": _timestamp(session.started),
             "serverVersion": self.server_version,
             "hostname": self.hostname,
+            "hostUuid": self.host_uuid,
         }
         body = self._envelope(request, result)
         # Newer servers also put the token at the root; clients must accept both.
