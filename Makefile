@@ -4,24 +4,37 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fcmon-installed
+# The release tools (build, twine), only where `make test`/`dist` need them.
+TOOLS := $(VENV)/.fcmon-release-tools
+# CONSTRAINTS=constraints-min.txt installs the lowest declared version of
+# every dependency (CI's Python 3.9 run); without it, the newest.
+CONSTRAINTS ?=
+DIST ?= dist
+# Extra `pip download` arguments for `make wheelhouse`, e.g. for another host:
+# WHEELHOUSE_ARGS="--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux2014_x86_64"
+WHEELHOUSE_ARGS ?=
 
-.PHONY: demo test test-fast bench screenshot lint clean
+.PHONY: demo test test-fast bench screenshot dist wheelhouse lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[test]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
+
+$(TOOLS): $(STAMP)
+	$(BIN)/python -m pip install -q 'build>=1.2' 'twine>=5'
+	touch $(TOOLS)
 
 demo: $(STAMP)
 	$(BIN)/fcmon demo
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # The fast subset CI also runs on Python 3.9 and 3.13.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	FCMON_CONSTRAINTS=$(CONSTRAINTS) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # docs/status-page.png, the README's screenshot: taken by the status page's
 # browser test (chromium and chromium-driver from Debian).
@@ -30,6 +43,15 @@ screenshot: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# sdist + wheel (isolated build), `twine check`, and the contents check.
+dist: $(TOOLS)
+	$(BIN)/python tools/release.py dist $(DIST)
+
+# The wheel and every dependency's wheel in $(DIST)/wheelhouse, for a host
+# without internet: pip install --no-index --find-links wheelhouse/ fcmon
+wheelhouse: dist
+	$(BIN)/python tools/release.py wheelhouse $(DIST) $(WHEELHOUSE_ARGS)
 
 clean:
 	rm -rf $(VENV) .venv-* build dist *.egg-info .pytest_cache

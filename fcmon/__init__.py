@@ -1,3 +1,3 @@
 """fcmon: health-check daemon for FairCom servers."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

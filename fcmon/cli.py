@@ -1,4 +1,4 @@
-"""argparse front: run | check | validate | demo | emulator."""
+"""argparse front: run | check | validate | demo | emulator | assets."""
 
 from __future__ import annotations
 
@@ -68,6 +68,30 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
 
     emulator = sub.add_parser("emulator", help="run the bundled FairCom JSON DB API emulator")
     emulator_arguments(emulator)
+
+    assets = sub.add_parser(
+        "assets", help="list or export the deployable files that match this version",
+        description="The systemd unit, the Prometheus alert rules and their promtool tests, the "
+        "example Prometheus config, the Grafana dashboard and the commented example config.ini, "
+        "as shipped with this fcmon version (from the installed package, or from the "
+        "repository in a source checkout).",
+        epilog="Then follow README.md, 'Install as a service'.",
+    )
+    actions = assets.add_subparsers(dest="assets_command", metavar="ACTION")
+    actions.required = True
+    actions.add_parser("list", help="list the assets and where they are read from",
+                       description="List the assets (paths as `export` writes them) and where they are read from.")
+    export = actions.add_parser(
+        "export", help="write them under DIR",
+        description="Write every asset under DIR (created if missing), in its folder: "
+        "config.ini, systemd/, prometheus/, grafana/. A file already there with the same "
+        "content is left alone; one with other content is never overwritten without --force: "
+        "then nothing at all is written. Exit 0 when done; 1 when refused (nothing written) or "
+        "when a write failed (the file is named).",
+    )
+    export.add_argument("dir", metavar="DIR", type=Path, help="where to write them")
+    export.add_argument("--force", action="store_true",
+                        help="overwrite existing files whose content differs")
     return parser
 
 
@@ -101,12 +125,41 @@ def main(argv: Optional[List[str]] = None, environ: Mapping[str, str] = os.envir
             from .emulator.cli import run as run_emulator
 
             return run_emulator(args)
+        if args.command == "assets":
+            return _assets(args)
     except ConfigError as exc:
         _config_error(exc)
         return 3 if args.command == "check" else 1
     except KeyboardInterrupt:
         return 130
     return 2
+
+
+def _assets(args: argparse.Namespace) -> int:
+    from . import assetfiles
+
+    try:
+        location = assetfiles.locate()
+        if args.assets_command == "list":
+            for line in assetfiles.format_list(location, __version__):
+                print(line)
+            return 0
+        planned = assetfiles.export(location, args.dir, force=args.force)
+    except assetfiles.AssetsError as exc:
+        print(f"fcmon assets: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"fcmon assets: cannot write{where}: {exc.strerror or exc}; "
+              "files before it may have been written", file=sys.stderr)
+        return 1
+    verbs = {"write": "wrote", "overwrite": "overwrote", "unchanged": "unchanged"}
+    for p in planned:
+        print(f"  {verbs[p.action]:<10} {p.dest}")
+    written = sum(p.action != "unchanged" for p in planned)
+    print(f"fcmon {__version__}: {len(planned)} assets in {args.dir} "
+          f"({written} written, {len(planned) - written} unchanged)")
+    return 0
 
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
