@@ -11,7 +11,7 @@ TOOLS := $(VENV)/.fcmon-release-tools
 CONSTRAINTS ?=
 DIST ?= dist
 # Extra `pip download` arguments for `make wheelhouse`, e.g. for another host:
-# WHEELHOUSE_ARGS="--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux2014_x86_64"
+# WHEELHOUSE_ARGS="--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux_2_28_x86_64 --pip-arg=--platform=manylinux2014_x86_64"
 WHEELHOUSE_ARGS ?=
 
 .PHONY: demo test test-fast bench screenshot dist wheelhouse lint clean

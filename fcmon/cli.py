@@ -72,8 +72,8 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     assets = sub.add_parser(
         "assets", help="list or export the deployable files that match this version",
         description="The systemd unit, the Prometheus alert rules and their promtool tests, the "
-        "example Prometheus config, the Grafana dashboard and the commented example config.ini, "
-        "as shipped with this fcmon version (from the installed package, or from the "
+        "example Prometheus config, the Grafana dashboard, the commented example config.ini, the "
+        "runbook and the changelog, as shipped with this fcmon version (from the installed package, or from the "
         "repository in a source checkout).",
         epilog="Then follow README.md, 'Install as a service'.",
     )
@@ -84,7 +84,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     export = actions.add_parser(
         "export", help="write them under DIR",
         description="Write every asset under DIR (created if missing), in its folder: "
-        "config.ini, systemd/, prometheus/, grafana/. A file already there with the same "
+        "config.ini, systemd/, prometheus/, grafana/, docs/, CHANGELOG.md. A file already there with the same "
         "content is left alone; one with other content is never overwritten without --force: "
         "then nothing at all is written. Exit 0 when done; 1 when refused (nothing written) or "
         "when a write failed (the file is named).",

@@ -175,5 +175,6 @@ def test_assets_export_into_a_file_or_unwritable_place_fails_with_a_message(tmp_
 def test_assets_help_says_what_ships() -> None:
     out = subprocess.run(fcmon_command("assets", "export", "--help"), capture_output=True, text=True)
     assert out.returncode == 0
-    assert "--force" in out.stdout and "never overwritten" in out.stdout
+    text = " ".join(out.stdout.split())
+    assert "--force" in text and "never overwritten without --force" in text
     assert "assets" in subprocess.run(fcmon_command("--help"), capture_output=True, text=True).stdout

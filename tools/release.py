@@ -127,6 +127,7 @@ def sdist_problems(sdist: Path, root: Path = ROOT) -> List[str]:
     wanted += [p.relative_to(root).as_posix() for p in sorted((root / "tests").glob("*.py"))]
     wanted += [p.relative_to(root).as_posix() for p in sorted((root / "docs").glob("**/*")) if p.is_file()]
     wanted += _assetfiles(root).collect(root)
+    wanted += [p.name for p in root.glob("LICEN[CS]E*")]
     for w in wanted:
         if w not in rel:
             problems.append(f"sdist: {w} missing")
@@ -158,7 +159,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--pip-arg", action="append", default=[], metavar="ARG",
                         help="extra argument for `pip download` (wheelhouse), e.g. "
-                        "--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux2014_x86_64")
+                        "--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux_2_28_x86_64 --pip-arg=--platform=manylinux2014_x86_64")
     args = parser.parse_args(argv)
     ver = version()
     if args.command == "dist":
