@@ -14,7 +14,7 @@ DIST ?= dist
 # WHEELHOUSE_ARGS="--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux_2_28_x86_64 --pip-arg=--platform=manylinux2014_x86_64"
 WHEELHOUSE_ARGS ?=
 
-.PHONY: demo test test-fast bench screenshot dist wheelhouse lint clean
+.PHONY: demo test test-fast chaos bench screenshot dist wheelhouse lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,17 @@ test-fast: $(STAMP)
 # browser test (chromium and chromium-driver from Debian).
 screenshot: $(STAMP)
 	FCMON_SCREENSHOT=$(CURDIR)/docs/status-page.png $(BIN)/python -m pytest -q tests/test_status_browser.py
+
+# The generated adversary at length (tests/test_chaos.py): CHAOS_EXAMPLES
+# random cases (default 500) from CHAOS_SEED (default: a new one, printed).
+# A failure prints the seed that replays it: make chaos CHAOS_SEED=N.
+CHAOS_EXAMPLES ?= 500
+chaos: $(STAMP)
+	@seed=$${CHAOS_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "chaos: $(CHAOS_EXAMPLES) cases, seed $$seed"; \
+	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_chaos.py -k generated --hypothesis-seed=$$seed $(PYTEST_ARGS) \
+	|| { echo "chaos FAILED with seed $$seed: replay with make chaos CHAOS_SEED=$$seed CHAOS_EXAMPLES=$(CHAOS_EXAMPLES)"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

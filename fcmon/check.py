@@ -34,7 +34,10 @@ class Verdict:
 def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> Verdict:
     if result.failure is not None:
         f = result.failure
-        return Verdict(result, CRITICAL, f"probe failed at {f.stage}: {f.reason} ({f.message})")
+        # fcmon's own failure says nothing about the server: UNKNOWN, as a
+        # Nagios plugin that could not do its check.
+        status = UNKNOWN if f.reason == "internal" else CRITICAL
+        return Verdict(result, status, f"probe failed at {f.stage}: {f.reason} ({f.message})")
     worst, why = OK, f"up, {result.databases} databases in {result.duration:.3f}s"
     for c in result.certs:
         days = (c.not_after - now) / SECONDS_PER_DAY

@@ -21,6 +21,7 @@ import errno
 import http.client
 import json
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -158,40 +159,65 @@ class TLSContextCache:
 
 
 class _Tracked:
-    """The connections a probe opened, so the deadline can cut them."""
+    """The sockets a probe's connections opened, so the deadline can cut them.
+
+    Sockets, not connections: when a response says `Connection: close`,
+    http.client hands the socket over to the response and the connection's
+    `sock` becomes None, yet the response keeps reading from it. Each socket
+    is recorded the moment it exists (the TCP socket right after connect,
+    the TLS socket after the handshake), so a cut finds it whoever holds it.
+    A socket recorded after the cut is shut down at once.
+
+    `deadline` (monotonic) bounds every socket timeout set here: the TLS
+    handshake, during which no socket object can be cut (the TCP socket is
+    detached into the TLS one), is a single call whose timeout is a total,
+    so it cannot outlive the deadline either.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._conns: List[Any] = []
+        self._socks: List[socket.socket] = []
         self.cut = False
+        self.deadline: Optional[float] = None
 
-    def add(self, conn: Any) -> None:
+    def add(self, sock: Optional[socket.socket]) -> None:
+        if sock is None:
+            return
         with self._lock:
-            self._conns.append(conn)
+            self._socks.append(sock)
             cut = self.cut
         if cut:
-            _cut(conn)
+            _cut(sock)
 
     def cut_all(self) -> None:
         with self._lock:
             self.cut = True
-            conns = list(self._conns)
-        for conn in conns:
-            _cut(conn)
+            socks = list(self._socks)
+        for sock in socks:
+            _cut(sock)
+
+    def left(self, timeout: Optional[float]) -> Optional[float]:
+        """`timeout`, shortened to the time left before the deadline."""
+        deadline = self.deadline
+        if deadline is None:
+            return timeout
+        left = max(deadline - time.monotonic(), 0.001)
+        if not isinstance(timeout, (int, float)):  # None, or urllib3's "default" sentinel
+            return left
+        return min(timeout, left)
 
 
-def _cut(conn: Any) -> None:
+def _cut(sock: socket.socket) -> None:
     """Shut the socket down under a blocked reader in another thread.
 
     socket.socket.shutdown on the SSLSocket bypasses SSLSocket.shutdown, which
     would clear _sslobj under the reader's feet; the reader sees EOF instead.
+    A socket already closed has no descriptor any more (EBADF): nothing to
+    cut, and no other socket that reused its number can be hit.
     """
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        return
     try:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
+    except (OSError, ValueError):
         pass
 
 
@@ -255,6 +281,7 @@ class _WireIO(http.client.HTTPConnection):
     """
 
     fcmon_wire: Optional[Wire] = None
+    fcmon_tracked: Optional[_Tracked] = None
     _fcmon_out: Optional[List[bytes]] = None
 
     def send(self, data: Any) -> None:  # type: ignore[override]
@@ -265,10 +292,21 @@ class _WireIO(http.client.HTTPConnection):
         super().send(data)
 
     def getresponse(self) -> http.client.HTTPResponse:
+        tracked = self.fcmon_tracked
+        if tracked is not None and self.sock is not None:
+            self.sock.settimeout(tracked.left(self.sock.gettimeout()))
         resp = super().getresponse()
         wire = self.fcmon_wire
         if wire is not None:
-            wire.body = _read_body(resp, wire.cap)
+            try:
+                wire.body = _read_body(resp, wire.cap)
+            except BaseException:
+                # A body cut short (over the cap, by the deadline, by the
+                # server) is closed here: with `Connection: close` the
+                # response alone holds the socket, and closing the
+                # connection would not release it.
+                resp.close()
+                raise
             wire.finished = _clock()
         return resp
 
@@ -277,7 +315,21 @@ class _WireMixin:
     """urllib3 connection methods of a probe connection (before urllib3's in the MRO)."""
 
     fcmon_wire: Optional[Wire]
+    fcmon_tracked: Optional[_Tracked]
     _fcmon_out: Optional[List[bytes]]
+
+    def _new_conn(self) -> socket.socket:
+        """The TCP socket, recorded for the deadline as soon as it exists;
+        its timeout (which the TLS handshake inherits as a total) ends at
+        the deadline."""
+        tracked = self.fcmon_tracked
+        if tracked is not None:
+            self.timeout = tracked.left(self.timeout)  # type: ignore[has-type]
+        sock = super()._new_conn()  # type: ignore[misc]
+        if tracked is not None:
+            tracked.add(sock)
+            sock.settimeout(tracked.left(sock.gettimeout()))
+        return sock
 
     def connect(self) -> None:
         started = _clock()
@@ -285,6 +337,9 @@ class _WireMixin:
         if wire is not None:
             wire.connects += 1
         super().connect()  # type: ignore[misc]
+        tracked = self.fcmon_tracked
+        if tracked is not None:
+            tracked.add(self.sock)  # type: ignore[attr-defined]
         if wire is not None:
             wire.connect_seconds = _clock() - started
 
@@ -354,7 +409,7 @@ class _TrackingMixin:
     def _new_conn(self):  # type: ignore[no-untyped-def]
         conn = super()._new_conn()  # type: ignore[misc]
         conn.fcmon_wire = self._fcmon_wire
-        self._fcmon_tracked.add(conn)
+        conn.fcmon_tracked = self._fcmon_tracked
         return conn
 
 
@@ -608,8 +663,65 @@ def _ssl_reason(err: ssl.SSLError) -> str:
     return str(getattr(err, "reason", None) or "")
 
 
+# fcmon's own resources, not the server: never blamed on the target.
+_RESOURCE_ERRNOS = {
+    errno.EMFILE: "out of file descriptors (this process)",
+    errno.ENFILE: "out of file descriptors (the whole system)",
+    errno.ENOBUFS: "out of socket buffers",
+    errno.ENOMEM: "out of memory",
+}
+
+
+def _descriptor_shortage() -> Optional[ProbeError]:
+    """`internal` if this process cannot open a file descriptor right now."""
+    try:
+        fd = os.open(os.devnull, os.O_RDONLY)
+    except OSError as e:
+        if e.errno in (errno.EMFILE, errno.ENFILE):
+            return ProbeError("internal", f"{_RESOURCE_ERRNOS[e.errno]}: {e.strerror}")
+        return None
+    os.close(fd)
+    return None
+
+
+def internal_error(exc: BaseException) -> Optional[ProbeError]:
+    """A failure that is fcmon's own (descriptors, memory, threads), or None."""
+    network = False
+    for e in _chain_of(exc):
+        if isinstance(e, OSError) and e.errno in _RESOURCE_ERRNOS:
+            return ProbeError("internal", f"{_RESOURCE_ERRNOS[e.errno]}: {e.strerror}")
+        if isinstance(e, MemoryError):
+            return ProbeError("internal", "out of memory")
+        if isinstance(e, RuntimeError) and "thread" in str(e):
+            return ProbeError("internal", f"cannot start a thread: {e}")
+        if isinstance(e, OSError) and not isinstance(e, (ssl.SSLError, socket.timeout)):
+            network = True
+    if network:
+        # Out of descriptors, name resolution fails first (it opens
+        # /etc/hosts) with whatever errno glibc leaves: a gaierror or an
+        # odd OSError, not EMFILE. So a socket-level failure is checked
+        # against the descriptor table itself before the server is blamed.
+        return _descriptor_shortage()
+    return None
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    """Whether `exc` (or what it wraps) is an error of the network, TLS or HTTP
+    layers; anything else escaping a connect or a call is a bug of fcmon's."""
+    return any(
+        isinstance(e, (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                       requests.exceptions.RequestException))
+        for e in _chain_of(exc)
+    )
+
+
 def classify_connect_error(exc: BaseException, has_client_cert: bool = True) -> ProbeError:
     """TCP connect and TLS handshake failures."""
+    internal = internal_error(exc)
+    if internal is not None:
+        return internal
+    if not _is_network_error(exc):
+        return ProbeError("internal", f"internal error: {type(exc).__name__}")
     for e in _chain_of(exc):
         if isinstance(e, ssl.SSLCertVerificationError):
             return ProbeError("tls_verify", f"server certificate not trusted: {e.verify_message}")
@@ -647,6 +759,9 @@ def classify_connect_error(exc: BaseException, has_client_cert: bool = True) -> 
 
 def classify_request_error(exc: BaseException, first_read_after_handshake: bool) -> ProbeError:
     """Failures while sending a request or reading its response."""
+    internal = internal_error(exc)
+    if internal is not None:
+        return internal
     for e in _chain_of(exc):
         if isinstance(e, ssl.SSLError) and not isinstance(e, ssl.SSLCertVerificationError):
             reason = _ssl_reason(e)
@@ -849,20 +964,38 @@ class ApiClient:
 
     @staticmethod
     def _parse(status: int, raw: bytes) -> ApiResponse:
+        """The body as a JSON object with an integer errorCode, or ProbeError.
+
+        Whatever the server sent (any bytes up to the size cap) ends here as
+        a response or a named reason: invalid UTF-8 and numbers past
+        Python's digit limit are ValueErrors, and nesting deeper than the
+        interpreter's recursion limit is a RecursionError.
+        """
+        what = "not JSON"
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
+        except RecursionError:
+            body, what = None, "JSON nested too deep"
         if not isinstance(body, dict):
             # The HTTP status counts only when the body is not a JSON object.
             if not 200 <= status < 300:
                 raise ProbeError("http_status", f"HTTP {status} without a JSON object body", status)
-            what = "not JSON" if body is None else f"JSON {type(body).__name__}, not an object"
+            if body is not None:
+                what = f"JSON {type(body).__name__}, not an object"
             raise ProbeError("bad_response", f"response body is {what}", status)
         code = body.get("errorCode")
         if isinstance(code, bool) or not isinstance(code, int):
             raise ProbeError("bad_response", "response has no integer errorCode", status)
+        if not _MIN_CODE <= code <= _MAX_CODE:
+            # It becomes a label and a gauge: keep it a number both can hold.
+            raise ProbeError("bad_response", "response errorCode out of range", status)
         return ApiResponse(status, body, code)
+
+    def set_deadline(self, at: Optional[float]) -> None:
+        """Every socket timeout of this client ends by monotonic time `at`."""
+        self._tracked.deadline = at
 
     def cut(self) -> None:
         self._tracked.cut_all()
@@ -872,3 +1005,5 @@ class ApiClient:
 
 
 _NO_PROXIES: Dict[str, str] = {}
+# errorCode is a 32-bit number in FairCom; anything beyond 64 bits is not an answer.
+_MIN_CODE, _MAX_CODE = -(2 ** 63), 2 ** 63 - 1

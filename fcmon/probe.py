@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -22,6 +23,7 @@ from .client import (
     TLSContextCache,
     classify_connect_error,
     fetch_peer_unverified,
+    internal_error,
 )
 from .codes import describe
 from .config import TargetConfig
@@ -38,6 +40,8 @@ CLEANUP_GRACE = 0.9
 UNVERIFIED_FETCH_TIMEOUT = 2.0
 # After these the connection that carried the failed call cannot be trusted
 # to carry deleteSession.
+# createSession failures that prove no session was created.
+_NO_SESSION = ("api_error", "client_cert_rejected")
 _BROKEN_CONNECTION = ("timeout", "bad_response", "tls_handshake", "client_cert_rejected", "http_status")
 
 
@@ -58,6 +62,9 @@ class _Deadline:
             self.fired = True
             client.cut()
 
+        # Every socket timeout of the client ends at the deadline too: the
+        # cut covers reads and writes, the timeouts the TLS handshake.
+        client.set_deadline(self.at)
         handle = self._watcher.at(self.at, fire)
         try:
             yield
@@ -109,18 +116,35 @@ class Prober:
         return plan
 
     def probe(self, target: TargetConfig) -> ProbeResult:
+        probe: Optional[_Probe] = None
         try:
-            return _Probe(self, target).run()
+            probe = _Probe(self, target)
+            return probe.run()
         except Exception as exc:  # the boundary: a bug must not kill the scheduler
-            log.error("probe of %s crashed: %s", target.name, type(exc).__name__, exc_info=True)
+            stage = probe.stage if probe is not None else "connect"
+            secrets = probe.secrets if probe is not None else [target.password or ""]
+            err = internal_error(exc) or ProbeError("internal", f"internal error: {type(exc).__name__}")
+            _log_internal(target.name, stage, err, exc, secrets)
             now = self._wall()
             return ProbeResult(
                 target=target.name,
                 started=now,
                 ended=now,
                 duration=0.0,
-                failure=Failure("connect", "bad_response", f"internal error: {type(exc).__name__}"),
+                failure=Failure(stage, "internal", redact(err.message, secrets)),
+                session_leaked=probe is not None and probe.token is not None,
             )
+
+
+def _log_internal(target: str, stage: str, err: ProbeError, exc: BaseException, secrets: List[str]) -> None:
+    """fcmon's own failure, at error level: the reason, and for a bug the
+    traceback, both with every secret of the probe redacted."""
+    if err.message.startswith("internal error"):
+        detail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        log.error("%s: %s at %s (a bug in fcmon)\n%s", target, err.message, stage,
+                  redact(detail, secrets).rstrip())
+    else:
+        log.error("%s: %s at %s", target, redact(err.message, secrets), stage)
 
 
 class _Probe:
@@ -138,10 +162,18 @@ class _Probe:
         self.server: Optional[ServerInfo] = None
         self.t0 = time.monotonic()
         self.connect_started: Optional[float] = None
+        # the step in progress, where an unexpected failure is reported
+        self.stage = "connect"
 
     def fail(self, stage: str, reason: str, message: str) -> None:
         if self.failure is None:
             self.failure = Failure(stage, reason, redact(message, self.secrets))
+
+    def internal(self, stage: str, exc: BaseException) -> None:
+        """An exception nobody expected: fcmon's own failure, never the server's."""
+        err = internal_error(exc) or ProbeError("internal", f"internal error: {type(exc).__name__}")
+        _log_internal(self.target.name, stage, err, exc, self.secrets)
+        self.fail(stage, "internal", err.message)
 
     def run(self) -> ProbeResult:
         target = self.target
@@ -154,9 +186,16 @@ class _Probe:
             if client is not None:
                 with main.watch(client):
                     self._main(client, main)
+        except Exception as exc:
+            self.internal(self.stage, exc)
         finally:
-            if self.token is not None:
-                self._delete(client, main, _Deadline(t0 + target.timeout + CLEANUP_GRACE, self.prober.deadlines))
+            try:
+                if self.token is not None:
+                    self.stage = "delete_session"
+                    self._delete(client, main, _Deadline(t0 + target.timeout + CLEANUP_GRACE, self.prober.deadlines))
+            except Exception as exc:
+                self.leaked = True
+                self.internal("delete_session", exc)
             if client is not None:
                 client.close()
         duration = time.monotonic() - t0
@@ -202,6 +241,13 @@ class _Probe:
             return
         created = self._call(client, deadline, "create_session", "createSession", client.plan.create_session())
         if created is None:
+            failure = self.failure
+            if (client.wire.started is not None and failure is not None
+                    and failure.reason not in _NO_SESSION):
+                # createSession was written and no usable answer came back:
+                # the server may have created a session that fcmon cannot
+                # address. Counted, as a deleteSession whose answer was lost.
+                self.leaked = True
             return
         result = created.body.get("result")
         self.server = ServerInfo.from_result(result)
@@ -237,6 +283,9 @@ class _Probe:
             return True
         except Exception as exc:
             err = classify_connect_error(exc, self.target.client_cert_file is not None)
+            if err.reason == "internal":
+                self.internal("connect", exc)
+                return False
             if deadline.fired:
                 err = ProbeError("connect_timeout", "TCP connect and TLS handshake did not finish within the timeout")
             self.fail("connect", err.reason, err.message)
@@ -262,6 +311,7 @@ class _Probe:
         connection) when a whole response arrived, else the wall time until
         the call failed."""
         t = time.monotonic()
+        self.stage = step
         client.last_wire = None
         response: Optional[ApiResponse] = None
         status: Optional[int] = None
@@ -274,13 +324,17 @@ class _Probe:
         except ProbeError as exc:
             reason, message = exc.reason, exc.message
             status = exc.http_status
-            if deadline.fired:
+            if deadline.fired and reason != "internal":
                 reason, message = "timeout", "no complete response within the timeout"
+            if reason == "internal":
+                _log_internal(self.target.name, step, exc, exc, self.secrets)
             error_message = message
             if reason == "client_cert_rejected":
                 self.fail("connect", reason, message)
             else:
                 self.fail(step, reason, f"{action}: {message}")
+        except Exception as exc:
+            self.internal(step, exc)
         finally:
             elapsed = time.monotonic() - t
             if client.last_wire is not None:
@@ -335,7 +389,13 @@ class _Probe:
                     except Exception as exc:
                         err = classify_connect_error(exc, self.target.client_cert_file is not None)
                         self.leaked = True
-                        self.fail("delete_session", err.reason, f"deleteSession: {err.message}")
+                        if err.reason == "internal":
+                            self.internal("delete_session", exc)
+                        elif deadline.fired:
+                            self.fail("delete_session", "timeout",
+                                      "deleteSession: no new connection within the grace time")
+                        else:
+                            self.fail("delete_session", err.reason, f"deleteSession: {err.message}")
                         return
                     self._delete_on(fresh, deadline)
             finally:

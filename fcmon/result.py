@@ -21,6 +21,9 @@ REASONS = (
     "http_status",
     "bad_response",
     "api_error",
+    # fcmon's own failure (out of descriptors, memory or threads; a bug):
+    # never the server's, kept out of the "target down" alert
+    "internal",
 )
 ACTIONS = ("createSession", "listDatabases", "deleteSession")
 CERT_ROLES = ("server", "chain", "client", "ca")

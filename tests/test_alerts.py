@@ -140,7 +140,7 @@ def test_required_alerts_exist() -> None:
             assert f"Fcmon{role}Cert{level}" in rules
     for name in ("FcmonProbeFailing", "FcmonProbesStale", "FcmonDown", "FcmonAbsent",
                  "FcmonSessionsLeaking", "FcmonApiErrors", "FcmonListDatabasesSlow",
-                 "FcmonConfigReloadFailed"):
+                 "FcmonConfigReloadFailed", "FcmonInternalError"):
         assert name in rules
     assert NOT_PER_TARGET <= set(rules)
 

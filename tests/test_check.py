@@ -209,3 +209,17 @@ def test_perfdata_parser_rejects_what_nagios_would() -> None:
     for bad in ("OK | a b=1", "OK | 'a=b'=1", "OK | a=1 a=2", "OK | a=x", "OK | a=1;2;3;4;5;6"):
         with pytest.raises(AssertionError):
             parse_perfdata(bad)
+
+
+def test_internal_failure_is_unknown_not_critical() -> None:
+    """fcmon's own failure says nothing about the server (Nagios: UNKNOWN)."""
+    from fcmon.check import CRITICAL, UNKNOWN, judge
+    from fcmon.result import Failure, ProbeResult
+
+    def verdict(reason: str) -> int:
+        result = ProbeResult(target="prod", started=0.0, ended=0.0, duration=0.0,
+                             failure=Failure("list_databases", reason, "..."))
+        return judge(result, warn_days=30, crit_days=7, now=0.0).status
+
+    assert verdict("internal") == UNKNOWN
+    assert verdict("timeout") == CRITICAL

@@ -1,0 +1,326 @@
+"""The probe against a hostile server (tests/chaos.py): real TLS, client
+certificates required, misbehaviour drawn by hypothesis from a grammar.
+
+Explicit regression cases first, then the generated adversary. On every
+case: the probe returns within timeout + 1 s, raises nothing, names its
+failure with a reason of the contract at the stage where the server
+misbehaved (never `internal`: the server's fault is not fcmon's), leaks no
+secret into the log, and every session the server created is deleted or
+counted as a leak. After each case the process's threads and file
+descriptors are back to their baseline.
+
+`make test` runs a derandomized, bounded set; `make chaos` a long random
+run (CHAOS_EXAMPLES, CHAOS_SEED) that prints the seed of a failure.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import resource
+import threading
+import time
+import warnings
+from typing import Iterator, List, Optional
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fcmon.config import TargetConfig
+from fcmon.probe import Prober
+from fcmon.result import REASONS, STAGES, ProbeResult
+
+from chaos import ACTIONS, BODY, CONNECTION_HOW, CONNECTION_WHERE, EXTRA, FRAMING, HOW, WHERE, ChaosServer, Fault
+from support import PKI, wait_for
+
+TIMEOUT = 1.0
+PASSWORD = "Chaos-pa55-word-never-logged"
+
+
+@pytest.fixture(scope="module")
+def chaos(test_pki: PKI) -> Iterator[ChaosServer]:
+    with ChaosServer(test_pki.server.cert, test_pki.server.key, test_pki.ca_file) as server:
+        yield server
+
+
+def chaos_target(test_pki: PKI, server: ChaosServer, **overrides: object) -> TargetConfig:
+    params = dict(
+        name="chaos", endpoint=server.url, username="ADMIN", password=PASSWORD, ca_file=test_pki.ca_file,
+        client_cert_file=test_pki.client.cert, client_key_file=test_pki.client.key,
+        timeout=TIMEOUT, interval=10.0,
+    )
+    params.update(overrides)
+    return TargetConfig(**params)  # type: ignore[arg-type]
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def text(self) -> str:
+        return "\n".join(self.format(r) for r in self.records)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: Optional[Fault]) -> ProbeResult:
+    """One probe against `fault`, checked against every invariant."""
+    lines = _Lines()
+    logging.getLogger("fcmon").addHandler(lines)
+    threads, fds = threading.active_count(), open_fds()
+    server.arm(fault)
+    started = time.monotonic()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            result = prober.probe(target)
+            elapsed = time.monotonic() - started
+            server.reset()
+            # Back to the baseline before any garbage collection: every
+            # socket was closed by fcmon, none waits for the collector.
+            if open_fds() != fds:
+                time.sleep(0.2)  # a thread of the server may still be closing its end
+            assert open_fds() == fds, (open_fds(), fds, result.failure)
+            assert threading.active_count() == threads
+            gc.collect()
+    finally:
+        logging.getLogger("fcmon").removeHandler(lines)
+    assert server.errors == [], server.errors
+    assert elapsed < target.timeout + 1.0, (elapsed, result.failure)
+    assert result.duration < target.timeout + 1.0
+    failure = result.failure
+    if failure is not None:
+        assert failure.reason in REASONS and failure.stage in STAGES, failure
+        assert failure.reason != "internal", failure
+        allowed = fault.stages() if fault is not None else ()
+        assert failure.stage in allowed, (failure, allowed)
+    # Every session the server created is deleted or counted as a leak.
+    if server.open_sessions():
+        assert result.session_leaked, (failure, len(server.open_sessions()))
+    # Sockets are closed by fcmon, not left to the garbage collector.
+    unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert unclosed == []
+    text = lines.text() + repr(result)
+    for secret in [PASSWORD] + [t for t in server.tokens if len(t) < 1000]:
+        assert secret not in text
+    assert "Traceback" not in text
+    return result
+
+
+@pytest.fixture(scope="module")
+def prober() -> Prober:
+    p = Prober()
+    p.deadlines.at(0.0, lambda: None)  # its one thread, started before any baseline is taken
+    return p
+
+
+def _expect(result: ProbeResult, stage: Optional[str], reason: Optional[str]) -> None:
+    got = (result.failure.stage, result.failure.reason) if result.failure else (None, None)
+    assert got == (stage, reason), result.failure
+
+
+# ------------------------------------------------------------ defect 1
+
+DRIP = dict(where="in_body", how="drip", offset=0.0, rate=0.3)
+
+
+@pytest.mark.parametrize("fault", [
+    # The issue's case: Content-Length 99000, `Connection: close`, a byte at a time.
+    Fault(framing="length_long", keep_alive=False, **DRIP),  # type: ignore[arg-type]
+    Fault(framing="close", http10=True, **DRIP),  # type: ignore[arg-type]
+    Fault(framing="chunked", keep_alive=False, **DRIP),  # type: ignore[arg-type]
+], ids=["content-length+close", "http/1.0 close-delimited", "chunked+close"])
+def test_dripped_body_of_a_closing_response_is_cut_at_the_deadline(
+        fault: Fault, test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    """Each byte comes before any socket timeout could fire; http.client has
+    taken the socket from the connection. The deadline still cuts it, and
+    deleteSession still runs, over a new connection, in the grace time."""
+    result = run_case(chaos, prober, chaos_target(test_pki, chaos), fault)
+    _expect(result, "list_databases", "timeout")
+    assert chaos.deleted and not chaos.open_sessions()
+    assert not result.session_leaked
+
+
+def test_dripped_create_session_of_a_closing_response_is_cut(test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    fault = Fault(action="createSession", framing="length_long", keep_alive=False, **DRIP)  # type: ignore[arg-type]
+    result = run_case(chaos, prober, chaos_target(test_pki, chaos), fault)
+    _expect(result, "create_session", "timeout")
+    # The session exists and its token never arrived: counted.
+    assert result.session_leaked and len(chaos.open_sessions()) == 1
+
+
+@pytest.mark.parametrize("framing", ["length", "chunked", "close"])
+def test_body_over_the_cap_is_closed_at_once(framing: str, test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    """A body over max_response_bytes is cut and its socket closed by fcmon
+    (with `Connection: close` the response alone holds it)."""
+    fault = Fault(framing=framing, keep_alive=False, body="padded")
+    result = run_case(chaos, prober, chaos_target(test_pki, chaos, max_response_bytes=1000), fault)
+    _expect(result, "list_databases", "bad_response")
+    assert "cap of 1000" in result.failure.message  # type: ignore[union-attr]
+    assert not result.session_leaked and not chaos.open_sessions()
+
+
+@pytest.mark.parametrize("framing", ["length", "close"])
+def test_cut_body_is_closed_even_while_its_error_is_held(
+        framing: str, test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    """The error (and its traceback, which holds the response) may live on;
+    the socket must not: fcmon closes it where it cuts the body."""
+    from fcmon.client import ApiClient, ProbeError
+
+    target = chaos_target(test_pki, chaos, max_response_bytes=1000)
+    chaos.arm(Fault(action="createSession", framing=framing, keep_alive=False, body="padded"))
+    fds = open_fds()
+    client = ApiClient(prober.plan(target), prober.contexts.get(target))
+    try:
+        client.connect(5)
+        with pytest.raises(ProbeError) as err:
+            client.call(client.plan.create_session(), 5)
+        client.close()
+        chaos.reset()
+        assert err.value.reason == "bad_response"
+        assert open_fds() == fds  # while `err` still holds the traceback
+    finally:
+        client.close()
+        chaos.reset()
+
+
+# ------------------------------------------------------------ defect 5 and other JSON
+
+JSON_CASES = [
+    # (body, action, stage, reason, leaked)
+    ("deep", "createSession", "create_session", "bad_response", True),
+    ("deep", "listDatabases", "list_databases", "bad_response", False),
+    ("deep", "deleteSession", "delete_session", "bad_response", True),
+    ("huge_number", "listDatabases", "list_databases", "bad_response", False),
+    ("big_code", "listDatabases", "list_databases", "bad_response", False),
+    ("invalid_utf8", "createSession", "create_session", "bad_response", True),
+    ("invalid_utf8", "listDatabases", "list_databases", "bad_response", False),
+    ("duplicate_keys", "listDatabases", None, None, False),  # the last errorCode (0) wins
+    ("code_string", "listDatabases", "list_databases", "bad_response", False),
+    ("code_float", "listDatabases", "list_databases", "bad_response", False),
+    ("code_bool", "listDatabases", "list_databases", "bad_response", False),
+    ("code_null", "deleteSession", "delete_session", "bad_response", True),
+    ("code_missing", "createSession", "create_session", "bad_response", True),
+    ("token_empty", "createSession", "create_session", "bad_response", True),
+    ("token_number", "createSession", "create_session", "bad_response", True),
+    ("token_huge", "createSession", None, None, False),  # a 1 MB token works, and is deleted
+    ("not_object", "listDatabases", "list_databases", "bad_response", False),
+    ("truncated", "deleteSession", "delete_session", "bad_response", True),
+]
+
+
+@pytest.mark.parametrize("body,action,stage,reason,leaked", JSON_CASES,
+                         ids=[f"{c[0]}@{c[1]}" for c in JSON_CASES])
+def test_hostile_json_has_a_named_reason_at_its_stage(
+        body: str, action: str, stage: Optional[str], reason: Optional[str], leaked: bool,
+        test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    result = run_case(chaos, prober, chaos_target(test_pki, chaos), Fault(action=action, body=body))
+    _expect(result, stage, reason)
+    assert result.session_leaked == leaked
+
+
+# ------------------------------------------------------------ internal
+
+
+def test_out_of_file_descriptors_is_internal_at_the_stage_it_hit(
+        test_pki: PKI, chaos: ChaosServer, prober: Prober, caplog: pytest.LogCaptureFixture) -> None:
+    """The server answers createSession with `Connection: close`, and the
+    process then runs out of descriptors: listDatabases cannot open its
+    connection. That is fcmon's failure, at list_databases, not the server's."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    exhausted: List[bool] = []
+
+    def exhaust(action: str) -> None:
+        # A soft limit below every free descriptor number: from now on no
+        # new descriptor, even when others are closed (as a full table).
+        if action == "createSession":
+            resource.setrlimit(resource.RLIMIT_NOFILE, (3, hard))
+            exhausted.append(True)
+
+    chaos.on_request = exhaust
+    caplog.set_level(logging.ERROR, logger="fcmon")
+    try:
+        chaos.arm(Fault(action="createSession", keep_alive=False))
+        result = prober.probe(chaos_target(test_pki, chaos))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        chaos.on_request = None
+        chaos.reset()
+    assert exhausted
+    _expect(result, "list_databases", "internal")
+    assert "file descriptors" in result.failure.message  # type: ignore[union-attr]
+    assert result.session_leaked  # deleteSession could not connect either
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "file descriptors" in r.getMessage()]
+    assert errors and all(PASSWORD not in r.getMessage() for r in caplog.records)
+    # And with descriptors back, the next probe is fine (and frees nothing twice).
+    assert prober.probe(chaos_target(test_pki, chaos)).failure is None
+
+
+def test_a_bug_is_internal_with_a_redacted_traceback(test_pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+    """A target no config would produce (port out of range) makes the probe's
+    own code raise: `internal`, logged at error level, password redacted."""
+    caplog.set_level(logging.ERROR, logger="fcmon")
+    target = TargetConfig(name="odd", endpoint="https://localhost:99999/api", username="ADMIN",
+                          password=PASSWORD, timeout=TIMEOUT, interval=10.0)
+    result = Prober().probe(target)
+    _expect(result, "connect", "internal")
+    assert "ValueError" in result.failure.message  # type: ignore[union-attr]
+    text = caplog.text
+    assert "a bug in fcmon" in text and "Traceback" in text and PASSWORD not in text
+
+
+# ------------------------------------------------------------ the generated adversary
+
+RATES = (0.0002, 0.003, 0.05, 0.3)  # drip: seconds per byte
+# Repeats weight the draw: most cases bend one thing, not all at once.
+_HOWS = ("none",) * 3 + HOW[1:]
+_EXTRAS = ("none",) * 6 + EXTRA[1:]
+_BODIES = ("ok",) * 6 + BODY[1:]
+_FRAMINGS = ("length",) * 3 + FRAMING[1:]
+
+
+@st.composite
+def faults(draw: st.DrawFn) -> Fault:
+    where = draw(st.sampled_from(WHERE))
+    rate = draw(st.sampled_from(RATES))
+    if where in CONNECTION_WHERE:
+        return Fault(where=where, how=draw(st.sampled_from(CONNECTION_HOW)), action="", rate=rate)
+    return Fault(
+        where=where,
+        how=draw(st.sampled_from(_HOWS)),
+        action=draw(st.sampled_from(ACTIONS)),
+        rate=rate,
+        offset=draw(st.sampled_from((0.0, 0.1, 0.5, 0.9))),
+        framing=draw(st.sampled_from(_FRAMINGS)),
+        keep_alive=draw(st.booleans()),
+        http10=draw(st.booleans()),
+        extra=draw(st.sampled_from(_EXTRAS)),
+        body=draw(st.sampled_from(_BODIES)),
+        status=draw(st.sampled_from((200, 200, 200, 401, 500))),
+    )
+
+
+# `make test`: a fixed, derandomized set (about 40 s); `make chaos`: a long
+# random run from the seed the Makefile prints.
+CHAOS_EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES", "0") or 0)
+if CHAOS_EXAMPLES:
+    _chaos_settings = settings(max_examples=CHAOS_EXAMPLES, derandomize=False, deadline=None, database=None,
+                               print_blob=True, suppress_health_check=list(HealthCheck))
+else:
+    _chaos_settings = settings(max_examples=40, derandomize=True, deadline=None, database=None,
+                               print_blob=True, suppress_health_check=list(HealthCheck))
+
+
+@pytest.mark.slow
+@_chaos_settings
+@given(fault=faults())
+def test_generated_adversary(fault: Fault, test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    run_case(chaos, prober, chaos_target(test_pki, chaos), fault)
