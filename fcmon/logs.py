@@ -120,8 +120,6 @@ def setup_logging(
     # to stderr: in JSON format that is a line no log shipper can parse.
     logging.captureWarnings(True)
     # urllib3 logs request lines at debug; keep fcmon's own debug readable.
-    # Its warnings too: a server sending malformed headers makes urllib3 log
-    # a warning with a traceback on every probe; the probe names the failure.
-    logging.getLogger("urllib3").setLevel(max(logging.ERROR, root.level))
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
     # Skipped and missed runs are logged (and counted) by fcmon itself.
     logging.getLogger("apscheduler").setLevel(max(logging.ERROR, root.level))

@@ -439,12 +439,13 @@ class ChaosServer:
             # The session goes by the 1 MB token instead (mutate_body adds it).
             with self._lock:
                 self.created.discard(str(answer["result"]["authToken"]))  # type: ignore[index]
-        payload = mutate_body(answer, fault.body, self)
+        payload = mutate_body(answer, fault.body, self if action == "createSession" else None)
         return _misbehave(conn, fault, payload)
 
 
 def mutate_body(answer: Dict[str, object], kind: str, server: Optional[ChaosServer] = None) -> bytes:
-    """The JSON answer, spoilt as `kind` says."""
+    """The JSON answer, spoilt as `kind` says. `server`: the answer is
+    createSession's, and a token it carries names a session of that server."""
     if kind == "ok":
         return json.dumps(answer).encode()
     if kind == "not_object":

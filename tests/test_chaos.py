@@ -74,7 +74,10 @@ def open_fds() -> int:
 def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: Optional[Fault]) -> ProbeResult:
     """One probe against `fault`, checked against every invariant."""
     lines = _Lines()
-    logging.getLogger("fcmon").addHandler(lines)
+    root, own = logging.getLogger(), logging.getLogger("fcmon")
+    root.addHandler(lines)
+    level = own.level
+    own.setLevel(logging.DEBUG)
     threads, fds = threading.active_count(), open_fds()
     server.arm(fault)
     started = time.monotonic()
@@ -92,7 +95,8 @@ def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: O
             assert threading.active_count() == threads
             gc.collect()
     finally:
-        logging.getLogger("fcmon").removeHandler(lines)
+        root.removeHandler(lines)
+        own.setLevel(level)
     assert server.errors == [], server.errors
     assert elapsed < target.timeout + 1.0, (elapsed, result.failure)
     assert result.duration < target.timeout + 1.0
@@ -108,6 +112,8 @@ def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: O
     # Sockets are closed by fcmon, not left to the garbage collector.
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert unclosed == []
+    # Everything logged (fcmon's and its libraries'), bar the test server's.
+    lines.records = [r for r in lines.records if r.levelno >= logging.WARNING or r.name.startswith("fcmon")]
     text = lines.text() + repr(result)
     for secret in [PASSWORD] + [t for t in server.tokens if len(t) < 1000]:
         assert secret not in text
@@ -262,6 +268,37 @@ def test_out_of_file_descriptors_is_internal_at_the_stage_it_hit(
     assert errors and all(PASSWORD not in r.getMessage() for r in caplog.records)
     # And with descriptors back, the next probe is fine (and frees nothing twice).
     assert prober.probe(chaos_target(test_pki, chaos)).failure is None
+
+
+_NO_THREADS = """
+import json, resource, threading
+from fcmon.config import TargetConfig
+from fcmon.probe import Prober
+
+prober = Prober()  # its deadline thread starts with the first probe
+target = TargetConfig(name="t", endpoint="https://localhost:1/api", timeout=1.0, interval=10.0)
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+# No room for another thread's stack: pthread_create fails, as when the
+# process is out of threads.
+threading.stack_size(256 * 1024 * 1024)
+resource.setrlimit(resource.RLIMIT_AS, (vm + 128 * 1024 * 1024, resource.RLIM_INFINITY))
+r = prober.probe(target)
+print(json.dumps([r.failure.stage, r.failure.reason, r.failure.message]))
+"""
+
+
+def test_no_thread_for_the_deadline_is_internal() -> None:
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _NO_THREADS], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    stage, reason, message = json.loads(proc.stdout)
+    assert (stage, reason) == ("connect", "internal")
+    assert "cannot start a thread" in message
+    assert "cannot start a thread" in proc.stderr  # logged (at error level)
 
 
 def test_a_bug_is_internal_with_a_redacted_traceback(test_pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
