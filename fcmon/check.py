@@ -16,6 +16,7 @@ from prometheus_client.exposition import generate_latest
 
 from .config import TargetConfig
 from .flight import Flights
+from .listeners import ListenerChecker, ListenerRound
 from .metrics import SECONDS_PER_DAY, FcmonCollector, MetricsStore
 from .probe import Prober
 from .result import ProbeResult
@@ -29,9 +30,22 @@ class Verdict:
     result: ProbeResult
     status: int
     why: str
+    # the target's listener round (None when it checks no listener)
+    listeners: Optional[ListenerRound] = None
 
 
-def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> Verdict:
+def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float,
+          listeners: Optional[ListenerRound] = None) -> Verdict:
+    verdict = _judge_probe(result, warn_days, crit_days, now)
+    if listeners is None:
+        return verdict
+    status, why = _judge_listeners(listeners, warn_days, crit_days, now)
+    if status > verdict.status:
+        return Verdict(result, status, why, listeners)
+    return Verdict(result, verdict.status, verdict.why, listeners)
+
+
+def _judge_probe(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> Verdict:
     if result.failure is not None:
         f = result.failure
         # fcmon's own failure says nothing about the server: UNKNOWN, as a
@@ -48,6 +62,22 @@ def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float) -
     return Verdict(result, worst, why)
 
 
+def _judge_listeners(round_: ListenerRound, warn_days: float, crit_days: float, now: float) -> Tuple[int, str]:
+    """A failed listener is CRITICAL; its certificates are judged like the server's."""
+    worst, why = OK, ""
+    for x in round_.results:
+        where = f"listener {x.listener.name} (port {x.listener.port})"
+        if x.reason is not None:
+            return CRITICAL, f"{where} failed: {x.reason} ({x.message})"
+        for c in x.certs:
+            days = (c.not_after - now) / SECONDS_PER_DAY
+            if days <= crit_days and worst < CRITICAL:
+                worst, why = CRITICAL, f"{where} {c.role} certificate {c.subject} expires in {days:.1f} days"
+            elif days <= warn_days and worst == OK:
+                worst, why = WARNING, f"{where} {c.role} certificate {c.subject} expires in {days:.1f} days"
+    return worst, why
+
+
 def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
               max_connections_per_host: int = 8) -> List[ProbeResult]:
     prober = prober or Prober()
@@ -58,6 +88,17 @@ def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
 
     with ThreadPoolExecutor(max_workers=min(32, max(1, len(targets)))) as pool:
         return list(pool.map(one, targets))
+
+
+def check_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
+              max_connections_per_host: int = 8) -> Tuple[List[ProbeResult], List[Optional[ListenerRound]]]:
+    """Probe every target and, meanwhile, run its listener round."""
+    prober = prober or Prober()
+    checker = ListenerChecker(prober)
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(targets)))) as pool:
+        rounds = [pool.submit(checker.run, t) if t.checks_listeners else None for t in targets]
+        results = probe_all(targets, prober, max_connections_per_host)
+        return results, [f.result() if f is not None else None for f in rounds]
 
 
 def overall(verdicts: Sequence[Verdict]) -> int:
@@ -96,6 +137,25 @@ def cert_perfdata(result: ProbeResult, warn_days: float, crit_days: float, now: 
     return out
 
 
+def listener_perfdata(target: str, round_: Optional[ListenerRound], warn_days: float, crit_days: float,
+                      now: float) -> List[str]:
+    """Per listener: up (1/0) and days left per certificate, like cert_perfdata."""
+    if round_ is None:
+        return []
+    out: List[str] = []
+    seen = set()
+    for x in round_.results:
+        out.append(f"{_perf_label(target, 'listener', x.listener.name, 'up')}={1 if x.up else 0};;1:")
+        for c in x.certs:
+            label = _perf_label(target, "listener", x.listener.name, c.role, c.serial, "days")
+            if label in seen:
+                continue
+            seen.add(label)
+            days = (c.not_after - now) / SECONDS_PER_DAY
+            out.append(f"{label}={days:.2f};{_days(warn_days)}:;{_days(crit_days)}:")
+    return out
+
+
 def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days: float = 7.0,
                 now: Optional[float] = None) -> str:
     status = overall(verdicts)
@@ -113,6 +173,8 @@ def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days:
         if v.result.databases is not None:
             perf.append(f"{_perf_label(v.result.target, 'databases')}={v.result.databases}")
         perf += cert_perfdata(v.result, warn_days, crit_days, time.time() if now is None else now)
+        perf += listener_perfdata(v.result.target, v.listeners, warn_days, crit_days,
+                                  time.time() if now is None else now)
     lines = [plugin_line(head) + (" | " + " ".join(perf) if perf else "")]
     if len(verdicts) > 1:
         lines += [f"{STATUS_NAMES[v.status]}: {v.result.target}: {v.why}" for v in verdicts]
@@ -144,8 +206,27 @@ def render_json(verdicts: Sequence[Verdict], now: float) -> str:
                  "not_after": c.not_after, "days_left": (c.not_after - now) / SECONDS_PER_DAY}
                 for c in r.certs
             ],
+            **_listeners_json(v.listeners, now),
         })
     return json.dumps(out, indent=2) + "\n"
+
+
+def _listeners_json(round_: Optional[ListenerRound], now: float) -> Dict[str, object]:
+    if round_ is None:
+        return {"listener_discovery": None, "listeners": []}
+    return {
+        # true: listServices named them; false: it failed or is not offered; null: not asked
+        "listener_discovery": round_.discovery,
+        "listener_discovery_message": round_.discovery_message or None,
+        "listeners": [
+            {"listener": x.listener.name, "port": x.listener.port, "protocol": x.listener.protocol,
+             "up": x.up, "reason": x.reason, "message": x.message or None,
+             "duration_seconds": x.duration, "tls_version": x.tls_version,
+             "certs": [{"cert": c.role, "subject": c.subject, "serial": c.serial, "not_after": c.not_after,
+                        "days_left": (c.not_after - now) / SECONDS_PER_DAY} for c in x.certs]}
+            for x in round_.results
+        ],
+    }
 
 
 def plugin_line(text: str) -> str:
@@ -180,7 +261,8 @@ def render_unknown(fmt: str, summary: str, problems: Sequence[str] = (), config_
 
 
 def render_prometheus(targets: Sequence[TargetConfig], results: Sequence[ProbeResult],
-                      config_ok: Optional[bool] = True) -> bytes:
+                      config_ok: Optional[bool] = True,
+                      rounds: Sequence[Optional[ListenerRound]] = ()) -> bytes:
     """The check's series; fcmon_config_last_reload_successful says whether its config loaded."""
     store = MetricsStore()
     if config_ok is not None:
@@ -188,6 +270,9 @@ def render_prometheus(targets: Sequence[TargetConfig], results: Sequence[ProbeRe
     store.set_targets(targets)
     for r in results:
         store.record(r)
+    for round_ in rounds:
+        if round_ is not None:
+            store.record_listeners(round_)
     registry = CollectorRegistry()
     registry.register(FcmonCollector(store))
     return generate_latest(registry)
@@ -221,15 +306,15 @@ def run_check(
     max_connections_per_host: int = 8,
 ) -> Tuple[int, str]:
     """Probe, judge and render; returns (exit code, output)."""
-    results = probe_all(targets, max_connections_per_host=max_connections_per_host)
+    results, rounds = check_all(targets, max_connections_per_host=max_connections_per_host)
     now = time.time()
-    verdicts = [judge(r, warn_days, crit_days, now) for r in results]
+    verdicts = [judge(r, warn_days, crit_days, now, x) for r, x in zip(results, rounds)]
     if textfile is not None:
-        write_atomically(textfile, render_prometheus(targets, results))
+        write_atomically(textfile, render_prometheus(targets, results, rounds=rounds))
     if fmt == "json":
         text = render_json(verdicts, now)
     elif fmt == "prometheus":
-        text = render_prometheus(targets, results).decode()
+        text = render_prometheus(targets, results, rounds=rounds).decode()
     else:
         text = render_text(verdicts, warn_days, crit_days, now)
     return overall(verdicts), text

@@ -60,6 +60,21 @@ class TargetConfig:
     allow_insecure_http: bool = False
     session_idle_timeout: int = 300
     max_response_bytes: int = 1048576
+    # TLS listeners besides the endpoint (fcmon/listeners.py): "auto" asks
+    # listServices, "none" checks none, "list" checks `listeners` (and,
+    # with `listeners_discover`, the discovered ones too).
+    listeners_mode: str = "auto"
+    listeners: Tuple[Tuple[str, int], ...] = ()  # (NAME, PORT) as configured
+    listeners_discover: bool = True
+    listener_interval: float = 600.0
+
+    @property
+    def discovers_listeners(self) -> bool:
+        return self.listeners_mode == "auto" or (self.listeners_mode == "list" and self.listeners_discover)
+
+    @property
+    def checks_listeners(self) -> bool:
+        return self.listeners_mode != "none"
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,9 @@ TARGET_KEYS = (
     "allow_insecure_http",
     "session_idle_timeout",
     "max_response_bytes",
+    "listeners",
+    "listeners_discover",
+    "listener_interval",
 )
 # Every target has its own address; inheriting one would point two target
 # labels at the same server.
@@ -129,6 +147,8 @@ CLIENT_PAIR_KEYS = ("client_cert_file", "client_key_file")
 KEY_PASSWORD_KEYS = ("client_key_password_file", "client_key_password_env")
 
 DEFAULT_SESSION_IDLE_TIMEOUT = 300
+DEFAULT_LISTENER_INTERVAL = 600.0
+LISTENER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 DEFAULT_MAX_RESPONSE_BYTES = 1048576
 MIN_MAX_RESPONSE_BYTES = 1024
 
@@ -316,7 +336,16 @@ def redacted_summary(config: Config) -> List[str]:
             f"session_idle_timeout {t.session_idle_timeout}s, "
             f"max_response_bytes {t.max_response_bytes}"
         )
+        lines.append(f"  listeners: {_listeners_summary(t)}")
     return lines
+
+
+def _listeners_summary(t: TargetConfig) -> str:
+    if not t.checks_listeners:
+        return "none"
+    parts = ["discovered with listServices"] if t.discovers_listeners else []
+    parts += [f"{name}:{port}" for name, port in t.listeners]
+    return " + ".join(parts) + f", every {_num(t.listener_interval)}s"
 
 
 def format_listen(host: str, port: int) -> str:
@@ -551,6 +580,35 @@ def _listen(ctx: _Context, value: str) -> Any:
             f'expected HOST:PORT, got "{value}"{why}; use [::]:PORT or 0.0.0.0:PORT for all addresses',
         )
         return INVALID
+
+
+def _listeners(ctx: _Context, section: str, value: str) -> Any:
+    """auto | none | NAME:PORT, ... -> (mode, ((name, port), ...)); every bad item reported."""
+    word = value.strip().lower()
+    if word in ("auto", "none"):
+        return (word, ())
+    items: List[Tuple[str, int]] = []
+    ok = True
+    for raw in value.split(","):
+        item = raw.strip()
+        name, sep, port_text = item.rpartition(":")
+        port = int(port_text) if port_text.isdigit() else -1
+        if not sep or not LISTENER_NAME_RE.fullmatch(name) or not 1 <= port <= 65535:
+            ctx.problems.add(
+                section, "listeners",
+                f'"{item}" is not NAME:PORT (a name of letters, digits and _ . -, a port 1-65535); '
+                "write auto, none or a list such as mqtts:8883, wss:9002",
+            )
+            ok = False
+            continue
+        if any(n == name for n, _ in items):
+            ctx.problems.add(section, "listeners", f'"{name}" is named twice')
+            ok = False
+        elif any(p == port for _, p in items):
+            ctx.problems.add(section, "listeners", f"port {port} is listed twice")
+            ok = False
+        items.append((name, port))
+    return ("list", tuple(items)) if ok else INVALID
 
 
 def _endpoint(ctx: _Context, section: str, value: str) -> Any:
@@ -826,10 +884,12 @@ def _parse_target_section(
             given[key] = value
         elif key in ("ca_file", "client_cert_file", "client_key_file"):
             given[key] = _path(ctx, section, key, value)
-        elif key in ("interval", "timeout"):
+        elif key in ("interval", "timeout", "listener_interval"):
             given[key] = _number(ctx, section, key, value)
-        elif key == "allow_insecure_http":
+        elif key in ("allow_insecure_http", "listeners_discover"):
             given[key] = _boolean(ctx, section, key, value)
+        elif key == "listeners":
+            given[key] = _listeners(ctx, section, value)
         elif key == "session_idle_timeout":
             given[key] = _integer(ctx, section, key, value, 1)
         else:
@@ -930,6 +990,24 @@ def _build_target(
 
     interval = _effective("interval", own, defaults, fcmon)
     timeout = _effective("timeout", own, defaults, fcmon)
+    listeners = merged.get("listeners", ("auto", ()))
+    discover = merged.get("listeners_discover", True)
+    listener_interval = merged.get("listener_interval", DEFAULT_LISTENER_INTERVAL)
+    if listeners is not INVALID and discover is False and listeners[0] == "auto":
+        problems.add(
+            section,
+            "listeners_discover",
+            "false needs a NAME:PORT list in listeners (with listeners = auto nothing would be "
+            "checked; write listeners = none to check no listener)",
+        )
+        ok = False
+    if listener_interval is not INVALID and timeout is not INVALID and listener_interval <= timeout:
+        problems.add(
+            section,
+            "listener_interval",
+            f"must be greater than timeout ({_num(timeout)}), got {_num(listener_interval)}",
+        )
+        ok = False
     values = list(merged.values()) + [password, key_password, interval, timeout]
     if (
         endpoint is None
@@ -952,6 +1030,10 @@ def _build_target(
         allow_insecure_http=insecure,
         session_idle_timeout=merged.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT),
         max_response_bytes=merged.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
+        listeners_mode=listeners[0],
+        listeners=listeners[1],
+        listeners_discover=discover,
+        listener_interval=listener_interval,
     )
 
 

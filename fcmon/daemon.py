@@ -21,6 +21,7 @@ from . import __version__
 from .config import Config, ConfigError, TargetConfig, load_config
 from .exposition import TextRenderer
 from .flight import Busy, Flights, Slots
+from .listeners import ListenerChecker, ListenerRound
 from .logs import setup_logging
 from .metrics import FcmonCollector, MetricsStore
 from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping_due
@@ -47,8 +48,11 @@ class Daemon:
         # FairCom host, and a cap on the probes /probe may start.
         self.flights = Flights(config.max_connections_per_host)
         self.probe_slots = Slots(config.max_probe_requests)
+        self.listeners = ListenerChecker(self.prober)
         self.scheduler = ProbeScheduler(self.prober, self._on_result, self.store.record_skipped,
-                                        self.store.record_lateness, self.flights)
+                                        self.store.record_lateness, self.flights,
+                                        check_listeners=self.listeners.run,
+                                        on_listener_round=self._on_listener_round)
         self.notifier = Notifier(environ)
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -136,9 +140,23 @@ class Daemon:
         except Busy:
             self.store.record_probe_request_rejected()
             raise
+        if not self.config.schedule and target.checks_listeners and self.listeners.due(target):
+            # Prometheus drives the schedule: a due listener round runs in the
+            # background, so this scrape is not held by a hung listener.
+            threading.Thread(target=self._listener_round, args=(target,), daemon=True,
+                             name=f"listeners:{name}").start()
         registry = CollectorRegistry()
         registry.register(FcmonCollector(self.store, only_target=name))
         return registry
+
+    def _on_listener_round(self, round_: ListenerRound) -> None:
+        self.store.record_listeners(round_)
+        self.board.record_listeners(round_)
+
+    def _listener_round(self, target: TargetConfig) -> None:
+        round_ = self.listeners.run(target)
+        if round_ is not None and target in self.config.targets:
+            self._on_listener_round(round_)
 
     # -- signals
 
@@ -183,6 +201,7 @@ class Daemon:
         self.probe_slots.limit = new.max_probe_requests
         self.web.max_connections = connection_cap(fd_reserve(new))
         self.prober.retain(new.targets)
+        self.listeners.retain(new.targets)
         self.scheduler.update(_scheduled(new))
         self.app.web = new.web
         self.web.set_ssl_context(ssl_context)

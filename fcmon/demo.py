@@ -1,5 +1,10 @@
 """`fcmon demo`: a throw-away CA, the emulator on loopback requiring client
-certificates, and the daemon probing it. Everything lives in a temp folder."""
+certificates, and the daemon probing it. Everything lives in a temp folder.
+
+The emulator also runs two TLS listeners that listServices names, as a
+FairCom server runs MQTT over TLS and over secure WebSockets: an MQTTS one
+whose certificate expires in 5 days and an MQTT-over-WSS one requiring
+client certificates. fcmon discovers and checks both (`listeners = auto`)."""
 
 from __future__ import annotations
 
@@ -38,6 +43,17 @@ def write_demo(directory: Path, endpoint: str, listen: str) -> Path:
     return config
 
 
+def demo_listeners(files: pki.DemoPKI, directory: Path) -> list:
+    from .emulator import ListenerSpec
+
+    mqtts = pki.make_server(files.ca, common_name="localhost", days=5).write(directory, "mqtts")
+    return [
+        ListenerSpec("mqtts", "mqtts", mqtts.cert, mqtts.key, description="MQTT over TLS"),
+        ListenerSpec("mqttwss", "mqttwss", files.server.cert, files.server.key, client_ca_file=files.ca_file,
+                     description="MQTT over secure WebSockets"),
+    ]
+
+
 def run_demo(listen: str, workdir: Optional[Path] = None, environ: Mapping[str, str] = os.environ) -> int:
     from .emulator import Emulator  # the product itself does not need it
 
@@ -48,8 +64,12 @@ def run_demo(listen: str, workdir: Optional[Path] = None, environ: Mapping[str, 
             cert_file=files.server.cert,
             key_file=files.server.key,
             client_ca_file=files.ca_file,
+            listeners=demo_listeners(files, directory),
         ) as emulator:
             config = write_demo(directory, emulator.url, listen)
             print(f"fcmon demo: emulator at {emulator.url} (client certificates required)", flush=True)
+            for x in emulator.listeners():
+                print(f"fcmon demo: emulator listener {x.spec.name} ({x.spec.protocol}) on port {x.port}",
+                      flush=True)
             print(f"fcmon demo: config and certificates in {directory}", flush=True)
             return run_daemon(config, environ)

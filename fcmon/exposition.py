@@ -34,6 +34,8 @@ from prometheus_client.utils import floatToGoString
 from .metrics import (
     EXPIRY_DAYS,
     FAMILIES,
+    LISTENER_EXPIRY_DAYS,
+    LISTENER_NOT_AFTER,
     REQUEST_BUCKETS,
     SECONDS_PER_DAY,
     Family,
@@ -81,6 +83,8 @@ _HEADERS = tuple(_header(f).encode() for f in FAMILIES)
 _I_EXPIRY = _INDEX[EXPIRY_DAYS]
 _I_NOT_AFTER = _INDEX["fcmon_cert_not_after_timestamp_seconds"]
 _I_HISTOGRAM = _INDEX["fcmon_request_duration_seconds"]
+_I_L_EXPIRY = _INDEX[LISTENER_EXPIRY_DAYS]
+_I_L_NOT_AFTER = _INDEX[LISTENER_NOT_AFTER]
 _LE = tuple("+Inf" if b == float("inf") else repr(b) for b in REQUEST_BUCKETS)
 # One action's histogram: (labels, cumulative count) per bucket, then
 # labels, count, labels, sum. Counts are ints: "%d.0" is what
@@ -104,6 +108,9 @@ class Fragment(NamedTuple):
     # the certificate families, put together per scrape: (the labels after
     # the target's, shared by every target with that certificate; not_after)
     certs: Tuple[Tuple[bytes, float], ...]
+    # the listener certificate families, the same way (the labels after the
+    # target's: listener, port, cert, subject, serial)
+    listener_certs: Tuple[Tuple[bytes, float], ...] = ()
 
 
 @functools.lru_cache(maxsize=8192)
@@ -189,10 +196,38 @@ def render_target(name: str, s: _TargetState) -> Fragment:
             p[_INDEX["fcmon_tls_info"]] = (
                 f'fcmon_tls_info{{{t},version="{_escape(r.tls_version)}",'
                 f'cipher="{_escape(r.tls_cipher or "")}"}} 1.0\n')
+    listener_certs = _render_listeners(t, s, p)
     parts = [x.encode() if x else b"" for x in p]
     histogram = parts[_I_HISTOGRAM]
     parts[_I_HISTOGRAM] = _deflate(histogram)
-    return Fragment(tuple(parts), len(histogram), t.encode(), certs)
+    return Fragment(tuple(parts), len(histogram), t.encode(), certs, listener_certs)
+
+
+def _render_listeners(t: str, s: _TargetState, p: List[str]) -> Tuple[Tuple[bytes, float], ...]:
+    """The listener families into `p`; returns the listener certificates."""
+    if s.listener_failures:
+        p[_INDEX["fcmon_listener_failures"]] = "".join([
+            f'fcmon_listener_failures_total{{{t},listener="{_escape(listener)}",reason="{_escape(reason)}"}} '
+            f'{_value(n)}\n'
+            for (listener, reason), n in sorted(s.listener_failures.items())])
+    lr = s.listeners
+    if lr is None:
+        return ()
+    p[_INDEX["fcmon_listeners"]] = f"fcmon_listeners{{{t}}} {_value(len(lr.results))}\n"
+    if lr.discovery is not None:
+        p[_INDEX["fcmon_listener_discovery_success"]] = (
+            f"fcmon_listener_discovery_success{{{t}}} {'1.0' if lr.discovery else '0.0'}\n")
+    up: List[str] = []
+    certs: List[Tuple[bytes, float]] = []
+    for x in lr.results:
+        where = f'listener="{_escape(x.listener.name)}",port="{x.listener.port}"'
+        up.append(f'fcmon_listener_up{{{t},{where},protocol="{_escape(x.listener.protocol)}"}} '
+                  f'{"1.0" if x.up else "0.0"}\n')
+        for c in x.certs:
+            labels, not_after = _cert(c)
+            certs.append((f",{where}".encode() + labels, not_after))
+    p[_INDEX["fcmon_listener_up"]] = "".join(up)
+    return tuple(certs)
 
 
 class Deflated(NamedTuple):
@@ -284,6 +319,12 @@ class TextRenderer:
                 parts.extend(_cert_lines(b"fcmon_cert_expiry_days{", fragments, _days_left(now)))
             elif i == _I_NOT_AFTER:
                 parts.extend(_cert_lines(b"fcmon_cert_not_after_timestamp_seconds{", fragments, _value))
+            elif i == _I_L_EXPIRY:
+                parts.extend(_cert_lines(b"fcmon_listener_cert_expiry_days{", fragments, _days_left(now),
+                                         listeners=True))
+            elif i == _I_L_NOT_AFTER:
+                parts.extend(_cert_lines(b"fcmon_listener_cert_not_after_timestamp_seconds{", fragments, _value,
+                                         listeners=True))
             elif i == _I_HISTOGRAM:
                 size = sum([f.histogram_size for f in fragments])
                 sections.append(Deflated(list(map(itemgetter(i), by_target)), size))
@@ -309,12 +350,13 @@ def _days_left(now: float) -> Callable[[float], str]:
     return lambda not_after: floatToGoString((not_after - now) / SECONDS_PER_DAY)
 
 
-def _cert_lines(start: bytes, fragments: Sequence[Fragment], value: Callable[[float], str]) -> List[bytes]:
+def _cert_lines(start: bytes, fragments: Sequence[Fragment], value: Callable[[float], str],
+                listeners: bool = False) -> List[bytes]:
     # Each distinct expiry is formatted once per scrape.
     values: Dict[float, bytes] = {}
     out: List[bytes] = []
     for f in fragments:
-        for labels, not_after in f.certs:
+        for labels, not_after in (f.listener_certs if listeners else f.certs):
             text = values.get(not_after)
             if text is None:
                 text = values[not_after] = f"{value(not_after)}\n".encode()

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .config import TargetConfig
+from .listeners import ListenerResult, ListenerRound
 from .result import CertInfo, ProbeResult, ServerInfo
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
@@ -88,6 +89,10 @@ class _TargetState:
     requests: Dict[str, _Histogram] = field(default_factory=dict)
     # from the last successful createSession; a later failed probe keeps it
     server: Optional[ServerInfo] = None
+    # the last listener round (fcmon/listeners.py), None until one ran or
+    # when the target checks no listener; failures by (listener, reason)
+    listeners: Optional[ListenerRound] = None
+    listener_failures: Dict[Tuple[str, str], int] = field(default_factory=dict)
     # what the store's renderer made of this state (exposition.Fragment), or None
     rendered: object = None
 
@@ -98,6 +103,7 @@ class _TargetState:
         out.api_errors = dict(self.api_errors)
         out.last_error_code = dict(self.last_error_code)
         out.requests = {a: _Histogram(list(h.counts), h.total) for a, h in self.requests.items()}
+        out.listener_failures = dict(self.listener_failures)
         return out
 
 
@@ -131,6 +137,9 @@ class MetricsStore:
                     self._changed(t.name, state)
                 elif (state.endpoint, state.username) != (t.endpoint, t.username or ""):
                     state.endpoint, state.username = t.endpoint, t.username or ""
+                    self._changed(t.name, state)
+                if not t.checks_listeners and (state.listeners is not None or state.listener_failures):
+                    state.listeners, state.listener_failures = None, {}
                     self._changed(t.name, state)
                 fresh[t.name] = state
             self._targets = fresh
@@ -178,6 +187,22 @@ class MetricsStore:
                     key2 = (call.action, call.error_code)
                     state.api_errors[key2] = state.api_errors.get(key2, 0) + 1
             self._changed(result.target, state)
+
+    def record_listeners(self, round_: ListenerRound) -> None:
+        """A target's listener round: a listener it no longer names loses its series."""
+        with self._lock:
+            state = self._targets.get(round_.target)
+            if state is None:  # removed while its round was running
+                return
+            names = {r.listener.name for r in round_.results}
+            failures = {k: n for k, n in state.listener_failures.items() if k[0] in names}
+            for r in round_.results:
+                if r.reason is not None:
+                    key = (r.listener.name, r.reason)
+                    failures[key] = failures.get(key, 0) + 1
+            state.listeners = round_
+            state.listener_failures = failures
+            self._changed(round_.target, state)
 
     def record_skipped(self, target: str) -> None:
         with self._lock:
@@ -276,8 +301,17 @@ FAMILIES = (
     Family("fcmon_probes_skipped", "counter",
            "Scheduled runs skipped: previous run still running, or missed"),
     Family("fcmon_target_info", "gauge", "Configured target"),
+    Family("fcmon_listener_up", "gauge", "1 if the last TLS handshake with the listener verified"),
+    Family("fcmon_listener_cert_not_after_timestamp_seconds", "gauge", "Listener certificate expiry (Unix time)"),
+    Family("fcmon_listener_cert_expiry_days", "gauge",
+           "Days until the listener certificate expires (negative once expired)"),
+    Family("fcmon_listener_failures", "counter", "Failed listener checks"),
+    Family("fcmon_listener_discovery_success", "gauge", "1 if the last listServices named the listeners"),
+    Family("fcmon_listeners", "gauge", "TLS listeners checked besides the endpoint"),
 )
 EXPIRY_DAYS = "fcmon_cert_expiry_days"
+LISTENER_EXPIRY_DAYS = "fcmon_listener_cert_expiry_days"
+LISTENER_NOT_AFTER = "fcmon_listener_cert_not_after_timestamp_seconds"
 
 Labels = Tuple[Tuple[str, str], ...]
 # (sample name, labels, value)
@@ -314,6 +348,20 @@ def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
         add("fcmon_databases", "fcmon_databases", (), s.databases)
     if s.server is not None:
         add("fcmon_server_info", "fcmon_server_info", server_labels(s.server), 1)
+    lr = s.listeners
+    if lr is not None:
+        add("fcmon_listeners", "fcmon_listeners", (), len(lr.results))
+        if lr.discovery is not None:
+            add("fcmon_listener_discovery_success", "fcmon_listener_discovery_success", (),
+                1 if lr.discovery else 0)
+        for x in lr.results:
+            add("fcmon_listener_up", "fcmon_listener_up", _listener_labels(x) + (("protocol", x.listener.protocol),),
+                1 if x.up else 0)
+            for c in x.certs:
+                add(LISTENER_NOT_AFTER, LISTENER_NOT_AFTER, _listener_labels(x) + _cert_labels(c), c.not_after)
+    for (listener, reason), n in sorted(s.listener_failures.items()):
+        add("fcmon_listener_failures", "fcmon_listener_failures_total",
+            (("listener", listener), ("reason", reason)), n)
     r = s.latest
     if r is None:
         return out
@@ -345,13 +393,25 @@ def _cert_labels(c: CertInfo) -> Labels:
     return (("cert", c.role), ("subject", c.subject), ("serial", c.serial))
 
 
+def _listener_labels(x: ListenerResult) -> Labels:
+    return (("listener", x.listener.name), ("port", str(x.listener.port)))
+
+
 def expiry_samples(name: str, s: _TargetState, now: float) -> List[Sample]:
-    if s.latest is None:
-        return []
-    return [
-        (EXPIRY_DAYS, (("target", name),) + _cert_labels(c), (c.not_after - now) / SECONDS_PER_DAY)
-        for c in s.latest.certs
-    ]
+    """The time-dependent days left of the target's and its listeners' certificates."""
+    out: List[Sample] = []
+    if s.latest is not None:
+        out += [
+            (EXPIRY_DAYS, (("target", name),) + _cert_labels(c), (c.not_after - now) / SECONDS_PER_DAY)
+            for c in s.latest.certs
+        ]
+    if s.listeners is not None:
+        out += [
+            (LISTENER_EXPIRY_DAYS, (("target", name),) + _listener_labels(x) + _cert_labels(c),
+             (c.not_after - now) / SECONDS_PER_DAY)
+            for x in s.listeners.results for c in x.certs
+        ]
+    return out
 
 
 class FcmonCollector(Collector):
@@ -379,7 +439,7 @@ class FcmonCollector(Collector):
                 for sample, labels, value in samples:
                     families[fam].add_sample(sample, dict(labels), value)
             for sample, labels, value in expiry_samples(name, state, now):
-                families[EXPIRY_DAYS].add_sample(sample, dict(labels), value)
+                families[sample].add_sample(sample, dict(labels), value)
         yield from families.values()
         if self._only is None:
             yield from _global_families(snap)

@@ -43,6 +43,29 @@ FIRST_ROUND_BURST = 200
 FIRST_ROUND_SPACING_AFTER_BURST = 0.010
 
 
+# Listener rounds (fcmon/listeners.py) run in their own executor of the same
+# scheduler, so a round of hung listeners never holds a probe's worker.
+LISTENER_JOB_PREFIX = "listeners/"  # "/" is not allowed in target names
+LISTENER_EXECUTOR = "listeners"
+# Listener rounds of a start-up (or reload) begin this long after the
+# first probes, so the two first rounds do not compete for the CPU.
+LISTENER_FIRST_DELAY = 1.0
+# Listeners a round is expected to check when discovery is on: FairCom's
+# defaults have two TLS listeners besides the HTTPS API (8883, 9002).
+EXPECTED_DISCOVERED = 2
+
+
+def listener_pool_size(targets: Sequence[TargetConfig]) -> int:
+    """Threads for listener rounds if every listener hung until its deadline."""
+    busy = 0.0
+    for t in targets:
+        if not t.checks_listeners:
+            continue
+        checks = len(t.listeners) + (1 + EXPECTED_DISCOVERED if t.discovers_listeners else 0)
+        busy += (checks * t.timeout + 1.0) / t.listener_interval
+    return max(2, min(MAX_WORKERS // 4, math.ceil(busy) + 2))
+
+
 def pool_size(targets: Sequence[TargetConfig]) -> int:
     """Threads needed if every target hung until its deadline, plus headroom."""
     busy = sum((t.timeout + 1.0) / t.interval for t in targets)
@@ -111,6 +134,8 @@ class ProbeScheduler:
         on_skip: Callable[[str], None],
         on_lateness: Callable[[float], None] = lambda seconds: None,
         flights: Optional[Flights] = None,
+        check_listeners: Optional[Callable[[TargetConfig], Any]] = None,
+        on_listener_round: Callable[[Any], None] = lambda round_: None,
     ):
         self._prober = prober
         # shared with /probe: one probe per target, a few per FairCom host
@@ -118,6 +143,11 @@ class ProbeScheduler:
         self._on_result = on_result
         self._on_skip = on_skip
         self._on_lateness = on_lateness  # how late each scheduled run started
+        # runs a target's listener round (None: no listener jobs); its
+        # result goes to on_listener_round unless the target changed meanwhile
+        self._on_listeners = check_listeners
+        self._on_listener_round = on_listener_round
+        self._listener_workers = 0
         # target -> [first run, phase] as Unix times and the interval: the
         # first run is due at `first`, every later one a whole number of
         # intervals after `phase`. `first` becomes None once it has started.
@@ -135,6 +165,9 @@ class ProbeScheduler:
     def start(self, targets: Sequence[TargetConfig]) -> None:
         self._workers = pool_size(targets)
         self._scheduler.add_executor(ThreadPoolExecutor(self._workers), "default")
+        if self._on_listeners is not None:
+            self._listener_workers = listener_pool_size(targets)
+            self._scheduler.add_executor(ThreadPoolExecutor(self._listener_workers), LISTENER_EXECUTOR)
         # Jobs added before start() are queued and all added at once: adding
         # thousands to a running scheduler wakes it up once per job.
         self.update(targets)
@@ -182,6 +215,42 @@ class ProbeScheduler:
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=max(1, int(target.interval)),
+                next_run_time=first,
+            )
+        if self._on_listeners is not None:
+            self._update_listener_jobs(targets, current, now)
+
+    def _update_listener_jobs(self, targets: Sequence[TargetConfig], current: Dict[str, TargetConfig],
+                              now: dt.datetime) -> None:
+        """One job per target that checks listeners, on its own phase of its
+        listener_interval; at most one round of a target runs at a time."""
+        needed = listener_pool_size(targets)
+        if needed > self._listener_workers:
+            self._scheduler.remove_executor(LISTENER_EXECUTOR, shutdown=False)
+            self._scheduler.add_executor(ThreadPoolExecutor(needed), LISTENER_EXECUTOR)
+            self._listener_workers = needed
+        checking = [t for t in targets if t.checks_listeners]
+        wanted = {t.name: t for t in checking}
+        for name, old in current.items():
+            if old.checks_listeners and (name not in wanted or wanted[name] != old):
+                self._scheduler.remove_job(LISTENER_JOB_PREFIX + name)
+        n = len(checking)
+        position = {t.name: k for k, t in enumerate(checking)}
+        fresh = [t for t in checking if current.get(t.name) != t]
+        for i, target in enumerate(fresh):
+            phase_s = target.listener_interval * position[target.name] / n
+            first_s = min(phase_s, LISTENER_FIRST_DELAY + first_round_offset(i))
+            first = now + dt.timedelta(seconds=first_s)
+            self._scheduler.add_job(
+                self._run_listeners,
+                trigger=PhasedTrigger(first, now + dt.timedelta(seconds=phase_s), target.listener_interval),
+                args=(target,),
+                id=LISTENER_JOB_PREFIX + target.name,
+                name=LISTENER_JOB_PREFIX + target.name,
+                executor=LISTENER_EXECUTOR,
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=max(1, int(target.listener_interval)),
                 next_run_time=first,
             )
 
@@ -233,6 +302,21 @@ class ProbeScheduler:
         except Exception:  # the boundary: never kill the worker
             log.exception("handling the result of %s failed", target.name)
 
+    def _run_listeners(self, target: TargetConfig) -> None:
+        with self._lock:
+            if self._targets.get(target.name) != target:
+                return  # reconfigured or removed before it started
+        assert self._on_listeners is not None
+        try:
+            round_ = self._on_listeners(target)
+            with self._lock:
+                if self._targets.get(target.name) != target:
+                    return  # reconfigured or removed while it ran
+            if round_ is not None:
+                self._on_listener_round(round_)
+        except Exception:  # the boundary: never kill the worker
+            log.exception("listener check of %s failed", target.name)
+
     def _record_lateness(self, name: str, started: float) -> None:
         """Start time minus scheduled time. After the first run the due time
         is the latest phase point (coalesced runs: the latest one is run), so
@@ -255,6 +339,10 @@ class ProbeScheduler:
             log.exception("recording start lateness failed")
 
     def _skipped(self, event: JobEvent) -> None:
+        if event.job_id.startswith(LISTENER_JOB_PREFIX):
+            log.warning("listener check of %s skipped: %s", event.job_id[len(LISTENER_JOB_PREFIX):],
+                        "previous round still running" if event.code == EVENT_JOB_MAX_INSTANCES else "run missed")
+            return
         log.warning("probe of %s skipped: %s", event.job_id,
                     "previous run still running" if event.code == EVENT_JOB_MAX_INSTANCES else "run missed")
         self._on_skip(event.job_id)

@@ -18,6 +18,7 @@ from typing import Callable, Deque, Dict, Optional, Sequence, Tuple
 
 from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from .config import TargetConfig
+from .listeners import ListenerRound
 from .result import ProbeResult
 
 SECONDS_PER_DAY = 86400.0
@@ -58,6 +59,8 @@ class TargetStatus:
     state: str  # UP, DOWN or NOT_PROBED
     since: float  # Unix time the state began (NOT_PROBED: when the target was configured)
     latest: Optional[ProbeResult]
+    # the last listener round (fcmon/listeners.py): a row per listener
+    listeners: Optional[ListenerRound] = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class _Entry:
     state: str
     since: float
     latest: Optional[ProbeResult] = None
+    listeners: Optional[ListenerRound] = None
 
 
 def _failure_text(result: ProbeResult) -> str:
@@ -158,6 +162,24 @@ class StatusBoard:
                 self._events.appendleft(Event(when, result.target, "failure", _failure_text(result)))
             entry.latest = result
 
+    def record_listeners(self, round_: ListenerRound) -> None:
+        """A target's listener round; a listener that goes down or comes back is an event."""
+        with self._lock:
+            entry = self._targets.get(round_.target)
+            if entry is None:
+                return
+            before = {} if entry.listeners is None else {
+                x.listener.name: x.up for x in entry.listeners.results}
+            for x in round_.results:
+                was = before.get(x.listener.name)
+                if x.up and was is False:
+                    self._events.appendleft(Event(x.ended, round_.target, "up", f"listener {x.listener.name} up"))
+                elif not x.up and was is not False:
+                    self._events.appendleft(Event(
+                        x.ended, round_.target, "down",
+                        f"listener {x.listener.name} (port {x.listener.port}) down: {x.reason}: {x.message}"))
+            entry.listeners = round_
+
     def record_reload(self, ok: bool, error: Optional[str] = None) -> None:
         """A reload's outcome; `error` is a one-line message without secrets."""
         now = self._clock()
@@ -168,7 +190,8 @@ class StatusBoard:
     def snapshot(self) -> StatusSnapshot:
         with self._lock:
             targets = tuple(
-                TargetStatus(name, e.endpoint, e.state, e.since, e.latest) for name, e in self._targets.items()
+                TargetStatus(name, e.endpoint, e.state, e.since, e.latest, e.listeners)
+                for name, e in self._targets.items()
             )
             events = tuple(self._events)
             reload = self._reload

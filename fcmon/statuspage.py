@@ -19,6 +19,7 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import quote
 
+from .listeners import ListenerResult
 from .result import CallResult, CertInfo, ProbeResult
 from .status import (
     CERT_CRIT_DAYS,
@@ -137,6 +138,9 @@ def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
         "debug_probe": debug_probe_url(t.name),
         "last_probe": None,
     }
+    lr = t.listeners
+    out["listener_discovery"] = None if lr is None else lr.discovery
+    out["listeners"] = [] if lr is None else [_listener_json(x, now) for x in lr.results]
     if r is None:
         return out
     server = _server(r)
@@ -160,6 +164,19 @@ def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
         "session_leaked": r.session_leaked,
     }
     return out
+
+
+def _listener_json(x: ListenerResult, now: float) -> Dict[str, Any]:
+    return {
+        "listener": x.listener.name, "port": x.listener.port, "protocol": x.listener.protocol,
+        "up": x.up, "reason": x.reason, "message": x.message or None, "checked": x.ended,
+        "age_seconds": max(0.0, now - x.ended), "tls_version": x.tls_version,
+        "certificates": [
+            {"role": c.role, "subject": c.subject, "serial": c.serial, "not_after": c.not_after,
+             "days_left": days_left(c, now), "level": cert_level(days_left(c, now))}
+            for c in x.certs
+        ],
+    }
 
 
 def status_json(snap: StatusSnapshot) -> Dict[str, Any]:
@@ -201,6 +218,8 @@ th{background:#e9edf2;font-weight:600}
 tr.up .state{color:#11693a;background:#e3f5ea}
 tr.down .state{color:#fff;background:#b3261e}
 tr.not_probed .state{color:#5b6570;background:#eceff2}
+tr.listener td{background:#fafbfc;font-size:.95em}
+tr.listener td:first-child{padding-left:1.6em}
 .muted{color:#5b6570}
 .msg{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-word}
 ul.plain{list-style:none;margin:0;padding:0}
@@ -293,7 +312,31 @@ def _target_html(t: TargetStatus, now: float) -> str:
         certs = "".join(_cert_html(c, now) for c in r.certs)
         cells.append(f'<ul class="plain certs">{certs}</ul>' if certs else '<span class="muted">none</span>')
     tds = "".join(f"<td>{c}</td>" for c in cells)
-    return f'<tr class="target {t.state}" data-target="{_e(t.name)}">{tds}</tr>'
+    row = f'<tr class="target {t.state}" data-target="{_e(t.name)}">{tds}</tr>'
+    if t.listeners is not None:
+        row += "".join(_listener_html(t.name, x, now) for x in t.listeners.results)
+    return row
+
+
+def _listener_html(target: str, x: ListenerResult, now: float) -> str:
+    """A row under its target: the listener's handshake and certificates."""
+    state = UP if x.up else DOWN
+    cells = [
+        f'<span class="muted">↳ listener</span> <strong class="listener">{_e(x.listener.name)}</strong><br>'
+        f'<span class="muted">{_e(x.listener.protocol)}, port <span class="port">{_e(x.listener.port)}</span></span>',
+        f'<span class="state">{_e(_STATE_LABEL[state])}</span>',
+        f'<span class="age" title="{_e(clock_text(x.ended))}">{_e(_ago(now, x.ended))}</span>'
+        f'<br><span class="muted took">took {_e(ms_text(x.duration))}</span>',
+        ('<span class="muted">none</span>' if x.up else
+         f'<strong class="reason">{_e(x.reason)}</strong><div class="msg message">{_e(x.message)}</div>'),
+        '<span class="muted">TLS handshake</span>',
+        f'<span class="tls">{_e(x.tls_version)}</span>' if x.tls_version else '<span class="muted">unknown</span>',
+    ]
+    certs = "".join(_cert_html(c, now) for c in x.certs)
+    cells.append(f'<ul class="plain certs">{certs}</ul>' if certs else '<span class="muted">none</span>')
+    tds = "".join(f"<td>{c}</td>" for c in cells)
+    return (f'<tr class="listener {state}" data-target="{_e(target)}" '
+            f'data-listener="{_e(x.listener.name)}">{tds}</tr>')
 
 
 def _header_html(snap: StatusSnapshot) -> str:

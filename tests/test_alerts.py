@@ -138,7 +138,9 @@ def test_required_alerts_exist() -> None:
     for role in ("Server", "Client", "CA"):
         for level in ("ExpiringSoon", "ExpiringCritical", "Expired"):
             assert f"Fcmon{role}Cert{level}" in rules
-    for name in ("FcmonProbeFailing", "FcmonProbesStale", "FcmonDown", "FcmonAbsent",
+    for level in ("ExpiringSoon", "ExpiringCritical", "Expired"):
+        assert f"FcmonListenerCert{level}" in rules
+    for name in ("FcmonListenerDown", "FcmonProbeFailing", "FcmonProbesStale", "FcmonDown", "FcmonAbsent",
                  "FcmonSessionsLeaking", "FcmonApiErrors", "FcmonListDatabasesSlow",
                  "FcmonConfigReloadFailed", "FcmonInternalError"):
         assert name in rules

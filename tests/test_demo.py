@@ -26,6 +26,18 @@ def test_demo_serves_up_within_15_seconds() -> None:
             time.sleep(0.1)
         text = scrape(url)
         assert sample(text, "fcmon_cert_expiry_days", target="demo", cert="client") is not None
+
+        def listeners() -> bool:
+            return sample(scrape(url), "fcmon_listeners", target="demo") == 2
+
+        while not listeners():  # discovered with listServices, checked on their own cadence
+            assert time.monotonic() < deadline + 10, fc.text()
+            time.sleep(0.1)
+        text = scrape(url)
+        assert sample(text, "fcmon_listener_up", target="demo", listener="mqtts") == 1
+        assert sample(text, "fcmon_listener_up", target="demo", listener="mqttwss") == 1
+        assert 4 < sample(text, "fcmon_listener_cert_expiry_days", target="demo", listener="mqtts",  # type: ignore[operator]
+                          cert="server") < 5
         assert fc.stop(signal.SIGINT) == 0
     assert "Traceback" not in fc.text()
 

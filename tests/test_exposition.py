@@ -20,7 +20,7 @@ from fcmon.metrics import FAMILIES, FcmonCollector, MetricsStore
 from fcmon.result import CallResult, CertInfo, Failure
 
 from support import require_tool
-from test_metrics import NOW, failed, healthy, target
+from test_metrics import NOW, failed, healthy, listener_round, target
 
 
 def samples(text: str) -> dict:
@@ -42,6 +42,8 @@ def make_store() -> MetricsStore:
     store.record(failed("b"))
     store.record(healthy("b", NOW - 30))
     store.record_skipped("c")
+    store.record_listeners(listener_round("a"))
+    store.record_listeners(listener_round('we"ird\\name', discovery=None))
     store.record_reload(True, NOW - 100)
     return store
 
@@ -183,7 +185,8 @@ def test_promtool_is_silent_on_the_renderer_output() -> None:
     text = TextRenderer(store, CollectorRegistry(), clock=lambda: NOW).render()
     proc = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, timeout=60)
     lines = [line for line in (proc.stdout + proc.stderr).decode().splitlines() if line.strip()]
-    assert lines == ['fcmon_cert_expiry_days use base unit "seconds" instead of "days"']
+    assert lines == ['fcmon_cert_expiry_days use base unit "seconds" instead of "days"',
+                     'fcmon_listener_cert_expiry_days use base unit "seconds" instead of "days"']
 
 
 def test_expiry_of_a_cert_with_odd_subject_is_escaped() -> None:
@@ -213,6 +216,9 @@ def test_renderer_matches_collector_on_varied_states() -> None:
                                     CallResult("listDatabases", 3.0 * k, 451 if k % 4 else 0))))
     store.record(replace(healthy("ünïcode"), databases=0, tls_cipher=None))
     store.record_skipped("skipped-only")
+    store.record_listeners(listener_round("plain"))
+    store.record_listeners(listener_round("plain", gone=True))
+    store.record_listeners(listener_round('q"uote', discovery=False))
     store.record_lateness(0.3)
     store.record_reload(False, NOW)
     reg = CollectorRegistry()

@@ -29,7 +29,7 @@ import pytest
 import requests
 
 from fcmon import pki
-from fcmon.emulator import Emulator, Fault
+from fcmon.emulator import Emulator, Fault, ListenerSpec
 
 from support import PKI, FcmonProcess, free_port, require_tool, sample, scrape, target_section, wait_for
 from test_alerts import (
@@ -45,6 +45,7 @@ from test_alerts import (
 pytestmark = pytest.mark.slow
 
 DAYS_NOTE = 'fcmon_cert_expiry_days use base unit "seconds" instead of "days"'
+LISTENER_DAYS_NOTE = 'fcmon_listener_cert_expiry_days use base unit "seconds" instead of "days"'
 
 
 def fcmon_config(*sections: str, interval: float = 2, timeout: float = 1.5, schedule: bool = True) -> str:
@@ -176,7 +177,13 @@ def test_alerts_fire_for_the_right_targets_and_dashboard_queries_evaluate(
 ) -> None:
     binary = require_tool("prometheus")
     short = pki.make_server(test_pki.ca, days=3).write(tmp_path, "short")
-    with Emulator(cert_file=short.cert, key_file=short.key, client_ca_file=test_pki.ca_file) as short_emu:
+    mqtts = pki.make_server(test_pki.ca, days=5).write(tmp_path, "mqtts")
+    # Two listeners that listServices names: an MQTTS one whose certificate
+    # expires in 5 days, and one that resets every handshake.
+    listeners = [ListenerSpec("mqtts8883", "mqtts", mqtts.cert, mqtts.key),
+                 ListenerSpec("mqttwss9002", "mqttwss", short.cert, short.key, mode="reset")]
+    with Emulator(cert_file=short.cert, key_file=short.key, client_ca_file=test_pki.ca_file,
+                  listeners=listeners) as short_emu:
         config = tmp_path / "fcmon.ini"
         config.write_text(fcmon_config(
             target_section(test_pki, short_emu, "short"),
@@ -196,7 +203,8 @@ def test_alerts_fire_for_the_right_targets_and_dashboard_queries_evaluate(
                 def both_firing() -> Optional[List[Dict[str, Any]]]:
                     alerts = firing(prom)
                     names = {(a["labels"]["alertname"], a["labels"].get("target")) for a in alerts}
-                    if {("FcmonServerCertExpiringCritical", "short"), ("FcmonProbeFailing", "down")} <= names:
+                    if {("FcmonServerCertExpiringCritical", "short"), ("FcmonProbeFailing", "down"),
+                            ("FcmonListenerCertExpiringCritical", "short"), ("FcmonListenerDown", "short")} <= names:
                         return alerts
                     return None
 
@@ -216,6 +224,18 @@ def test_alerts_fire_for_the_right_targets_and_dashboard_queries_evaluate(
                 assert (labels["stage"], labels["reason"], labels["severity"]) == ("connect", "connect_refused", "critical")
                 assert failing[0]["annotations"]["summary"] == "down: probe failing at connect (connect_refused)"
                 assert "services.json" in failing[0]["annotations"]["description"]
+
+                # The listener alerts name the discovered listener, its port and certificate.
+                (lcert,) = [a for a in alerts if a["labels"]["alertname"] == "FcmonListenerCertExpiringCritical"]
+                labels = lcert["labels"]
+                assert (labels["listener"], labels["port"], labels["cert"]) == (
+                    "mqtts8883", str(short_emu.listener("mqtts8883").port), "server"), labels
+                assert lcert["annotations"]["summary"].startswith(
+                    f"short: listener mqtts8883 ({labels['port']}) server certificate {labels['subject']} expires in 4d ")
+                (ldown,) = [a for a in alerts if a["labels"]["alertname"] == "FcmonListenerDown"]
+                assert (ldown["labels"]["listener"], ldown["labels"]["protocol"]) == ("mqttwss9002", "mqttwss")
+                assert prom.query('fcmon_listener_failures_total{target="short",listener="mqttwss9002",'
+                                  'reason="tls_handshake"} > 0')
 
                 # The rules as Prometheus loaded them are what test_alerts.py checks.
                 loaded = {r["name"]: r for g in prom.api("rules", type="alert")["groups"] for r in g["rules"]}
@@ -242,6 +262,7 @@ def test_alerts_fire_for_the_right_targets_and_dashboard_queries_evaluate(
                 per_target = {(a["labels"]["alertname"], a["labels"]["target"])
                               for a in firing(prom) if "target" in a["labels"]}
                 assert per_target == {("FcmonServerCertExpiringCritical", "short"),
+                                      ("FcmonListenerCertExpiringCritical", "short"), ("FcmonListenerDown", "short"),
                                       ("FcmonProbeFailing", "down")}, prom.api("alerts")
             assert fc.stop() == 0, fc.text()
     assert emulator.open_sessions() == 0
@@ -350,6 +371,7 @@ def test_promtool_check_metrics_is_silent_during_faults(test_pki: PKI, tmp_path:
                 _code, out = run_tool(promtool, "check", "metrics", stdin=exposition)
                 lines = [line for line in out.splitlines() if line.strip()]
                 # Client and CA certificates are reported even for "down".
-                assert lines == [DAYS_NOTE], (where, out)
+                # (the listener note only where a listener certificate is reported)
+                assert lines in ([DAYS_NOTE], [DAYS_NOTE, LISTENER_DAYS_NOTE]), (where, out)
             assert fc.stop() == 0, fc.text()
         assert "Traceback" not in fc.text()

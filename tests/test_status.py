@@ -279,7 +279,8 @@ def test_json_has_the_documented_shape() -> None:
     assert data["reload"]["successful"] is False and HOSTILE in data["reload"]["error"]
     assert data["cert_thresholds_days"] == {"warning": 30.0, "critical": 7.0}
     bad, fine, fresh = data["targets"]
-    assert set(bad) == {"name", "endpoint", "state", "since", "debug_probe", "last_probe"}
+    assert set(bad) == {"name", "endpoint", "state", "since", "debug_probe", "last_probe", "listener_discovery",
+                        "listeners"}
     assert (bad["name"], bad["state"]) == ('ev"il<b>&', "down")
     assert fresh["state"] == "not_probed" and fresh["last_probe"] is None
     last = bad["last_probe"]

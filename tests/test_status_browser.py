@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from fcmon import pki
-from fcmon.emulator import Emulator
+from fcmon.emulator import Emulator, ListenerSpec
 from fcmon.emulator.faults import Fault
 
 from support import IN_CI, PKI, FcmonProcess, require_tool, target_section, wait_for
@@ -103,9 +103,11 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
                               not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10))
     expired_files = expired.write(tmp_path, "expired-client")
     # The hostile server's certificate is due for renewal: 20 days, under the warning threshold.
+    soon = pki.make_server(test_pki.ca, days=5).write(tmp_path, "mqtts")
     renewal_due = pki.make_server(test_pki.ca, days=20).write(tmp_path, "renewal-due")
     with Emulator(cert_file=renewal_due.cert, key_file=renewal_due.key,
-                  client_ca_file=test_pki.ca_file) as hostile_emu:
+                  client_ca_file=test_pki.ca_file,
+                  listeners=[ListenerSpec("mqtts8883", "mqtts", soon.cert, soon.key)]) as hostile_emu:
         config = tmp_path / "config.ini"
         good = ("[fcmon]\nlisten = 127.0.0.1:0\ninterval = 2\ntimeout = 1.5\n\n"
                 + target_section(test_pki, healthy_emu, "healthy")
@@ -118,6 +120,9 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
         with FcmonProcess("run", "-c", str(config)) as fc:
             base = fc.metrics_url()[: -len("/metrics")]
             wait_for(lambda: _states(base) == {"healthy": "up", "hostile": "up", "expired-client": "down"}, 30)
+            # the hostile server's MQTTS listener, discovered with listServices
+            wait_for(lambda: [x["listener"] for t in _status(base)["targets"] if t["name"] == "hostile"
+                              for x in t["listeners"]] == ["mqtts8883"], 30)
 
             # A broken config, reloaded: rejected, the running one kept.
             config.write_text(good.replace("timeout = 1.5", "timeout = 1.5\ntimout = 3"))
@@ -162,6 +167,13 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
             assert warning.text == "\u26a0 19 days left"
             assert "server" in warning.find_element(By.XPATH, "..").text
             assert warning.value_of_css_property("background-color") == "rgba(255, 244, 214, 1)"
+            # a row per listener, under its target, with its own certificate
+            mqtts = driver.find_element(By.CSS_SELECTOR, 'tr.listener[data-target="hostile"][data-listener="mqtts8883"]')
+            assert mqtts.find_element(By.CSS_SELECTOR, ".state").text == "\u2714 up"
+            assert mqtts.find_element(By.CSS_SELECTOR, ".port").text == str(hostile_emu.listener("mqtts8883").port)
+            soon_cert = mqtts.find_element(By.CSS_SELECTOR, '.days[data-level="critical"]')
+            assert soon_cert.text.endswith("4 days left")
+            assert not driver.find_elements(By.CSS_SELECTOR, 'tr.listener[data-target="healthy"]')
 
             # The server turns hostile; the open page refreshes by itself and shows it, as text.
             hostile_emu.set_fault("listDatabases", Fault(error_code=12031, error_message=HOSTILE))

@@ -13,6 +13,7 @@ injected, `server` for the transport, `cli` for `fcmon emulator`.
 from __future__ import annotations
 
 from .faults import ANY_ACTION, Fault
+from .listeners import ExtraListener, ListenerSpec
 from .server import (
     API_PATH,
     CONTROL_FAULT_PATH,
@@ -57,6 +58,8 @@ __all__ = [
     "ERR_UNKNOWN_TOKEN",
     "ERR_UNKNOWN_USER",
     "Emulator",
+    "ExtraListener",
+    "ListenerSpec",
     "Fault",
     "JsonApi",
     "SessionStore",

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from .faults import Fault, FaultTable
+from .listeners import ExtraListener, ListenerSpec
 from .state import JsonApi, SessionStore, parse_body
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ DEFAULT_DATABASES: Tuple[str, ...] = ("ctreeSQL", "faircom")
 API_PATH = "/api"
 CONTROL_FAULT_PATH = "/_emulator/fault"
 CONTROL_SESSIONS_PATH = "/_emulator/sessions"
+CONTROL_LISTENER_PATH = "/_emulator/listener"
 
 #: Request bodies above this are refused (413): the API's requests are tiny.
 MAX_REQUEST_BODY = 1024 * 1024
@@ -431,6 +433,9 @@ class _Handler(BaseHTTPRequestHandler):
         if path == CONTROL_SESSIONS_PATH and method == "GET":
             self._send_json(200, {"open": owner.open_sessions(), "created": owner.sessions_created()})
             return
+        if path == CONTROL_LISTENER_PATH:
+            self._control_listener(method)
+            return
         if path != CONTROL_FAULT_PATH:
             self._drain_body()
             self._send_json(404, {"error": f"unknown control path {path}"})
@@ -459,6 +464,27 @@ class _Handler(BaseHTTPRequestHandler):
             return
         owner.set_fault(action, fault)
         self._send_json(200, {"faults": owner.faults.snapshot()})
+
+
+    def _control_listener(self, method: str) -> None:
+        """GET: the extra listeners; POST {"name": ..., "mode": ...}: switch one."""
+        owner = self.server.owner
+        if method == "POST":
+            raw = self._read_body()
+            if raw is None:
+                return
+            try:
+                request = json.loads(raw.decode("utf-8"))
+                if not isinstance(request, dict):
+                    raise ValueError("body must be a JSON object")
+                owner.set_listener_mode(str(request.get("name")), str(request.get("mode")))
+            except (UnicodeDecodeError, ValueError, KeyError) as exc:
+                self._send_json(400, {"error": str(exc)})
+                return
+        else:
+            self._drain_body()
+        self._send_json(200, {"listeners": [
+            dict(x.service(), mode=x.mode, connections=x.connections) for x in owner.listeners()]})
 
 
 def _render(body: Dict[str, Any], fault: Optional[Fault]) -> bytes:
@@ -501,6 +527,8 @@ class Emulator:
         tls_max_version: Optional[ssl.TLSVersion] = None,
         allow_http: bool = False,
         *,
+        listeners: Sequence[ListenerSpec] = (),
+        list_services: bool = True,
         handshake_timeout: float = 10.0,
         keepalive_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
@@ -524,7 +552,10 @@ class Emulator:
         # createSession's serverVersion / hostname / hostUuid (defaults: the
         # emulator's own version, this machine's name, a random UUID);
         # settable later through self.api.
-        self.api = JsonApi(self.store, users, databases, hostname, server_version, host_uuid)
+        self.api = JsonApi(self.store, users, databases, hostname, server_version, host_uuid,
+                           services=self._services if list_services else None)
+        self._listener_specs = tuple(listeners)
+        self._listeners: Dict[str, ExtraListener] = {}
         self.faults = FaultTable()
         self.stopping = threading.Event()
         self._handshake_timeout = handshake_timeout
@@ -554,7 +585,16 @@ class Emulator:
             daemon=True,
         )
         self._thread.start()
+        try:
+            for spec in self._listener_specs:
+                self._listeners[spec.name] = ExtraListener(spec, self.host, self._handshake_timeout,
+                                                           self._keepalive_timeout)
+        except BaseException:
+            self.stop()
+            raise
         log.info("emulator listening on %s", self.url)
+        for x in self._listeners.values():
+            log.info("emulator listener %s (%s) on port %d, %s", x.spec.name, x.spec.protocol, x.port, x.mode)
         return self
 
     def stop(self) -> None:
@@ -566,6 +606,8 @@ class Emulator:
         server, thread = self._server, self._thread
         if server is None or thread is None:
             return
+        for x in self._listeners.values():
+            x.stop()
         server.shutdown()
         server.server_close()
         server.close_all_connections(wait=1.5)
@@ -630,6 +672,24 @@ class Emulator:
         self.store.reset_peak()
         if self._server is not None:
             self._server.peak_connections = self._server.live_connections()
+
+    def _services(self) -> List[Dict[str, Any]]:
+        """listServices: the API's own listener, then the extra ones."""
+        scheme = "https" if self._ssl_context is not None else "http"
+        own = {"serviceName": f"{scheme}{self.port}", "description": "JSON DB API",
+               "enabled": True, "port": str(self.port), "protocol": scheme}
+        return [own] + [x.service() for x in self._listeners.values()]
+
+    def listeners(self) -> List[ExtraListener]:
+        return list(self._listeners.values())
+
+    def listener(self, name: str) -> ExtraListener:
+        return self._listeners[name]
+
+    def set_listener_mode(self, name: str, mode: str) -> None:
+        if name not in self._listeners:
+            raise KeyError(f"no listener {name!r}")
+        self._listeners[name].set_mode(mode)
 
     def set_fault(self, action: str, fault: Fault) -> None:
         self.faults.set(action, fault)

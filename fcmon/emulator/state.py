@@ -250,8 +250,11 @@ class JsonApi:
         hostname: Optional[str] = None,
         server_version: Optional[str] = None,
         host_uuid: Optional[str] = None,
+        services: Optional[Callable[[], List[Dict[str, Any]]]] = None,
     ) -> None:
         self.store = store
+        # listServices' listeners; None: the action is unknown (an older server)
+        self.services = services
         # FairCom user names are case-insensitive (its own example logs in as
         # "admin" to an "ADMIN" account); passwords are not.
         self._users: Dict[str, Tuple[str, str]] = {
@@ -340,6 +343,10 @@ class JsonApi:
             return self._ping_session(request)
         if action in DB_ACTIONS:
             return self._db_action(request, params, action, api)
+        if action == "listServices" and self.services is not None:
+            # Answers without a session. FairCom adds each listener's `tls`
+            # settings only for a valid authToken; this emulator never does.
+            return Reply(self._envelope(request, {"listeners": self.services()}), 200)
         return self._error(request, ERR_UNKNOWN_ACTION, f"unknown action {action!r}")
 
     # -- actions ----------------------------------------------------------

@@ -1,0 +1,449 @@
+"""Every TLS listener of a FairCom server: discovered, handshaken, reported.
+
+A FairCom server runs more TLS listeners than the JSON API's HTTPS one
+(MQTT over TLS on 8883, MQTT over secure WebSockets on 9002 by default),
+often with certificates installed at different times. `listServices`
+answers without a session and names each listener with its port and
+protocol, so one `[target:NAME]` covers all of them:
+
+- discovery: `{"api":"admin","action":"listServices"}` on the target's
+  endpoint, through the probe's own client (same TLS context, response cap
+  and deadline; no authToken). Kept: enabled listeners whose protocol
+  speaks TLS from the first byte, other than the endpoint's own port, on
+  the endpoint's host. Never a port the server did not name or the config
+  did not list.
+- check: TCP connect and TLS handshake with the target's SSL context (only
+  its `ca_file`, host name verified, its client certificate), no
+  application byte sent, close_notify, close. With TLS 1.3 a server judges
+  the client certificate only after the handshake, so the check then reads
+  briefly: a session ticket means accepted, an alert or a close means
+  rejected. A certificate that fails verification is fetched again by the
+  reporting-only unverified handshake, so an expired one shows its
+  negative days.
+
+ISAM (5597) and SQL (6597) ports are out of scope: their TLS is negotiated
+inside FairCom's own logon protocol, so a bare handshake cannot read them.
+
+Nothing here knows of Prometheus: a round gives a `ListenerRound`.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .certs import CertFileError, dedupe
+from .client import (
+    ApiClient,
+    PeerInfo,
+    ProbeError,
+    classify_connect_error,
+    fetch_peer_unverified,
+    peer_info,
+)
+from .config import TargetConfig
+from .result import CertInfo
+
+log = logging.getLogger(__name__)
+
+LIST_SERVICES = b'{"api":"admin","action":"listServices"}'
+# Protocols that speak TLS from the first byte (FairCom's services.json
+# names: https, mqtts, mqttwss; wss as the docs write it). Plain ones
+# (http, mqtt, mqttws) and the ISAM/SQL ports are never handshaken.
+TLS_PROTOCOLS = frozenset({"https", "mqtts", "wss", "mqttwss", "tls", "ssl", "mqtt+ssl", "mqtt+tls"})
+# The protocol label of a listener known only from the config.
+CONFIGURED_PROTOCOL = "tls"
+# After a TLS 1.3 handshake: how long to wait for the server's verdict on
+# the client certificate (a session ticket, or an alert) at least, and as a
+# multiple of the handshake's own time (a far server answers later).
+SETTLE_MIN = 0.25
+SETTLE_HANDSHAKES = 4.0
+# The reporting-only handshake after a verification failure gets at most this.
+UNVERIFIED_FETCH_TIMEOUT = 2.0
+# The listener check's own failure vocabulary: the connect-stage reasons.
+LISTENER_REASONS = ("dns", "connect_refused", "connect_timeout", "tls_handshake", "tls_verify",
+                    "client_cert_rejected")
+
+
+@dataclass(frozen=True)
+class Listener:
+    name: str  # serviceName from listServices, or NAME from the config
+    port: int
+    protocol: str  # from listServices; CONFIGURED_PROTOCOL when only configured
+
+
+@dataclass(frozen=True)
+class ListenerResult:
+    listener: Listener
+    ended: float  # Unix time
+    duration: float  # seconds
+    reason: Optional[str] = None  # one of LISTENER_REASONS; None when the handshake verified
+    message: str = ""
+    certs: Tuple[CertInfo, ...] = ()  # server leaf first, then chain
+    tls_version: Optional[str] = None
+
+    @property
+    def up(self) -> bool:
+        return self.reason is None
+
+
+@dataclass(frozen=True)
+class ListenerRound:
+    """One target's discovery and listener checks."""
+
+    target: str
+    # None: discovery is not configured; True: listServices named the
+    # listeners; False: it failed or the server does not offer it.
+    discovery: Optional[bool]
+    discovery_message: str
+    results: Tuple[ListenerResult, ...]
+    ended: float
+
+
+def speaks_tls(protocol: str) -> bool:
+    return protocol.strip().lower() in TLS_PROTOCOLS
+
+
+class DiscoveryUnsupported(Exception):
+    """The server answered, but not with a list of listeners."""
+
+
+def parse_listeners(body: Dict[str, Any], own_port: int) -> List[Listener]:
+    """The TLS listeners worth a handshake in a listServices answer.
+
+    Raises DiscoveryUnsupported when the answer names none at all (an
+    unknown action, or no `listeners`).
+    """
+    code = body.get("errorCode")
+    if code != 0:
+        message = body.get("errorMessage")
+        raise DiscoveryUnsupported(f"listServices answered errorCode {code}"
+                                   + (f": {message}" if isinstance(message, str) and message else ""))
+    result = body.get("result")
+    items = result.get("listeners") if isinstance(result, dict) else None
+    if not isinstance(items, list):
+        raise DiscoveryUnsupported("listServices answered without a listeners list")
+    out: List[Listener] = []
+    for item in items:
+        if not isinstance(item, dict) or item.get("enabled") is not True:
+            continue
+        protocol = item.get("protocol")
+        if not isinstance(protocol, str) or not speaks_tls(protocol):
+            continue
+        port = _port(item.get("port"))
+        if port is None or port == own_port:
+            continue
+        name = item.get("serviceName")
+        if not isinstance(name, str) or not name:
+            name = f"{protocol.lower()}{port}"
+        out.append(Listener(name, port, protocol.lower()))
+    return out
+
+
+def _port(value: Any) -> Optional[int]:
+    # FairCom sends the port as a string; tolerate a number.
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and 1 <= value <= 65535:
+        return value
+    return None
+
+
+def merge(configured: Sequence[Tuple[str, int]], discovered: Sequence[Listener]) -> Tuple[Listener, ...]:
+    """Configured listeners first (their names win), then discovered ones on
+    other ports; one listener per port, one port per name."""
+    out: List[Listener] = []
+    ports = set()
+    names = set()
+    by_port = {d.port: d for d in discovered}
+    for name, port in configured:
+        found = by_port.get(port)
+        out.append(Listener(name, port, found.protocol if found else CONFIGURED_PROTOCOL))
+        ports.add(port)
+        names.add(name)
+    for d in discovered:
+        if d.port in ports:
+            continue
+        name = d.name if d.name not in names else f"{d.name}-{d.port}"
+        out.append(Listener(name, d.port, d.protocol))
+        ports.add(d.port)
+        names.add(name)
+    return tuple(out)
+
+
+class _Cut:
+    """The deadline's handle on one socket: shut it down under a blocked call."""
+
+    def __init__(self) -> None:
+        self.sock: Optional[socket.socket] = None
+        self.fired = False
+
+    def __call__(self) -> None:
+        self.fired = True
+        sock = self.sock
+        if sock is not None:
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def handshake(host: str, port: int, ctx: ssl.SSLContext, timeout: float,
+              at: Callable[[float, Callable[[], None]], Any], cancel: Callable[[Any], None],
+              has_client_cert: bool) -> Tuple[PeerInfo, Optional[ProbeError]]:
+    """Connect, handshake, wait for the server's verdict (TLS 1.3), close.
+
+    Sends no application byte. Raises ProbeError with a connect-stage reason
+    when no handshake completed; returns the error beside the peer's
+    certificates when the server refused the client certificate after it.
+    `at`/`cancel` arm the deadline that cuts a handshake a server stalls.
+    """
+    t0 = time.monotonic()
+    cut = _Cut()
+    handle = at(t0 + timeout, cut)
+    raw: Optional[socket.socket] = None
+    sock: Optional[ssl.SSLSocket] = None
+    try:
+        try:
+            raw = socket.create_connection((host, port), timeout=max(timeout, 0.001))
+            cut.sock = raw
+            if cut.fired:
+                raise socket.timeout("deadline")
+            raw.settimeout(max(timeout - (time.monotonic() - t0), 0.001))
+            sock = ctx.wrap_socket(raw, server_hostname=host)
+        except Exception as exc:
+            if cut.fired:
+                raise ProbeError("connect_timeout", "TCP connect and TLS handshake did not finish "
+                                 "within the timeout") from None
+            raise classify_connect_error(exc, has_client_cert) from None
+        shook = time.monotonic() - t0
+        peer = peer_info(sock)
+        if sock.version() == "TLSv1.3":
+            settle = min(max(SETTLE_MIN, SETTLE_HANDSHAKES * shook), t0 + timeout - time.monotonic())
+            try:
+                _verdict(sock, settle, has_client_cert)
+            except ProbeError as exc:
+                return peer, exc
+        return peer, None
+    finally:
+        cancel(handle)
+        _close(sock, raw)
+
+
+def _verdict(sock: ssl.SSLSocket, wait: float, has_client_cert: bool) -> None:
+    """After a TLS 1.3 handshake: a session ticket (or data) means the server
+    accepted us; an alert or a close means it refused the client certificate;
+    silence until `wait` passes counts as accepted (a server without tickets)."""
+    end = time.monotonic() + max(wait, 0.0)
+    sock.setblocking(False)
+    while True:
+        try:
+            if sock.recv(1):
+                return  # a server that speaks first: it accepted the connection
+            closed: Optional[BaseException] = None
+        except ssl.SSLWantReadError:
+            closed = None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError) as exc:
+            closed = exc
+        except ssl.SSLError as exc:
+            err = classify_connect_error(exc, has_client_cert)
+            if err.reason == "client_cert_rejected":
+                raise err from None
+            raise ProbeError("tls_handshake", f"TLS error right after the handshake: {err.message}") from None
+        except OSError:
+            return  # the deadline cut the socket: the handshake itself succeeded
+        if closed is not None:
+            raise ProbeError(
+                "client_cert_rejected",
+                "server closed the connection right after the TLS 1.3 handshake "
+                "(client certificate not accepted)",
+            ) from None
+        session = sock.session
+        if session is not None and session.has_ticket:
+            return
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            select.select([sock], [], [], left)
+        except (OSError, ValueError):
+            return
+
+
+def _close(sock: Optional[ssl.SSLSocket], raw: Optional[socket.socket]) -> None:
+    """close_notify (never waiting for the peer's), then close."""
+    if sock is not None:
+        try:
+            sock.setblocking(False)
+            sock.unwrap()
+        except (ssl.SSLError, OSError, ValueError):
+            pass
+        try:
+            sock.close()
+        except OSError:
+            pass
+    if raw is not None:
+        try:
+            raw.close()
+        except OSError:
+            pass
+
+
+class ListenerChecker:
+    """Runs listener rounds; remembers each target's discovered listeners
+    (kept while the server cannot be asked) and what was logged about it."""
+
+    def __init__(self, prober: Any, wall_clock: Callable[[], float] = time.time):
+        self._prober = prober  # probe.Prober: TLS contexts, request plans, deadlines
+        self._wall = wall_clock
+        self._lock = threading.Lock()
+        self._discovered: Dict[str, Tuple[Listener, ...]] = {}
+        self._said: Dict[str, str] = {}
+        self._busy: set = set()  # targets whose round is running
+        self._last: Dict[str, float] = {}  # target -> monotonic start of its last round
+
+    def retain(self, targets: Sequence[TargetConfig]) -> None:
+        keep = {t.name for t in targets if t.discovers_listeners}
+        checking = {t.name for t in targets if t.checks_listeners}
+        with self._lock:
+            for name in list(self._last):
+                if name not in checking:
+                    del self._last[name]
+            for name in list(self._discovered):
+                if name not in keep:
+                    del self._discovered[name]
+            for name in list(self._said):
+                if name not in keep:
+                    del self._said[name]
+
+    def due(self, target: TargetConfig) -> bool:
+        """No round of `target` ran for listener_interval (and none runs now)."""
+        with self._lock:
+            last = self._last.get(target.name)
+            busy = target.name in self._busy
+        return not busy and (last is None or time.monotonic() - last >= target.listener_interval)
+
+    def run(self, target: TargetConfig) -> Optional[ListenerRound]:
+        """One round; None when a round of the same target is already running
+        (at most one check per listener in flight, whoever asks)."""
+        with self._lock:
+            if target.name in self._busy:
+                return None
+            self._busy.add(target.name)
+            self._last[target.name] = time.monotonic()
+        try:
+            return self._run(target)
+        except Exception as exc:  # the boundary: a bug must not kill the scheduler
+            log.error("listener check of %s crashed: %s", target.name, type(exc).__name__, exc_info=True)
+            return ListenerRound(target.name, None if not target.discovers_listeners else False,
+                                 f"internal error: {type(exc).__name__}", (), self._wall())
+        finally:
+            with self._lock:
+                self._busy.discard(target.name)
+
+    def _run(self, target: TargetConfig) -> ListenerRound:
+        ctx: Optional[ssl.SSLContext] = None
+        setup_error: Optional[str] = None
+        try:
+            ctx = self._prober.contexts.get(target)
+        except CertFileError as exc:
+            setup_error = f"cannot set up TLS: {exc}"
+        discovery: Optional[bool] = None
+        message = ""
+        discovered: Tuple[Listener, ...] = ()
+        if target.discovers_listeners:
+            discovery, message, discovered = self._discover(target, ctx)
+        listeners = merge(target.listeners, discovered)
+        results = tuple(self.check(target, lst, ctx, setup_error) for lst in listeners)
+        return ListenerRound(target.name, discovery, message, results, self._wall())
+
+    # -- discovery
+
+    def _discover(self, target: TargetConfig,
+                  ctx: Optional[ssl.SSLContext]) -> Tuple[bool, str, Tuple[Listener, ...]]:
+        plan = self._prober.plan(target)
+        with self._lock:
+            known = self._discovered.get(target.name, ())
+        if plan.tls and ctx is None:
+            message = "listServices not asked: the TLS context cannot be set up"
+            self._say(target.name, "warning", message)
+            return False, message, known
+        client = ApiClient(plan, ctx if plan.tls else None)
+        deadline = time.monotonic() + target.timeout
+        handle = self._prober.deadlines.at(deadline, client.cut)
+        try:
+            response = client.call(LIST_SERVICES, target.timeout)
+            found = tuple(parse_listeners(response.body, plan.port))
+        except DiscoveryUnsupported as exc:
+            # Not a failure of the target: an older server, or one that
+            # hides the action. The configured list is still checked.
+            message = f"{exc}; checking only the listeners configured"
+            self._say(target.name, "info", message)
+            with self._lock:
+                self._discovered.pop(target.name, None)
+            return False, message, ()
+        except ProbeError as exc:
+            reason = "timeout" if time.monotonic() >= deadline else exc.reason
+            # The server could not be asked: keep what it said last, so its
+            # listeners show as down rather than vanish.
+            message = f"listServices failed: {reason}: {exc.message}"
+            self._say(target.name, "warning", message)
+            return False, message, known
+        finally:
+            self._prober.deadlines.cancel(handle)
+            client.close()
+        with self._lock:
+            self._discovered[target.name] = found
+        self._say(target.name, "info", "listServices named " + (
+            ", ".join(f"{x.name}:{x.port}" for x in found) if found else "no other TLS listener"))
+        return True, "", found
+
+    def _say(self, target: str, level: str, message: str) -> None:
+        """Log a discovery state once, when it changes."""
+        with self._lock:
+            if self._said.get(target) == message:
+                return
+            self._said[target] = message
+        getattr(log, level)("target %s: listeners: %s", target, message)
+
+    # -- one listener
+
+    def check(self, target: TargetConfig, listener: Listener, ctx: Optional[ssl.SSLContext],
+              setup_error: Optional[str] = None) -> ListenerResult:
+        started = self._wall()
+        t0 = time.monotonic()
+        host = self._prober.plan(target).host
+        peer = PeerInfo((), None, None)
+        reason: Optional[str] = None
+        message = ""
+        if ctx is None:
+            reason, message = "tls_handshake", setup_error or "no TLS context"
+        else:
+            deadlines = self._prober.deadlines
+            try:
+                peer, refused = handshake(host, listener.port, ctx, target.timeout, deadlines.at,
+                                          deadlines.cancel, target.client_cert_file is not None)
+                if refused is not None:
+                    reason, message = refused.reason, refused.message
+            except ProbeError as exc:
+                reason, message = exc.reason, exc.message
+            if reason == "tls_verify":
+                left = t0 + target.timeout - time.monotonic()
+                try:
+                    peer = fetch_peer_unverified(host, listener.port, min(left, UNVERIFIED_FETCH_TIMEOUT))
+                except Exception as exc:  # reporting only: the failure is already named
+                    log.debug("%s: %s: no unverified certificate: %s", target.name, listener.name, exc)
+        duration = time.monotonic() - t0
+        if reason is not None:
+            log.warning("target %s: listener %s (port %d) failed: %s (%s)",
+                        target.name, listener.name, listener.port, reason, message)
+        return ListenerResult(listener, started + duration, duration, reason, message,
+                              dedupe(peer.certs), peer.tls_version)
