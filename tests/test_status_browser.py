@@ -185,11 +185,11 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
             hostile = row("hostile")
             assert hostile.find_element(By.CSS_SELECTOR, ".reason").text == "api_error"
             message = hostile.find_element(By.CSS_SELECTOR, ".message")
-            assert message.text == f"listDatabases: errorCode 12031: {HOSTILE}"
+            assert message.text == f"listDatabases: errorCode 12031 (authToken matches no session): {HOSTILE}"
             assert message.is_displayed()
             assert driver.execute_script("return document.scripts.length") == 0
             events = driver.find_element(By.CSS_SELECTOR, "ol.events").text
-            assert f"hostile: down at list_databases: api_error: listDatabases: errorCode 12031: {HOSTILE}" in events
+            assert f"hostile: down at list_databases: api_error: listDatabases: errorCode 12031 (authToken matches no session): {HOSTILE}" in events
             assert "expired-client: down at connect: client_cert_rejected" in events
 
             # The whole page, for people (and the README: `make screenshot`).
