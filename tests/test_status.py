@@ -349,3 +349,18 @@ def test_large_fleet_renders() -> None:
         board.record(up(f"t{i:04d}", clock.now) if i % 7 else down(f"t{i:04d}", clock.now))
     body = statuspage.render_html(board.snapshot())
     assert len(re.findall(rb'<tr class="target ', body)) == 3000
+
+
+def test_page_and_json_are_gzipped_when_asked() -> None:
+    import gzip
+
+    board, _ = hostile_board()
+    app = make_app(board)
+    for path in ("/", "/api/v1/status"):
+        got: Dict[str, object] = {}
+        environ = {"PATH_INFO": path, "QUERY_STRING": "", "REQUEST_METHOD": "GET",
+                   "HTTP_ACCEPT_ENCODING": "gzip, deflate, br"}
+        body = b"".join(app(environ, lambda status, headers: got.update(headers=dict(headers))))
+        headers = got["headers"]
+        assert headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"  # type: ignore[index]
+        assert gzip.decompress(body) == call(app, path)[2]
