@@ -19,7 +19,7 @@ from typing import Callable, Deque, Dict, Optional, Sequence, Tuple
 from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from .config import TargetConfig
 from .listeners import ListenerRound
-from .result import ProbeResult
+from .result import ProbeResult, ServerInfo
 
 SECONDS_PER_DAY = 86400.0
 
@@ -61,6 +61,10 @@ class TargetStatus:
     latest: Optional[ProbeResult]
     # the last listener round (fcmon/listeners.py): a row per listener
     listeners: Optional[ListenerRound] = None
+    # the server's identity from the last probe whose createSession succeeded
+    # (the latest one may have failed before it), and that probe's end
+    server: Optional[ServerInfo] = None
+    server_seen: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,8 @@ class _Entry:
     since: float
     latest: Optional[ProbeResult] = None
     listeners: Optional[ListenerRound] = None
+    server: Optional[ServerInfo] = None
+    server_seen: Optional[float] = None
 
 
 def _failure_text(result: ProbeResult) -> str:
@@ -161,6 +167,8 @@ class StatusBoard:
                 # rest), nor is a new wording of it (a TLS alert's text varies).
                 self._events.appendleft(Event(when, result.target, "failure", _failure_text(result)))
             entry.latest = result
+            if result.server is not None:
+                entry.server, entry.server_seen = result.server, result.ended
 
     def record_listeners(self, round_: ListenerRound) -> None:
         """A target's listener round; a listener that goes down or comes back is an event."""
@@ -190,7 +198,8 @@ class StatusBoard:
     def snapshot(self) -> StatusSnapshot:
         with self._lock:
             targets = tuple(
-                TargetStatus(name, e.endpoint, e.state, e.since, e.latest, e.listeners)
+                TargetStatus(name, e.endpoint, e.state, e.since, e.latest, listeners=e.listeners,
+                             server=e.server, server_seen=e.server_seen)
                 for name, e in self._targets.items()
             )
             events = tuple(self._events)

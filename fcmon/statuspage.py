@@ -19,8 +19,9 @@ import time
 from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import quote
 
+from .codes import describe
 from .listeners import ListenerResult
-from .result import CallResult, CertInfo, ProbeResult
+from .result import CallResult, CertInfo, ServerInfo
 from .status import (
     CERT_CRIT_DAYS,
     CERT_WARN_DAYS,
@@ -57,16 +58,6 @@ def _e(value: object) -> str:
 
 def debug_probe_url(target: str) -> str:
     return "/probe?target=" + quote(target, safe="") + "&debug=true"
-
-
-def describe_code(code: int) -> str:
-    """`12031 (authToken matches no session)` for a known FairCom code, the
-    number alone otherwise."""
-    try:
-        from .codes import describe  # lands with the debug probe
-    except ImportError:
-        return str(code)
-    return describe(code)
 
 
 # -- plain values, shared by HTML and JSON
@@ -112,20 +103,20 @@ def ms_text(seconds: float) -> str:
     return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
 
 
-def _server(result: Optional[ProbeResult]) -> Any:
-    return getattr(result, "server", None) if result is not None else None
-
-
 # -- JSON
 
 def _call_json(call: CallResult) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"action": call.action, "seconds": call.duration, "error_code": call.error_code}
+    out: Dict[str, Any] = {"action": call.action, "seconds": call.duration, "http_status": call.http_status,
+                           "error_code": call.error_code, "error_message": call.error_message}
     if call.error_code not in (None, 0):
-        out["error_meaning"] = describe_code(call.error_code)  # type: ignore[arg-type]
-    for name in ("http_status", "error_message"):
-        if hasattr(call, name):
-            out[name] = getattr(call, name)
+        out["error_meaning"] = describe(call.error_code)  # type: ignore[arg-type]
     return out
+
+
+def _server_json(server: Optional[ServerInfo]) -> Optional[Dict[str, Any]]:
+    if server is None:
+        return None
+    return {"version": server.version, "hostname": server.hostname, "uuid": server.uuid}
 
 
 def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
@@ -136,6 +127,8 @@ def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
         "state": t.state,
         "since": t.since,
         "debug_probe": debug_probe_url(t.name),
+        "server": _server_json(t.server),
+        "server_seen": t.server_seen,
         "last_probe": None,
     }
     lr = t.listeners
@@ -143,7 +136,6 @@ def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
     out["listeners"] = [] if lr is None else [_listener_json(x, now) for x in lr.results]
     if r is None:
         return out
-    server = _server(r)
     out["last_probe"] = {
         "ended": r.ended,
         "age_seconds": max(0.0, now - r.ended),
@@ -154,10 +146,11 @@ def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
         "calls": [_call_json(c) for c in r.calls],
         "databases": r.databases,
         "tls": None if r.tls_version is None else {"version": r.tls_version, "cipher": r.tls_cipher},
-        "server": None if server is None else {
-            "version": server.version, "hostname": server.hostname, "uuid": server.uuid},
+        "server": _server_json(r.server),
+        "peer_address": r.peer_address,
         "certificates": [
-            {"role": c.role, "subject": c.subject, "serial": c.serial, "not_after": c.not_after,
+            {"role": c.role, "subject": c.subject, "issuer": c.issuer or None, "serial": c.serial,
+             "not_after": c.not_after,
              "days_left": days_left(c, now), "level": cert_level(days_left(c, now))}
             for c in r.certs
         ],
@@ -253,22 +246,39 @@ def _cert_html(c: CertInfo, now: float) -> str:
             f'<span class="role">{_e(c.role)}</span> <span class="subject">{_e(c.subject)}</span></li>')
 
 
-def _calls_html(calls: Sequence[CallResult]) -> str:
+def _calls_html(calls: Sequence[CallResult], failure_message: str) -> str:
+    """The calls that went wrong: HTTP status, errorCode with its meaning,
+    and the server's errorMessage unless the failure's message already says it."""
     lines = []
     for c in calls:
-        if c.error_code in (None, 0) and getattr(c, "http_status", 200) in (None, 200):
+        if c.error_code in (None, 0) and c.http_status in (None, 200):
             continue
-        bits = [_e(c.action)]
-        status = getattr(c, "http_status", None)
-        if status is not None:
-            bits.append(f"HTTP {_e(status)}")
-        if c.error_code not in (None, 0):
-            bits.append(f"errorCode {_e(describe_code(c.error_code))}")  # type: ignore[arg-type]
-        message = getattr(c, "error_message", None)
-        if message:
-            bits.append(f'<span class="msg">{_e(message)}</span>')
-        lines.append("<li>" + ": ".join(bits) + "</li>")
+        bits = []
+        if c.http_status is not None:
+            bits.append(f"HTTP {_e(c.http_status)}")
+        if c.error_code is not None:
+            bits.append(f"errorCode {_e(describe(c.error_code))}")
+        text = f"{_e(c.action)}: {', '.join(bits)}"
+        if c.error_message and c.error_message not in failure_message:
+            text += f': <span class="msg">{_e(c.error_message)}</span>'
+        lines.append(f"<li>{text}</li>")
     return f'<ul class="plain calls">{"".join(lines)}</ul>' if lines else ""
+
+
+def _server_facts(t: TargetStatus, now: float) -> List[str]:
+    """The server's version and host name, the last ones it sent: when the
+    latest probe failed before createSession, from an earlier probe (said so)."""
+    server = t.server
+    if server is None:
+        return []
+    facts = []
+    if server.version:
+        facts.append(f'<span class="server-version">{_e(server.version)}</span>')
+    if server.hostname:
+        facts.append(f'host <span class="server-host">{_e(server.hostname)}</span>')
+    if facts and t.latest is not None and t.latest.server is None and t.server_seen is not None:
+        facts.append(f'<span class="muted">(as of {_e(_ago(now, t.server_seen))})</span>')
+    return facts
 
 
 def _target_html(t: TargetStatus, now: float) -> str:
@@ -292,18 +302,15 @@ def _target_html(t: TargetStatus, now: float) -> str:
                        f'<div class="msg message">{_e(f.message)}</div>')
         else:
             problem = '<span class="muted">none</span>'
-        problem += _calls_html(r.calls)
+        problem += _calls_html(r.calls, r.failure.message if r.failure is not None else "")
         if r.session_leaked:
             problem += '<div class="leak">\u26a0 a session could not be deleted</div>'
         cells.append(problem)
         steps = "".join(f"<li>{_e(step)} {_e(ms_text(sec))}</li>" for step, sec in r.steps)
         cells.append(f'<ul class="plain steps">{steps}</ul>')
-        server = _server(r)
-        facts = []
-        if server is not None and server.version:
-            facts.append(f'<span class="server-version">{_e(server.version)}</span>')
-        if server is not None and server.hostname:
-            facts.append(f'host <span class="server-host">{_e(server.hostname)}</span>')
+        facts = _server_facts(t, now)
+        if r.peer_address:
+            facts.append(f'address <span class="peer">{_e(r.peer_address)}</span>')
         if r.tls_version:
             facts.append(f'<span class="tls">{_e(r.tls_version)}</span>'
                          + (f' <span class="muted">{_e(r.tls_cipher)}</span>' if r.tls_cipher else ""))

@@ -18,7 +18,7 @@ import yaml
 from fcmon import statuspage
 from fcmon.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from fcmon.config import TargetConfig, WebConfig
-from fcmon.result import CallResult, CertInfo, Failure, ProbeResult
+from fcmon.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
 from fcmon.status import MAX_EVENTS, StatusBoard, cert_level, one_line
 from fcmon.web import App
 
@@ -212,7 +212,10 @@ def hostile_board() -> Tuple[StatusBoard, Clock]:
     board.record(down('ev"il<b>&', clock.now - 30, "api_error", f"listDatabases: errorCode 12031: {HOSTILE}",
                       "list_databases", certs=certs, tls_version="TLSv1.3", tls_cipher="TLS_AES_256_GCM_SHA384",
                       steps=(("connect", 0.0031), ("create_session", 0.0042), ("list_databases", 0.002)),
-                      calls=(CallResult("createSession", 0.0042, 0), CallResult("listDatabases", 0.002, 12031))))
+                      calls=(CallResult("createSession", 0.0042, 0, 200),
+                             CallResult("listDatabases", 0.002, 12031, 400, HOSTILE)),
+                      server=ServerInfo(f"FairCom DB {HOSTILE}", "<img src=x onerror=alert(2)>", "u-1"),
+                      peer_address="127.0.0.1:8443"))
     board.record(up("fine", clock.now - 5, tls_version="TLSv1.3", steps=(("connect", 0.003),)))
     board.record_reload(False, f"[target:{HOSTILE}] endpoint: missing")
     clock.now += 1
@@ -255,10 +258,28 @@ def test_page_states_certificates_and_header() -> None:
     levels = [a.get("data-level") for t, a in page.tags if t == "span" and a.get("data-level")]
     assert levels == ["expired", "warning", "critical", "ok"]
     assert "expired 3 days ago" in text and "20 days left" in text and "3 days left" in text
-    assert "TLSv1.3" in text and "connect 3.1 ms" in text and "errorCode 12031" in text
+    assert "TLSv1.3" in text and "connect 3.1 ms" in text
+    assert "listDatabases: HTTP 400, errorCode 12031 (authToken matches no session)" in text
+    assert f"FairCom DB {HOSTILE}" in text and "host <img src=x onerror=alert(2)>" in text
+    assert "address 127.0.0.1:8443" in text
     # no JS, no external asset
     assert not [a for t, a in page.tags if t in ("link", "script", "img")]
     assert b"http://" not in body and b"https://db1" in body  # only the endpoints are URLs
+
+
+def test_server_identity_outlives_a_probe_that_failed_before_it() -> None:
+    board, clock = board_with("prod")
+    identity = ServerInfo("FairCom DB 13.0.2", "db1", "u-1")
+    board.record(up("prod", clock.now - 120, server=identity))
+    board.record(down("prod", clock.now - 1))  # connect refused: no identity this time
+    (t,) = board.snapshot().targets
+    assert (t.server, t.server_seen) == (identity, clock.now - 120)
+    text = " ".join(" ".join(parse(statuspage.render_html(board.snapshot())).text).split())
+    assert "FairCom DB 13.0.2 host db1 (as of 2 min ago)" in text
+    data = json.loads(statuspage.render_json(board.snapshot()))["targets"][0]
+    assert data["server"]["hostname"] == "db1" and data["last_probe"]["server"] is None
+    board.set_targets([target("prod", "https://elsewhere.example.com/api")])
+    assert board.snapshot().targets[0].server is None  # another server now
 
 
 def test_not_yet_probed_row() -> None:
@@ -279,13 +300,17 @@ def test_json_has_the_documented_shape() -> None:
     assert data["reload"]["successful"] is False and HOSTILE in data["reload"]["error"]
     assert data["cert_thresholds_days"] == {"warning": 30.0, "critical": 7.0}
     bad, fine, fresh = data["targets"]
-    assert set(bad) == {"name", "endpoint", "state", "since", "debug_probe", "last_probe", "listener_discovery",
-                        "listeners"}
+    assert set(bad) == {"name", "endpoint", "state", "since", "debug_probe", "server", "server_seen", "last_probe",
+                        "listener_discovery", "listeners"}
+    assert bad["server"] == {"version": f"FairCom DB {HOSTILE}", "hostname": "<img src=x onerror=alert(2)>",
+                             "uuid": "u-1"}
+    assert bad["server_seen"] == bad["last_probe"]["ended"]
     assert (bad["name"], bad["state"]) == ('ev"il<b>&', "down")
     assert fresh["state"] == "not_probed" and fresh["last_probe"] is None
     last = bad["last_probe"]
     assert set(last) >= {"ended", "age_seconds", "duration_seconds", "failure", "steps", "calls", "databases",
-                         "tls", "server", "certificates", "session_leaked"}
+                         "tls", "server", "peer_address", "certificates", "session_leaked"}
+    assert last["server"] == bad["server"] and last["peer_address"] == "127.0.0.1:8443"
     assert last["failure"] == {"stage": "list_databases", "reason": "api_error",
                                "message": f"listDatabases: errorCode 12031: {HOSTILE}"}
     assert last["steps"][0] == {"step": "connect", "seconds": 0.0031}
@@ -293,7 +318,11 @@ def test_json_has_the_documented_shape() -> None:
     assert [(c["role"], c["level"]) for c in last["certificates"]] == [
         ("server", "expired"), ("client", "warning"), ("ca", "critical"), ("chain", "ok")]
     assert last["certificates"][0]["days_left"] == pytest.approx(-3.5, abs=0.01)
-    assert last["calls"][1]["error_code"] == 12031 and "12031" in last["calls"][1]["error_meaning"]
+    assert set(last["certificates"][0]) == {"role", "subject", "issuer", "serial", "not_after", "days_left", "level"}
+    assert last["calls"][1] == {"action": "listDatabases", "seconds": 0.002, "http_status": 400, "error_code": 12031,
+                                "error_message": HOSTILE, "error_meaning": "12031 (authToken matches no session)"}
+    assert last["calls"][0]["error_code"] == 0 and "error_meaning" not in last["calls"][0]
+    assert fresh["server"] is None
     assert fine["last_probe"]["failure"] is None
     assert [e["kind"] for e in data["events"]] == ["up", "down"]
     assert set(data["events"][0]) == {"time", "target", "kind", "text"}

@@ -36,6 +36,7 @@ from support import IN_CI, PKI, FcmonProcess, require_tool, target_section, wait
 pytestmark = pytest.mark.slow
 
 HOSTILE = "<script>alert(1)</script>"
+HOSTILE_HOST = "<img src=x onerror=alert(2)>"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -105,8 +106,8 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
     # The hostile server's certificate is due for renewal: 20 days, under the warning threshold.
     soon = pki.make_server(test_pki.ca, days=5).write(tmp_path, "mqtts")
     renewal_due = pki.make_server(test_pki.ca, days=20).write(tmp_path, "renewal-due")
-    with Emulator(cert_file=renewal_due.cert, key_file=renewal_due.key,
-                  client_ca_file=test_pki.ca_file,
+    with Emulator(cert_file=renewal_due.cert, key_file=renewal_due.key, client_ca_file=test_pki.ca_file,
+                  server_version="FairCom DB 13.0.3 <b>", hostname=HOSTILE_HOST,
                   listeners=[ListenerSpec("mqtts8883", "mqtts", soon.cert, soon.key)]) as hostile_emu:
         config = tmp_path / "config.ini"
         good = ("[fcmon]\nlisten = 127.0.0.1:0\ninterval = 2\ntimeout = 1.5\n\n"
@@ -146,6 +147,8 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
             healthy = row("healthy")
             assert healthy.find_element(By.CSS_SELECTOR, ".state").text == "\u2714 up"
             assert "TLSv1." in healthy.text and "connect" in healthy.text and "databases" in healthy.text
+            assert healthy.find_element(By.CSS_SELECTOR, ".server-version").text.startswith("FairCom JSON DB API")
+            assert healthy.find_element(By.CSS_SELECTOR, ".peer").text.startswith("127.0.0.1:")
             server_cert = healthy.find_element(By.CSS_SELECTOR, ".certs li")
             assert "server" in server_cert.text and "days left" in server_cert.text
 
@@ -187,9 +190,15 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
             message = hostile.find_element(By.CSS_SELECTOR, ".message")
             assert message.text == f"listDatabases: errorCode 12031 (authToken matches no session): {HOSTILE}"
             assert message.is_displayed()
-            assert driver.execute_script("return document.scripts.length") == 0
+            assert (hostile.find_element(By.CSS_SELECTOR, ".calls").text
+                    == "listDatabases: HTTP 200, errorCode 12031 (authToken matches no session)")
+            assert hostile.find_element(By.CSS_SELECTOR, ".server-host").text == HOSTILE_HOST
+            assert hostile.find_element(By.CSS_SELECTOR, ".server-version").text == "FairCom DB 13.0.3 <b>"
+            assert driver.execute_script("return [document.scripts.length, document.images.length, "
+                                         "document.querySelectorAll('b').length]") == [0, 0, 0]
             events = driver.find_element(By.CSS_SELECTOR, "ol.events").text
-            assert f"hostile: down at list_databases: api_error: listDatabases: errorCode 12031 (authToken matches no session): {HOSTILE}" in events
+            assert ("hostile: down at list_databases: api_error: listDatabases: errorCode 12031 "
+                    f"(authToken matches no session): {HOSTILE}") in events
             assert "expired-client: down at connect: client_cert_rejected" in events
 
             # The whole page, for people (and the README: `make screenshot`).
