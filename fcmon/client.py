@@ -2,9 +2,12 @@
 
 Trust is exactly the target's `ca_file` (or the system store without one):
 the SSL context is built here once per target and requests is kept from
-touching it (no certifi, no REQUESTS_CA_BUNDLE, see pitfalls.md). Every
+touching it (no certifi, no REQUESTS_CA_BUNDLE; see
+docs/design-notes.md#trust-ca-bundles-from-the-environment and
+docs/design-notes.md#trust-certifi-loaded-into-our-context). Every
 connection of a probe goes through one small pool whose connections this
-module knows, so a deadline can cut a socket that a server drips bytes into.
+module knows, so a deadline can cut a socket that a server drips bytes into
+(docs/design-notes.md#requests-timeouts-bound-each-socket-wait).
 
 A probe's calls go through a fresh requests Session and its HTTPAdapter,
 trimmed to what a probe uses: no PoolManagers, no cookies, hooks or

@@ -1,9 +1,9 @@
 """APScheduler wiring: one job per target.
 
-APScheduler's defaults silently drop work (10 workers, 1 s misfire grace,
-see pitfalls.md): here the pool is sized for the worst case of every
-target hanging until its timeout, the grace is the interval, and every
-skipped or missed run is counted.
+APScheduler's defaults silently drop work (10 workers, 1 s misfire grace;
+docs/design-notes.md#apscheduler-defaults-drop-work): here the pool is
+sized for the worst case of every target hanging until its timeout, the
+grace is the interval, and every skipped or missed run is counted.
 
 Targets run on phases spread evenly over the interval, so the steady load
 is flat. Only the first round is compressed: the first 200 first probes
@@ -76,7 +76,8 @@ def phase_offsets(targets: Sequence[TargetConfig]) -> Dict[str, float]:
     """Each target's phase: its steady runs spread evenly over its interval.
 
     A random phase per target (instead of trigger jitter, which
-    accumulates: pitfalls.md) would do too; even spacing keeps the load flat.
+    accumulates: docs/design-notes.md#apscheduler-jitter-accumulates) would do
+    too; even spacing keeps the load flat.
     """
     n = len(targets)
     return {t.name: t.interval * i / n for i, t in enumerate(targets)}

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from support import ROOT, require_tool
+from support import ROOT, markdown_anchors, require_tool
 
 PROM_DIR = ROOT / "prometheus"
 RULES = PROM_DIR / "fcmon-alerts.yml"
@@ -163,17 +163,6 @@ def test_every_alert_has_severity_summary_and_description() -> None:
             assert "{{ $labels.subject }}" in summary, name
         assert "Check first:" in description, name
         assert isinstance(rule.get("for"), str), f"{name}: give `for:` explicitly"
-
-
-def markdown_anchors(text: str) -> List[str]:
-    """The anchors GitHub (and most Markdown renderers) give the headings of text."""
-    anchors = []
-    for line in text.splitlines():
-        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
-        if m:
-            slug = re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-")
-            anchors.append(slug)
-    return anchors
 
 
 def test_every_alert_links_its_runbook_section() -> None:

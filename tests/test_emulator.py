@@ -618,3 +618,10 @@ def test_fault_table_counts() -> None:
     assert table.take(None) == Fault(delay=1)  # unparseable requests match "*" only
     table.set("*", Fault())
     assert table.snapshot() == {}
+
+
+def test_handler_disables_nagle() -> None:
+    # docs/design-notes.md#nagle-in-test-servers: otherwise ~40 ms per response.
+    from fcmon.emulator.server import _Handler
+
+    assert _Handler.disable_nagle_algorithm is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import sys
 import time
 
 import pytest
@@ -349,3 +350,19 @@ def test_targets_with_the_same_files_share_one_context(test_pki: PKI, emulator: 
     assert prober.contexts.builds == 2 and len(prober.contexts) == 2
     prober.retain(targets)  # "odd" removed by a reload: its context goes
     assert len(prober.contexts) == 1
+
+
+def test_intermediate_the_server_sends_is_reported_where_python_can_read_it(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # docs/design-notes.md#peer-chain-by-python-version
+    intermediate = pki.make_ca("fcmon test intermediate", issuer=test_pki.ca)
+    leaf = pki.make_server(intermediate)
+    files = leaf.write(tmp_path, "leaf")
+    files.cert.write_bytes(leaf.cert_pem + intermediate.cert_pem)  # what the listener sends
+    with Emulator(cert_file=files.cert, key_file=files.key, client_ca_file=test_pki.ca_file) as emu:
+        result = Prober().probe(make_target(test_pki, emu))
+    assert result.failure is None, result.failure
+    served = [(c.role, c.serial) for c in result.certs if c.role in ("server", "chain")]
+    expected = [("server", format(leaf.cert.serial_number, "x"))]
+    if sys.version_info >= (3, 10):  # 3.9 has no API for the chain: the leaf only
+        expected.append(("chain", format(intermediate.cert.serial_number, "x")))
+    assert served == expected

@@ -1,6 +1,7 @@
 """The emulator's HTTP(S) server and the `Emulator` facade that tests drive.
 
-Design points, each learnt the hard way (see pitfalls.md):
+Design points, each learnt the hard way (docs/design-notes.md#tls-handshake-in-the-accept-loop
+and docs/design-notes.md#nagle-in-test-servers):
 
 - The TLS handshake runs in the per-connection thread with its own timeout,
   never in the accept loop, so one idle TCP client cannot stall the others.
