@@ -9,11 +9,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
+from . import debuglog
 from .config import TargetConfig
 from .flight import Flights
 from .listeners import ListenerChecker, ListenerRound
@@ -304,9 +305,13 @@ def run_check(
     crit_days: float,
     textfile: Optional[Path],
     max_connections_per_host: int = 8,
+    debug_log: Optional[Callable[[str], object]] = None,
 ) -> Tuple[int, str]:
-    """Probe, judge and render; returns (exit code, output)."""
+    """Probe, judge and render; returns (exit code, output). `debug_log`
+    (--verbose) gets each probe's debug log, as /probe?debug=true shows it."""
     results, rounds = check_all(targets, max_connections_per_host=max_connections_per_host)
+    if debug_log is not None:
+        debug_log("\n".join(debuglog.render(r, t) for t, r in zip(targets, results)))
     now = time.time()
     verdicts = [judge(r, warn_days, crit_days, now, x) for r, x in zip(results, rounds)]
     if textfile is not None:

@@ -52,6 +52,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     check.add_argument("--textfile", type=Path, metavar="PATH",
                        help="also write the Prometheus text to PATH, atomically "
                        "(node_exporter textfile collector)")
+    check.add_argument("--verbose", "-v", action="store_true",
+                       help="also print each probe's debug log to stderr (what /probe?debug=true shows; "
+                       "passwords and authTokens redacted); stdout is unchanged")
 
     validate = sub.add_parser(
         "validate", help="check the config and every file it names",
@@ -209,7 +212,8 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return unknown("--crit-days must not exceed --warn-days")
     try:
         code, text = run_check(targets, args.format, args.warn_days, args.crit_days, args.textfile,
-                               config.max_connections_per_host)
+                               config.max_connections_per_host,
+                               debug_log=sys.stderr.write if args.verbose else None)
     except OSError as exc:
         return unknown(f"cannot write {args.textfile}: {exc.strerror or exc}")
     sys.stdout.write(text)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from . import __version__
+from . import __version__, debuglog
 from .config import Config, ConfigError, TargetConfig, load_config
 from .exposition import TextRenderer
 from .flight import Busy, Flights, Slots
@@ -67,7 +68,7 @@ class Daemon:
         self.board = StatusBoard(__version__)
         self.board.set_targets(config.targets)
         self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_now, config.web,
-                       status=self.board.snapshot)
+                       status=self.board.snapshot, debug_probe=self.debug_probe)
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
                              server_ssl_context(config.web), connection_cap(fd_reserve(config)),
                              self.store.record_connection_rejected)
@@ -116,6 +117,8 @@ class Daemon:
                 self._versions[result.target] = server.version
         if server is not None and server.version is not None and old_version not in (None, server.version):
             log.info("target %s: server version changed from %r to %r", result.target, old_version, server.version)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("target %s: %s", result.target, debuglog.summary(result))
         f = result.failure
         if f is not None:
             log.warning("target %s: probe failed at %s: %s (%s)", result.target, f.stage, f.reason, f.message)
@@ -132,11 +135,26 @@ class Daemon:
         from the caller. Joins a probe of that target already in flight;
         raises `Busy` when it would start one and /probe has started
         `max_probe_requests` that have not finished."""
+        done = self._probe_request(name)
+        return None if done is None else done[1]
+
+    def debug_probe(self, name: str) -> Optional[bytes]:
+        """For /probe?target=NAME&debug=true: the probe's log, then the
+        series /probe would return. Same rules as `probe_now`."""
+        done = self._probe_request(name)
+        if done is None:
+            return None
+        (result, target), registry = done
+        return (debuglog.render(result, target) + "\n# Metrics produced by this probe\n").encode() + \
+            generate_latest(registry)
+
+    def _probe_request(self, name: str) -> Optional[Tuple[Tuple[ProbeResult, TargetConfig], CollectorRegistry]]:
         target = next((t for t in self.config.targets if t.name == name), None)
         if target is None:
             return None
         try:
-            self.flights.run(target, self.prober.probe, slots=self.probe_slots, on_result=self._on_result)
+            result, _ = self.flights.run(target, self.prober.probe, slots=self.probe_slots,
+                                         on_result=self._on_result)
         except Busy:
             self.store.record_probe_request_rejected()
             raise
@@ -147,7 +165,7 @@ class Daemon:
                              name=f"listeners:{name}").start()
         registry = CollectorRegistry()
         registry.register(FcmonCollector(self.store, only_target=name))
-        return registry
+        return (result, target), registry
 
     def _on_listener_round(self, round_: ListenerRound) -> None:
         self.store.record_listeners(round_)

@@ -63,8 +63,9 @@ class App:
     """The WSGI application. `metrics()` is the /metrics body (bytes, or
     pieces with a length: sent as they come, never joined here);
     `probe_target(name)` returns a registry holding only that target's series
-    after probing it now, or None for an unknown name; `status()` is what the
-    status page (`/`) and `/api/v1/status` show."""
+    after probing it now, or None for an unknown name; `debug_probe(name)`
+    the same probe's log and series as text (`&debug=true`); `status()` is
+    what the status page (`/`) and `/api/v1/status` show."""
 
     def __init__(
         self,
@@ -74,12 +75,14 @@ class App:
         probe_target: Callable[[str], Optional[CollectorRegistry]],
         web: WebConfig,
         status: Optional[Callable[[], StatusSnapshot]] = None,
+        debug_probe: Optional[Callable[[str], Optional[bytes]]] = None,
     ):
         self._metrics = metrics
         self._status = status
         self._healthy = healthy
         self._ready = ready
         self._probe_target = probe_target
+        self._debug_probe = debug_probe
         self.web = web
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
@@ -90,9 +93,17 @@ class App:
         if path == "/metrics":
             return _exposition(environ, start_response, self._metrics())
         if path == "/probe":
-            names = parse_qs(environ.get("QUERY_STRING", "")).get("target", [])
+            query = parse_qs(environ.get("QUERY_STRING", ""))
+            names = query.get("target", [])
+            debug = query.get("debug", [""])[-1].lower() in ("true", "1", "yes")
             try:
-                registry = self._probe_target(names[0]) if len(names) == 1 else None
+                if debug and self._debug_probe is not None:
+                    text = self._debug_probe(names[0]) if len(names) == 1 else None
+                    if text is not None:
+                        return _reply(start_response, "200 OK", text, [("Cache-Control", "no-store")])
+                    registry = None
+                else:
+                    registry = self._probe_target(names[0]) if len(names) == 1 else None
             except Busy:
                 return _reply(start_response, "503 Service Unavailable",
                               b"too many probes in flight, retry later\n", [("Retry-After", "5")])

@@ -1,5 +1,6 @@
-"""No password and no authToken in any log line, metric, `check` or `validate`
-output, at log_level = debug, through the faults."""
+"""No password and no authToken in any log line, metric, debug probe,
+`check` (also --verbose) or `validate` output, at log_level = debug,
+through the faults."""
 
 from __future__ import annotations
 
@@ -55,11 +56,16 @@ client_key_file = {test_pki.client.key}
                 # at least two probes of every target under this fault
                 wait_for(lambda n=before + 6: len(emu.requests_seen()) >= n, timeout=20)
                 outputs.append(scrape(url))
+                for name in ("file", "env", "inline"):
+                    debug = scrape(url.replace("/metrics", f"/probe?target={name}&debug=true"))
+                    assert "<redacted>" in debug and "probe ended:" in debug
+                    outputs.append(debug)
             emu.clear_faults()
             emu.set_fault("listDatabases", Fault(error_code=12031))
             for fmt in ("text", "json", "prometheus"):
-                proc = subprocess.run(fcmon_command("check", "-c", str(config), "--format", fmt),
+                proc = subprocess.run(fcmon_command("check", "-c", str(config), "--format", fmt, "--verbose"),
                                       capture_output=True, text=True, timeout=60, env={**_env(), **env})
+                assert "errorCode 12031 (authToken matches no session)" in proc.stderr
                 outputs += [proc.stdout, proc.stderr]
             proc = subprocess.run(fcmon_command("validate", "-c", str(config)), capture_output=True,
                                   text=True, timeout=60, env={**_env(), **env})
@@ -70,6 +76,7 @@ client_key_file = {test_pki.client.key}
     text = fc.text() + "\n".join(outputs)
     assert len(tokens) > 10
     assert "probe failed" in fc.text()  # the faults were seen and logged
+    assert "DEBUG fcmon.daemon: target inline: probe failed at " in fc.text()  # the per-probe debug line
     assert SECRET not in text
     leaked = [t for t in tokens if t in text]
     assert leaked == []

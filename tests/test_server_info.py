@@ -114,7 +114,7 @@ def test_version_change_is_logged_once(test_pki: PKI, named_emulator: Emulator, 
                            "'FairCom EDGE Server 4.2.0 (test)'"]
         assert all(r.levelno == logging.INFO for r in caplog.records if "server version" in r.getMessage())
     finally:
-        daemon.web._httpd.server_close()  # never started: stop() would wait for serve_forever
+        daemon.web.stop()
 
 
 def test_known_codes_are_described() -> None:
