@@ -113,6 +113,12 @@ def _call_json(call: CallResult) -> Dict[str, Any]:
     return out
 
 
+def _cert_json(c: CertInfo, now: float) -> Dict[str, Any]:
+    days = days_left(c, now)
+    return {"role": c.role, "subject": c.subject, "issuer": c.issuer or None, "serial": c.serial,
+            "not_after": c.not_after, "days_left": days, "level": cert_level(days)}
+
+
 def _server_json(server: Optional[ServerInfo]) -> Optional[Dict[str, Any]]:
     if server is None:
         return None
@@ -148,12 +154,7 @@ def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
         "tls": None if r.tls_version is None else {"version": r.tls_version, "cipher": r.tls_cipher},
         "server": _server_json(r.server),
         "peer_address": r.peer_address,
-        "certificates": [
-            {"role": c.role, "subject": c.subject, "issuer": c.issuer or None, "serial": c.serial,
-             "not_after": c.not_after,
-             "days_left": days_left(c, now), "level": cert_level(days_left(c, now))}
-            for c in r.certs
-        ],
+        "certificates": [_cert_json(c, now) for c in r.certs],
         "session_leaked": r.session_leaked,
     }
     return out
@@ -164,11 +165,7 @@ def _listener_json(x: ListenerResult, now: float) -> Dict[str, Any]:
         "listener": x.listener.name, "port": x.listener.port, "protocol": x.listener.protocol,
         "up": x.up, "reason": x.reason, "message": x.message or None, "checked": x.ended,
         "age_seconds": max(0.0, now - x.ended), "tls_version": x.tls_version,
-        "certificates": [
-            {"role": c.role, "subject": c.subject, "serial": c.serial, "not_after": c.not_after,
-             "days_left": days_left(c, now), "level": cert_level(days_left(c, now))}
-            for c in x.certs
-        ],
+        "certificates": [_cert_json(c, now) for c in x.certs],
     }
 
 
