@@ -9,7 +9,7 @@ which presents a client certificate that expired 9 days ago. A reload with
 a broken config is rejected before the page is opened. The test asserts on
 the DOM chromium built (and that no dialog opened), waits for the page to
 refresh itself (its meta refresh, no navigation) and show the new failure,
-and saves a screenshot in its tmp dir. `make screenshot` runs it with
+saves a screenshot in its tmp dir, and follows the row's debug probe link. `make screenshot` runs it with
 FCMON_SCREENSHOT set to write docs/status-page.png as well.
 """
 
@@ -210,6 +210,16 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
             target = os.environ.get("FCMON_SCREENSHOT")
             if target:
                 shutil.copyfile(shot, target)
+
+            # The row's debug probe: that target probed now, its log as plain text.
+            row("hostile").find_element(By.CSS_SELECTOR, "a.debug").click()
+            WebDriverWait(driver, 30).until(lambda d: "/probe?" in d.current_url)
+            assert driver.current_url == base + "/probe?target=hostile&debug=true"
+            assert driver.execute_script("return document.contentType") == "text/plain"
+            log = driver.find_element(By.TAG_NAME, "body").text
+            assert "errorCode 12031 (authToken matches no session)" in log and HOSTILE in log
+            assert "fcmon_up" in log and 'target="hostile"' in log
+            assert driver.execute_script("return document.scripts.length") == 0
 
             assert fc.stop() == 0
         assert hostile_emu.open_sessions() == 0
