@@ -99,12 +99,19 @@ def write_config(path: Path, body: str) -> Path:
     return path
 
 
-def start_fcmon(*args: str, env: Optional[dict] = None) -> subprocess.Popen:
+def start_fcmon(*args: str, env: Optional[dict] = None, max_files: Optional[int] = None) -> subprocess.Popen:
+    """`max_files`: the process's RLIMIT_NOFILE (soft and hard)."""
     environ = dict(os.environ)
     environ.update(env or {})
+
+    def limit_files() -> None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
+
     return subprocess.Popen(
         fcmon_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=environ, cwd=str(ROOT),
+        env=environ, cwd=str(ROOT), preexec_fn=limit_files if max_files is not None else None,
     )
 
 
@@ -125,10 +132,10 @@ def taken_port() -> socket.socket:
 class FcmonProcess:
     """`python -m fcmon ARGS` as a real process, its stderr collected by a thread."""
 
-    def __init__(self, *args: str, env: Optional[dict] = None):
+    def __init__(self, *args: str, env: Optional[dict] = None, max_files: Optional[int] = None):
         import threading
 
-        self.proc = start_fcmon(*args, env=env)
+        self.proc = start_fcmon(*args, env=env, max_files=max_files)
         self.lines: list = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)

@@ -188,3 +188,16 @@ def test_security_exposure_is_at_most_2() -> None:
     assert "User=/DynamicUser=" not in open_items
     assert "NoNewPrivileges=" not in open_items
     assert "MemoryDenyWriteExecute=" not in open_items
+
+
+def test_descriptor_limit_covers_the_connection_cap_and_the_probes_reserve(unit: Unit) -> None:
+    from fcmon.config import Config
+    from fcmon.httpd import BASE_FD_RESERVE, MAX_CONNECTIONS, connection_cap
+    from fcmon.scheduler import MAX_WORKERS
+
+    limit = int(one(unit, "Service", "LimitNOFILE"))
+    # The largest reserve fcmon keeps (daemon.fd_reserve): a full scheduler
+    # pool and /probe's default cap, two descriptors per probe.
+    reserve = BASE_FD_RESERVE + 2 * (MAX_WORKERS + Config().max_probe_requests)
+    assert limit >= MAX_CONNECTIONS + reserve
+    assert connection_cap(reserve, limit) == MAX_CONNECTIONS  # the cap binds, not the limit

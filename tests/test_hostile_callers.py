@@ -1,0 +1,258 @@
+"""Hostile callers against `fcmon run` as a process: slow, fat, numerous and
+rude clients cannot stop scrapes or probes, cannot take the descriptors the
+probes need, leave no traceback, and leave threads and memory at their
+baseline. Figures are printed (pytest -s); no pass/fail on timing."""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import requests
+
+from fcmon.emulator import Emulator
+
+from support import PKI, FcmonProcess, sample, target_section, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _status(pid: int) -> Dict[str, int]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("Threads", "VmRSS"):
+            out[key] = int(value.split()[0])
+    out["fds"] = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    return out
+
+
+def _session() -> requests.Session:
+    s = requests.Session()
+    s.trust_env = False
+    return s
+
+
+def _config(tmp_path: Path, test_pki: PKI, emu: Emulator, extra: str = "", web: str = "",
+            targets: int = 1, interval: float = 1.0) -> Path:
+    config = tmp_path / "config.ini"
+    config.write_text(f"[fcmon]\nlisten = 127.0.0.1:0\ninterval = {interval}\ntimeout = 0.9\n{extra}\n{web}\n"
+                      + "".join(target_section(test_pki, emu, name=f"t{i}") for i in range(targets)))
+    return config
+
+
+def _counts(text: str) -> Tuple[float, float]:
+    """(probes run, probes failed) of target t0."""
+    probes = sample(text, "fcmon_probes_total", target="t0") or 0.0
+    failed = 0.0
+    for line in text.splitlines():
+        if line.startswith("fcmon_probe_failures_total{") and 'target="t0"' in line:
+            failed += float(line.rsplit(" ", 1)[1])
+    return probes, failed
+
+
+def _connect_many(port: int, n: int) -> List[socket.socket]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.settimeout(10)
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        s.setblocking(False)
+        socks.append(s)
+    return socks
+
+
+def _closed_by_server(s: socket.socket) -> bool:
+    try:
+        readable, _, _ = select.select([s], [], [], 0)
+        return bool(readable) and s.recv(1) == b""
+    except ConnectionError:
+        return True
+
+
+def _baseline(fc: FcmonProcess, base: str) -> Dict[str, int]:
+    s = _session()
+    for _ in range(5):
+        assert s.get(base + "/metrics", timeout=10).status_code == 200
+    return _status(fc.proc.pid)
+
+
+def test_slowloris_is_dropped_while_scrapes_and_probes_go_on(
+        tmp_path: Path, test_pki: PKI, emulator: Emulator) -> None:
+    with FcmonProcess("run", "-c", str(_config(tmp_path, test_pki, emulator))) as fc:
+        base = fc.metrics_url().rsplit("/", 1)[0]
+        port = int(base.rsplit(":", 1)[1])
+        wait_for(lambda: _session().get(base + "/-/ready", timeout=10).status_code == 200)
+        before = _baseline(fc, base)
+        socks = _connect_many(port, 1000)
+        t0 = time.monotonic()
+        for s in socks:
+            s.send(b"GET /metrics HTTP/1.1\r\n")
+        during: Dict[str, int] = {}
+        probes0, failed0 = _counts(_session().get(base + "/metrics", timeout=10).text)
+        scrapes = 0
+        # Drip a header byte a second on every connection: never idle for
+        # long, never done. The whole-request deadline drops them all.
+        while time.monotonic() - t0 < 60:
+            open_ = [s for s in socks if not _closed_by_server(s)]
+            if not open_:
+                break
+            for s in open_:
+                try:
+                    s.send(b"X")
+                except OSError:
+                    pass
+            if not during:
+                during = _status(fc.proc.pid)
+            r = _session().get(base + "/metrics", timeout=10)
+            assert r.status_code == 200
+            scrapes += 1
+            time.sleep(1.0)
+        dropped_after = time.monotonic() - t0
+        assert all(_closed_by_server(s) for s in socks), "slow clients still connected after 60 s"
+        for s in socks:
+            s.close()
+        probes1, failed1 = _counts(_session().get(base + "/metrics", timeout=10).text)
+        assert probes1 > probes0 and failed1 == failed0  # scheduled probes went on, none failed
+        wait_for(lambda: _status(fc.proc.pid)["Threads"] <= before["Threads"], timeout=60)
+        time.sleep(2)
+        after = _status(fc.proc.pid)
+        print(f"\nslowloris: {len(socks)} clients dropped within {dropped_after:.1f} s; {scrapes} scrapes "
+              f"answered meanwhile; before {before}, during {during}, after {after}")
+        assert after["VmRSS"] - before["VmRSS"] < 20 * 1024
+        assert after["fds"] <= before["fds"] + 5
+        assert fc.stop() == 0
+    assert "Traceback" not in fc.text()
+
+
+def test_fat_headers_get_431_and_memory_comes_back(tmp_path: Path, test_pki: PKI, emulator: Emulator) -> None:
+    with FcmonProcess("run", "-c", str(_config(tmp_path, test_pki, emulator))) as fc:
+        base = fc.metrics_url().rsplit("/", 1)[0]
+        port = int(base.rsplit(":", 1)[1])
+        before = _baseline(fc, base)
+        line = b"X-Fat: " + b"a" * 65536 + b"\r\n"
+        answers: List[bytes] = []
+        peak = [before["VmRSS"]]
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], _status(fc.proc.pid)["VmRSS"])
+                time.sleep(0.05)
+
+        def fat() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                try:
+                    s.sendall(b"GET /metrics HTTP/1.1\r\n")
+                    for _ in range(100):
+                        s.sendall(line)
+                except OSError:
+                    pass  # refused halfway: as it should
+                try:
+                    answers.append(s.recv(100))
+                except OSError:
+                    answers.append(b"")
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        clients = [threading.Thread(target=fat) for _ in range(100)]
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(60)
+        done.set()
+        watcher.join()
+        assert _session().get(base + "/metrics", timeout=10).status_code == 200
+        time.sleep(3)
+        after = _status(fc.proc.pid)
+        print(f"\nfat headers: {sum(a.startswith(b'HTTP/1.1 431') for a in answers)} of 100 got 431; "
+              f"RSS before {before['VmRSS']} kB, peak {peak[0]} kB, after {after['VmRSS']} kB")
+        assert any(a.startswith(b"HTTP/1.1 431") for a in answers)
+        assert all(a.startswith(b"HTTP/1.1 431") or a == b"" for a in answers)
+        # 100 clients sent up to 6.4 MB each; fcmon read at most 16 KB of headers per request.
+        assert peak[0] - before["VmRSS"] < 100 * 1024
+        assert after["VmRSS"] - before["VmRSS"] < 20 * 1024
+        assert fc.stop() == 0
+    assert "Traceback" not in fc.text()
+
+
+def test_connection_flood_cannot_take_the_probes_descriptors(
+        tmp_path: Path, test_pki: PKI, emulator: Emulator) -> None:
+    # 256 descriptors in all; the endpoint may hold 256 - (64 + 2 * (4 + 4)) = 176 connections.
+    config = _config(tmp_path, test_pki, emulator, "max_probe_requests = 4")
+    with FcmonProcess("run", "-c", str(config), max_files=256) as fc:
+        base = fc.metrics_url().rsplit("/", 1)[0]
+        port = int(base.rsplit(":", 1)[1])
+        wait_for(lambda: _session().get(base + "/-/ready", timeout=10).status_code == 200)
+        probes0, failed0 = _counts(_session().get(base + "/metrics", timeout=10).text)
+        t0 = time.monotonic()
+        peak_fds = 0
+        held: List[socket.socket] = []
+        # Three rounds of 400 connections, about three probe intervals.
+        for _ in range(3):
+            held += _connect_many(port, 400)
+            for s in held:
+                try:
+                    s.send(b"G")
+                except OSError:
+                    pass
+            peak_fds = max(peak_fds, _status(fc.proc.pid)["fds"])
+            time.sleep(1.0)
+            for s in [s for s in held if _closed_by_server(s)]:
+                s.close()
+                held.remove(s)
+        flood = time.monotonic() - t0
+        for s in held:
+            s.close()
+        text = wait_for(lambda: _session().get(base + "/metrics", timeout=10).text)
+        probes1, failed1 = _counts(text)
+        rejected = sample(text, "fcmon_http_connections_rejected_total") or 0
+        print(f"\nflood: 1,200 connects in {flood:.1f} s against RLIMIT_NOFILE 256: {rejected:.0f} closed at once, "
+              f"peak {peak_fds} descriptors open, {probes1 - probes0:.0f} probes meanwhile, "
+              f"{failed1 - failed0:.0f} failed")
+        assert rejected > 0
+        assert peak_fds < 256
+        assert probes1 > probes0 and failed1 == failed0
+        assert sample(text, "fcmon_up", target="t0") == 1
+        assert fc.stop() == 0
+    assert "Too many open files" not in fc.text()
+    assert "Traceback" not in fc.text()
+
+
+def test_tls_clients_resetting_mid_response_leave_no_traceback(
+        tmp_path: Path, test_pki: PKI, emulator: Emulator) -> None:
+    web = f"[web]\ntls_cert_file = {test_pki.server.cert}\ntls_key_file = {test_pki.server.key}\n"
+    config = _config(tmp_path, test_pki, emulator, web=web, targets=40, interval=30)
+    with FcmonProcess("run", "-c", str(config)) as fc:
+        url = fc.metrics_url().replace("127.0.0.1", "localhost")
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        s = _session()
+        s.verify = str(test_pki.ca_file)
+        wait_for(lambda: s.get(url.rsplit("/", 1)[0] + "/-/ready", timeout=10).status_code == 200)
+        size = len(s.get(url, timeout=10).content)
+        lines = len(fc.lines)
+        ctx = ssl.create_default_context(cafile=str(test_pki.ca_file))
+        for _ in range(30):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            tls = ctx.wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            tls.recv(1024)
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            tls.close()  # a reset, with most of the answer unsent
+        assert s.get(url, timeout=10).status_code == 200
+        time.sleep(1)
+        print(f"\nTLS resets: 30 clients cut a {size}-byte answer; {len(fc.lines) - lines} log lines")
+        assert len(fc.lines) - lines < 5
+        assert fc.stop() == 0
+    assert "Traceback" not in fc.text()
