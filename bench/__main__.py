@@ -1,4 +1,4 @@
-"""`python -m bench [--only cpu,fidelity,startup,scale,memory,scrape] [--quick]` (or `make bench`).
+"""`python -m bench [--only cpu,fidelity,startup,scale,memory,scrape,hostile] [--quick]` (or `make bench`).
 
 Writes bench/results/latest.json and latest.md. Every process it starts is
 stopped on the way out, also after an error or Ctrl-C.
@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 from . import report, suites
 from .procs import ROOT, Procs, machine_facts, make_pki
 
-SUITES = ("cpu", "fidelity", "startup", "scale", "memory", "scrape")
+SUITES = ("cpu", "fidelity", "startup", "scale", "memory", "scrape", "hostile")
 
 
 def _load() -> str:
@@ -74,6 +74,7 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
                 ("cpu", "cpu" in only, lambda: suites.suite_cpu(ctx)),
                 ("fidelity", "fidelity" in only, lambda: suites.suite_fidelity(ctx)),
                 ("startup", "startup" in only, lambda: suites.suite_startup(ctx)),
+                ("hostile", "hostile" in only, lambda: suites.suite_hostile(ctx)),
             ]
             for name, wanted, fn in runs:
                 if not wanted:
@@ -134,6 +135,9 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
         "loop: time.process_time in their own process); ratio = median of the per-window ratios",
         "startup: fcmon run with 100 healthy targets at a 30 s interval, from exec to the first 200 of "
         "/-/ready (polled every 5 ms)",
+        "hostile: fcmon run with 500 healthy targets (30 s interval); 3,000 connections that send a request "
+        "line then a header byte a second, each one fcmon drops replaced at once, for 45 s; /metrics scraped "
+        "every 2 s for 10 s before, during (after a 5 s ramp) and 15 s after the attack",
         "scale: fcmon run with N targets (every tenth pointing at a TCP server that accepts and never "
         "answers), interval 30 s, timeout 10 s; lateness from fcmon_probe_start_lateness_seconds; "
         "missed = runs due by the schedule (first round 5 ms apart, then each target's phase; counted from when /-/healthy first answered) minus probes run",

@@ -138,6 +138,26 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                              f"200 at {s['ready_premature_s']:.2f} s, 503 after, 200 again at {_f(s['ready_s'], ' s', 1)}",
                              "", "", "", False,
                              "scheduler.update() fills the pending-first set after adding the jobs"))
+    hostile = results.get("hostile")
+    if hostile and "error" not in hostile:
+        b, d, a = hostile["before"], hostile["during"], hostile["after"]
+        answered = d["scrapes"] > 0 and d["scrape_failures"] == 0
+        back = a["at_end"]["rss_mb"] - b["at_end"]["rss_mb"]
+        rows.append(_row(
+            f"7. Hostile callers: /metrics ({hostile['targets']} targets) under {hostile['clients']:,} slow clients",
+            f"median {_f(d['scrape_median_s'], ' s', 3)}, max {_f(d['scrape_max_s'], ' s', 3)}, "
+            f"{d['scrapes']} answered, {d['scrape_failures']} failed",
+            f"before {_f(b['scrape_median_s'], ' s', 3)}, after {_f(a['scrape_median_s'], ' s', 3)}", "",
+            "every scrape answered; RSS back within 20 MB", answered and back < 20,
+            f"RSS before / peak during / after: {b['at_end']['rss_mb']:.1f} / {d['peak']['rss_mb']:.1f} / "
+            f"{a['at_end']['rss_mb']:.1f} MB; threads {b['at_end']['threads']:g} / {d['peak']['threads']:g} / "
+            f"{a['at_end']['threads']:g}; descriptors {b['at_end']['fds']:g} / {d['peak']['fds']:g} / "
+            f"{a['at_end']['fds']:g}; {hostile['attack']['connects']:,} slow connects in "
+            f"{hostile['attack']['seconds']:g} s, {hostile['attack']['dropped_by_fcmon']:,} dropped by the "
+            f"whole-request deadline; {hostile['probes_during']:g} probes meanwhile, "
+            f"{hostile['probe_failures_during']:g} failed"))
+    elif hostile:
+        rows.append(_row("7. Hostile callers", "error", "", "", "", False, hostile["error"]))
     return rows
 
 

@@ -641,3 +641,131 @@ def suite_startup(ctx: Ctx, n: int = 100, interval: float = 30.0) -> Dict[str, A
     finally:
         ctx.procs.stop(f.proc, 30)
     return res
+
+
+# ---------------------------------------------------------------- 7. hostile callers
+
+
+class _SlowClients:
+    """`n` connections to fcmon that send a request line, then one header
+    byte a second, never finishing; each one fcmon drops is replaced (a
+    sustained slowloris). Non-blocking sockets in one thread."""
+
+    def __init__(self, port: int, n: int):
+        self.port, self.n = port, n
+        self.socks: Dict[Any, bool] = {}  # socket -> request line sent
+        self.dropped = 0
+        self.connects = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+        for s in self.socks:
+            s.close()
+        self.socks.clear()
+
+    def _run(self) -> None:
+        import socket
+
+        while not self._stop.is_set():
+            while len(self.socks) < self.n:
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex((LOOPBACK, self.port))
+                self.socks[s] = False
+                self.connects += 1
+            for s in list(self.socks):
+                try:
+                    gone = s.recv(1) == b""
+                except (BlockingIOError, InterruptedError):
+                    gone = False
+                except OSError:
+                    gone = True
+                if gone:
+                    s.close()
+                    del self.socks[s]
+                    self.dropped += 1
+                    continue
+                try:
+                    s.send(b"X" if self.socks[s] else b"GET /metrics HTTP/1.1\r\n")
+                    self.socks[s] = True
+                except (BlockingIOError, InterruptedError, OSError):
+                    pass  # not connected yet, or gone: seen next round
+            self._stop.wait(1.0)
+
+
+def suite_hostile(ctx: Ctx, clients: int = 3000, targets: int = 500) -> Dict[str, Any]:
+    """/metrics latency, RSS and threads of `fcmon run` before, during and
+    after `clients` slow clients (a header byte a second, replaced when
+    dropped)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < clients + 200:  # the attacker's own descriptors
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, clients + 1000), hard))
+    emu = ctx.emulator()
+    port = free_port()
+    cfg = fcmon_config(ctx.work / "hostile.ini", ctx.pki, port, [(f"h{i:03d}", emu.url) for i in range(targets)],
+                       30.0, 10.0)
+    f = FcmonProc(ctx.procs, cfg, port, name="fcmon-hostile")
+    during_s = 10.0 if ctx.quick else 40.0
+
+    def scrape() -> Tuple[Optional[float], str]:
+        t0 = time.monotonic()
+        try:
+            status, body = http_get(port, "/metrics", timeout=30)
+        except OSError as exc:
+            return None, f"{type(exc).__name__}"
+        return (time.monotonic() - t0 if status == 200 else None), body.decode()
+
+    def state() -> Dict[str, float]:
+        return {"rss_mb": f.proc.rss() / MB, "threads": thread_count(f.proc.pid),
+                "fds": len(os.listdir(f"/proc/{f.proc.pid}/fd"))}
+
+    def phase(seconds: float, every: float = 2.0) -> Dict[str, Any]:
+        lat: List[float] = []
+        failed, peak = 0, {"rss_mb": 0.0, "threads": 0.0, "fds": 0.0}
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            took, _ = scrape()
+            if took is None:
+                failed += 1
+            else:
+                lat.append(took)
+            for k, v in state().items():
+                peak[k] = max(peak[k], v)
+            time.sleep(every)
+        return {"scrape_median_s": _median(lat), "scrape_max_s": max(lat) if lat else None,
+                "scrapes": len(lat), "scrape_failures": failed, "peak": peak, "at_end": state()}
+
+    res: Dict[str, Any] = {"clients": clients, "targets": targets}
+    try:
+        f.wait_listening(60)
+        wait_http(port, "/-/ready", 120)
+        time.sleep(5)
+        res["before"] = phase(10.0)
+        _, text = scrape()
+        failures0 = metric_sum(text, "fcmon_probe_failures_total")
+        probes0 = metric_sum(text, "fcmon_probes_total")
+        attack = _SlowClients(port, clients)
+        attack.start()
+        time.sleep(5)  # ramp up
+        res["during"] = phase(during_s)
+        res["during"]["open_slow_clients"] = len(attack.socks)
+        attack.stop()
+        res["attack"] = {"connects": attack.connects, "dropped_by_fcmon": attack.dropped,
+                         "seconds": during_s + 5}
+        time.sleep(15)  # idle threads end after 10 s; freed heap is trimmed
+        res["after"] = phase(10.0)
+        _, text = scrape()
+        res["probes_during"] = metric_sum(text, "fcmon_probes_total") - probes0
+        res["probe_failures_during"] = metric_sum(text, "fcmon_probe_failures_total") - failures0
+        res["connections_rejected"] = metric_sum(text, "fcmon_http_connections_rejected_total")
+    finally:
+        ctx.procs.stop(f.proc, 30)
+    return res

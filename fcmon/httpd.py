@@ -39,6 +39,7 @@ import ctypes
 import ctypes.util
 import errno
 import functools
+import gc
 import io
 import logging
 import resource
@@ -63,6 +64,9 @@ REQUEST_DEADLINE = 5.0
 IDLE_TIMEOUT = 30.0
 # Writing one whole answer (17 MB of /metrics for 3,000 targets, or 0.7 MB gzipped).
 WRITE_DEADLINE = 30.0
+# After refusing a request (414, 431, 400), what the client still sends is
+# read and dropped this long, so that the answer is not lost to a reset.
+LINGER = 1.0
 MAX_REQUEST_LINE = 8192
 MAX_HEADER_BYTES = 8192
 MAX_HEADERS = 100
@@ -200,23 +204,21 @@ class _Trim:
                 self._fn = None
 
     def __call__(self) -> None:
+        before = _rss()
+        # Connections cut mid-read leave exception/traceback cycles that
+        # only the cyclic collector frees; free them first.
+        gc.collect()
         if self._fn is not None:
             self._fn(0)
+        log.debug("after a burst of connections: RSS %.1f MB -> %.1f MB", before / 2**20, _rss() / 2**20)
 
 
-class _Protocol(asyncio.StreamReaderProtocol):
-    """Calls `on_lost` when the connection is really gone (its descriptor
-    closed): what the connection count follows."""
-
-    def __init__(self, reader: asyncio.StreamReader, on_lost: Callable[[], None]):
-        super().__init__(reader)
-        self._on_lost = on_lost
-
-    def connection_lost(self, exc: Optional[BaseException]) -> None:
-        try:
-            super().connection_lost(exc)
-        finally:
-            self._on_lost()
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize()
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class _Reply(Exception):
@@ -257,6 +259,7 @@ class Server:
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._tasks: Set["asyncio.Task[None]"] = set()
+        self._conns: Set["_Conn"] = set()
         self._app_pool = ElasticPool(APP_THREADS, "fcmon-web")
         self._probe_pool = ElasticPool(PROBE_THREADS, "fcmon-probe-request")
         self._quiet = _Quiet()
@@ -294,6 +297,8 @@ class Server:
             loop.remove_reader(self._listener.fileno())
             for task in list(self._tasks):
                 task.cancel()
+            for conn in list(self._conns):
+                conn.abort()
             loop.call_later(0.2, loop.stop)
 
         loop.call_soon_threadsafe(halt)
@@ -344,9 +349,15 @@ class Server:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            task = self._loop.create_task(self._connection(sock, addr))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            conn = _Conn(self, addr, self._loop.time())
+            self._conns.add(conn)
+            self._spawn(self._start(conn, sock))
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _resume_accepting(self) -> None:
         assert self._loop is not None
@@ -363,142 +374,73 @@ class Server:
 
     # -- one connection
 
-    async def _connection(self, sock: socket.socket, addr: Any) -> None:
+    async def _start(self, conn: "_Conn", sock: socket.socket) -> None:
+        """The TLS handshake (if any), per connection, under its timeout;
+        from then on the connection lives in `_Conn`'s callbacks."""
         loop = asyncio.get_running_loop()
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.open -= 1
-                self._served_since_trim += 1
-                self._maybe_trim()
-
-        transport: Optional[asyncio.BaseTransport] = None
-        graceful = False
+        ctx = self.ssl_context
         try:
-            reader = asyncio.StreamReader(limit=MAX_REQUEST_LINE + MAX_HEADER_BYTES)
-            protocol = _Protocol(reader, release)
-            ctx = self.ssl_context
-            started = loop.time()
-            try:
-                if ctx is None:
-                    transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
-                else:
-                    transport, _ = await asyncio.wait_for(
-                        loop.connect_accepted_socket(lambda: protocol, sock, ssl=ctx,
-                                                     ssl_handshake_timeout=HANDSHAKE_TIMEOUT),
-                        HANDSHAKE_TIMEOUT + 1)
-            except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError) as exc:
-                self._quiet.debug("TLS handshake with %s failed: %r", addr[0], exc)
-                sock.close()
-                release()
-                return
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)  # type: ignore[arg-type]
-            transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
-            buf = bytearray()
-            first = True
-            while True:
-                try:
-                    head = await self._read_head(reader, buf, started if first else None)
-                except _Reply as reply:
-                    await self._refuse(reader, writer, reply)
-                    graceful = True
-                    return
-                if head is None:
-                    return
-                first = False
-                if not await self._respond(head, writer, addr):
-                    graceful = True
-                    return
+            if ctx is None:
+                await loop.connect_accepted_socket(lambda: conn, sock)
+            else:
+                await asyncio.wait_for(
+                    loop.connect_accepted_socket(lambda: conn, sock, ssl=ctx,
+                                                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT),
+                    HANDSHAKE_TIMEOUT + 1)
+        except asyncio.CancelledError:
+            conn.release()
+            raise
+        except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError) as exc:
+            self._quiet.debug("TLS handshake with %s failed: %r", conn.addr[0], exc)
+            sock.close()
+            conn.release()
+
+    def _released(self, conn: "_Conn") -> None:
+        self.open -= 1
+        self._conns.discard(conn)
+        self._served_since_trim += 1
+        self._maybe_trim()
+
+    async def _answer(self, conn: "_Conn", head: Tuple[str, str, str, List[Tuple[str, str]]]) -> None:
+        """Answer one request, then wait for the next (keep-alive) or close."""
+        keep = False
+        try:
+            keep = await self._respond(head, conn)
         except asyncio.CancelledError:
             raise
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError, asyncio.IncompleteReadError) as exc:
-            self._quiet.debug("connection from %s ended: %r", addr[0], exc)
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            self._quiet.debug("connection from %s ended: %r", conn.addr[0], exc)
         except Exception:
-            log.exception("serving %s failed", addr[0])
+            log.exception("serving %s failed", conn.addr[0])
         finally:
-            if transport is None:
-                release()
-            elif graceful and not transport.is_closing():
-                # Let the last answer's tail go out, but not for ever.
-                transport.close()
-                loop.call_later(HANDSHAKE_TIMEOUT, transport.abort)
-            else:
-                transport.abort()
+            conn.done(keep)
 
-    async def _read_head(self, reader: asyncio.StreamReader, buf: bytearray,
-                         started: Optional[float]) -> Optional[Tuple[str, str, str, List[Tuple[str, str]]]]:
-        """(method, target, version, headers) of the next request; None when
-        the client closed, idled out or missed the deadline."""
-        loop = asyncio.get_running_loop()
-        if started is None and not buf:
-            try:
-                chunk = await asyncio.wait_for(reader.read(4096), IDLE_TIMEOUT)
-            except asyncio.TimeoutError:
-                return None
-            if not chunk:
-                return None
-            buf += chunk
-            started = loop.time()
-        assert started is not None
-        deadline = started + REQUEST_DEADLINE
-        while True:
-            while buf[:2] == b"\r\n":  # stray CRLFs before a request are allowed
-                del buf[:2]
-            end = buf.find(b"\r\n\r\n")
-            line_end = buf.find(b"\r\n")
-            if (line_end < 0 and len(buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
-                raise _Reply(414)
-            if end < 0 and len(buf) > MAX_REQUEST_LINE + MAX_HEADER_BYTES or end - line_end > MAX_HEADER_BYTES:
-                raise _Reply(431)
-            if end >= 0:
-                head = bytes(buf[:end])
-                del buf[:end + 4]
-                return _parse(head)
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                self._quiet.debug("request head not complete within %.0f s: connection dropped", REQUEST_DEADLINE)
-                return None
-            try:
-                chunk = await asyncio.wait_for(reader.read(8192), remaining)
-            except asyncio.TimeoutError:
-                self._quiet.debug("request head not complete within %.0f s: connection dropped", REQUEST_DEADLINE)
-                return None
-            if not chunk:
-                return None
-            buf += chunk
-
-    async def _refuse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reply: _Reply) -> None:
+    async def _refuse(self, conn: "_Conn", reply: _Reply) -> None:
         status = f"{reply.status} {_REASONS[reply.status]}"
         self._quiet.debug("refused a request: %s", status)
         body = (status + "\n").encode()
         headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                    *reply.extra]
-        writer.write(_head(status, headers, keep=False) + body)
-        await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
-        # Read (and drop) what the client is still sending for a moment before
-        # closing: closing with unread data resets the connection, and the
-        # client might lose the answer.
-        loop = asyncio.get_running_loop()
-        until, dropped = loop.time() + 1.0, 0
+        # Write the answer, then read (and drop) what the client still sends
+        # for a moment before closing: closing with unread data resets the
+        # connection, and the client might lose the answer.
+        conn.discard = True
         try:
-            if writer.can_write_eof():
-                writer.write_eof()
-            while dropped < 256 * 1024:
-                chunk = await asyncio.wait_for(reader.read(65536), max(0.0, until - loop.time()))
-                if not chunk:
-                    break
-                dropped += len(chunk)
-        except (asyncio.TimeoutError, OSError):
+            conn.transport.write(_head(status, headers, keep=False) + body)
+            await conn.drain(WRITE_DEADLINE)
+            if conn.transport.can_write_eof():
+                conn.transport.write_eof()
+            await asyncio.sleep(LINGER)
+        except OSError:
             pass
+        finally:
+            conn.done(False)
 
-    async def _respond(self, head: Tuple[str, str, str, List[Tuple[str, str]]],
-                       writer: asyncio.StreamWriter, addr: Any) -> bool:
+    async def _respond(self, head: Tuple[str, str, str, List[Tuple[str, str]]], conn: "_Conn") -> bool:
         """Answer one request; whether the connection may carry another."""
         method, target, version, headers = head
         loop = asyncio.get_running_loop()
+        transport = conn.transport
         fields: Dict[str, str] = {}
         for name, value in headers:
             key = name.lower()
@@ -509,30 +451,31 @@ class Server:
             keep = False  # a body fcmon does not read: no second request after it
         if method not in ("GET", "HEAD"):
             body = b"only GET and HEAD\n"
-            writer.write(_head("405 Method Not Allowed", [
+            transport.write(_head("405 Method Not Allowed", [
                 ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
                 ("Allow", "GET, HEAD")], keep=False) + body)
-            await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
+            await conn.drain(WRITE_DEADLINE)
             return False
-        environ = self._environ(method, target, version, fields, addr)
+        environ = self._environ(method, target, version, fields, conn.addr)
         pool = self._probe_pool if environ["PATH_INFO"] in self.slow_paths else self._app_pool
         try:
             status, out_headers, result, it, first = await loop.run_in_executor(pool, _call_app, self.app, environ)
         except Exception:
             log.exception("the web app failed on %s", environ["PATH_INFO"])
             body = b"internal error\n"
-            writer.write(_head("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8"),
-                                                              ("Content-Length", str(len(body)))], keep=False)
-                         + body)
-            await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
+            transport.write(_head("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8"),
+                                                                 ("Content-Length", str(len(body)))], keep=False)
+                            + body)
+            await conn.drain(WRITE_DEADLINE)
             return False
+        # The whole answer within WRITE_DEADLINE, or the connection is cut.
+        deadline = loop.time() + WRITE_DEADLINE
         try:
             if not any(k.lower() == "content-length" for k, _ in out_headers):
                 keep = False  # close-delimited
-            deadline = loop.time() + WRITE_DEADLINE
-            writer.write(_head(status, out_headers, keep))
+            transport.write(_head(status, out_headers, keep))
             if method == "HEAD":
-                await asyncio.wait_for(writer.drain(), WRITE_DEADLINE)
+                await conn.drain(deadline - loop.time())
                 return keep
             # A list is already in memory; anything else (the /metrics body) is
             # made block by block in the pool, never on the loop.
@@ -540,8 +483,8 @@ class Server:
             block: Optional[bytes] = first
             while block is not None:
                 if block:
-                    writer.write(block)
-                    await asyncio.wait_for(writer.drain(), max(0.001, deadline - loop.time()))
+                    transport.write(block)
+                    await conn.drain(deadline - loop.time())
                 if direct:
                     block = next(it, None)
                 else:
@@ -599,6 +542,160 @@ class Server:
             self._app_pool.submit(self._trim)
 
         self._trim_due = self._loop.call_later(1.0, trim)
+
+
+class _Conn(asyncio.Protocol):
+    """One connection, driven by the loop's callbacks: while it sends its
+    request head it costs no task and no coroutine, only this object, its
+    transport and one timer (the whole-request deadline, or the keep-alive
+    idle timeout) that aborts it. A complete head starts a task that
+    answers it (`Server._answer`)."""
+
+    def __init__(self, server: Server, addr: Any, accepted: float):
+        self.server = server
+        self.addr = addr
+        self.transport: Any = None
+        self.buf = bytearray()
+        self.busy = False  # a request is being answered
+        self.discard = False  # after a refusal: drop what comes
+        self.closed = False
+        self._released = False
+        self._timer: Optional[asyncio.TimerHandle] = None
+        self._request_started: Optional[float] = accepted
+        self._drain: Optional["asyncio.Future[None]"] = None
+        self._paused = False
+
+    # -- lifecycle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)  # type: ignore[attr-defined]
+        self._arm()
+
+    def connection_lost(self, exc: Optional[BaseException]) -> None:
+        self.closed = True
+        self._disarm()
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_exception(ConnectionResetError("connection lost"))
+        self._drain = None
+        self.release()
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.server._released(self)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def done(self, keep: bool) -> None:
+        """The answer is written: next request, or close."""
+        self.busy = False
+        if self.closed:
+            return
+        if not keep or self.transport.is_closing():
+            # Let the last answer's tail go out, but not for ever.
+            self.transport.close()
+            asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self.transport.abort)
+            return
+        self.transport.resume_reading()
+        # Idle until a next request starts; one already here starts now.
+        self._request_started = asyncio.get_running_loop().time() if self.buf else None
+        self._arm()
+        if self.buf:
+            self._head()
+
+    # -- timers
+
+    def _arm(self) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        if self._request_started is None:
+            self._timer = loop.call_later(IDLE_TIMEOUT, self.abort)
+        else:
+            self._timer = loop.call_at(self._request_started + REQUEST_DEADLINE, self._expire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self) -> None:
+        self.server._quiet.debug("request head not complete within %.0f s: connection dropped", REQUEST_DEADLINE)
+        self.abort()
+
+    # -- reading
+
+    def data_received(self, data: bytes) -> None:
+        if self.discard:
+            return
+        self.buf += data
+        if self.busy:
+            if len(self.buf) > MAX_REQUEST_LINE + MAX_HEADER_BYTES:
+                self.transport.pause_reading()  # pipelined requests wait their turn
+            return
+        if self._request_started is None:  # the first bytes of a keep-alive request
+            self._request_started = asyncio.get_running_loop().time()
+            self._arm()
+        self._head()
+
+    def eof_received(self) -> bool:
+        if not self.busy:
+            self.abort()
+            return False
+        # Half-closed: the answer in progress may still go out (TLS cannot).
+        return self.transport.get_extra_info("sslcontext") is None
+
+    def _head(self) -> None:
+        buf = self.buf
+        while buf[:2] == b"\r\n":  # stray CRLFs before a request are allowed
+            del buf[:2]
+        end = buf.find(b"\r\n\r\n")
+        line_end = buf.find(b"\r\n")
+        try:
+            if (line_end < 0 and len(buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+                raise _Reply(414)
+            if end < 0 and len(buf) > MAX_REQUEST_LINE + MAX_HEADER_BYTES or end - line_end > MAX_HEADER_BYTES:
+                raise _Reply(431)
+            if end < 0:
+                return
+            head = _parse(bytes(buf[:end]))
+        except _Reply as reply:
+            self._disarm()
+            self.busy = True
+            self.server._spawn(self.server._refuse(self, reply))
+            return
+        del buf[:end + 4]
+        self._disarm()
+        self.busy = True
+        self.server._spawn(self.server._answer(self, head))
+
+    # -- writing (flow control)
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    async def drain(self, timeout: float) -> None:
+        """Wait until the transport's buffer is low again; cut the
+        connection when that takes longer than `timeout`."""
+        if self.closed:
+            raise ConnectionResetError("connection lost")
+        if not self._paused:
+            return
+        loop = asyncio.get_running_loop()
+        self._drain = loop.create_future()
+        timer = loop.call_later(max(0.001, timeout), self.abort)
+        try:
+            await self._drain
+        finally:
+            timer.cancel()
 
 
 def _call_app(app: WsgiApp, environ: Dict[str, Any]) -> Tuple[str, List[Tuple[str, str]], Any, Any, Optional[bytes]]:

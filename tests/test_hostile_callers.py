@@ -242,6 +242,7 @@ def test_tls_clients_resetting_mid_response_leave_no_traceback(
         wait_for(lambda: s.get(url.rsplit("/", 1)[0] + "/-/ready", timeout=10).status_code == 200)
         size = len(s.get(url, timeout=10).content)
         lines = len(fc.lines)
+        fds = _status(fc.proc.pid)["fds"]
         ctx = ssl.create_default_context(cafile=str(test_pki.ca_file))
         for _ in range(30):
             raw = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -251,7 +252,9 @@ def test_tls_clients_resetting_mid_response_leave_no_traceback(
             tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             tls.close()  # a reset, with most of the answer unsent
         assert s.get(url, timeout=10).status_code == 200
-        time.sleep(1)
+        s.close()
+        # every connection closed on fcmon's side too
+        wait_for(lambda: _status(fc.proc.pid)["fds"] <= fds)
         print(f"\nTLS resets: 30 clients cut a {size}-byte answer; {len(fc.lines) - lines} log lines")
         assert len(fc.lines) - lines < 5
         assert fc.stop() == 0
