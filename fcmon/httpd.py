@@ -118,6 +118,9 @@ class _Quiet:
         self._lock = threading.Lock()
 
     def debug(self, message: str, *args: Any) -> None:
+        self.log(logging.DEBUG, message, *args)
+
+    def log(self, level: int, message: str, *args: Any) -> None:
         with self._lock:
             now = time.monotonic()
             if now - self._last < self._every:
@@ -126,7 +129,7 @@ class _Quiet:
             self._last, skipped, self._skipped = now, self._skipped, 0
         if skipped:
             message += f" (and {skipped} more like it)"
-        log.debug(message, *args)
+        log.log(level, message, *args)
 
 
 class ElasticPool(concurrent.futures.Executor):
@@ -263,6 +266,7 @@ class Server:
         self._app_pool = ElasticPool(APP_THREADS, "fcmon-web")
         self._probe_pool = ElasticPool(PROBE_THREADS, "fcmon-probe-request")
         self._quiet = _Quiet()
+        self._out_of_files = _Quiet(60.0)
         self._trim = _Trim()
         self._served_since_trim = 0
         self._trim_due: Optional[asyncio.TimerHandle] = None
@@ -324,7 +328,8 @@ class Server:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # Out of descriptors or memory: the listener stays readable,
                     # so pause instead of spinning on it.
-                    log.warning("cannot accept connections: %s; pausing %.1f s", exc.strerror, ACCEPT_PAUSE)
+                    self._out_of_files.log(logging.WARNING, "cannot accept connections: %s; pausing %.1f s",
+                                           exc.strerror, ACCEPT_PAUSE)
                     self._loop.remove_reader(self._listener.fileno())
                     self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
                     return

@@ -6,11 +6,16 @@ test_hostile_callers.py."""
 from __future__ import annotations
 
 import http.client
+import logging
+import os
+import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, List, Optional
+from typing import Any, Iterator, List, Optional
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -170,4 +175,46 @@ def test_threads_return_to_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
         assert web._server.threads > 1
         wait_for(lambda: web._server.threads == 0 and threading.active_count() <= baseline)
     finally:
+        web.stop()
+
+
+def _thread_cpu(stat: Any) -> float:
+    """CPU seconds of a thread, from its /proc stat file (opened beforehand)."""
+    stat.seek(0)
+    fields = stat.read().decode().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_accept_pauses_instead_of_spinning_when_out_of_descriptors(caplog: pytest.LogCaptureFixture) -> None:
+    app = App(lambda: BODY, lambda: True, lambda: True, _probe, WebConfig())
+    web = WebServer(app, "127.0.0.1", 0, None, max_connections=100000)  # no cap: the limit is hit
+    web.start()
+    holder = subprocess.Popen([sys.executable, "-c", f"""
+import socket, sys, time
+socks = [socket.create_connection(("127.0.0.1", {web.port})) for _ in range(60)]
+print("connected", flush=True)
+time.sleep(30)
+"""], stdout=subprocess.PIPE, text=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    tid = web._server._thread.native_id  # type: ignore[union-attr]
+    stat = open(f"/proc/self/task/{tid}/stat", "rb", buffering=0)  # before descriptors run out
+    try:
+        with caplog.at_level(logging.WARNING, logger="fcmon.httpd"):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 10, hard))
+            try:
+                assert holder.stdout is not None and holder.stdout.readline().strip() == "connected"
+                wait_for(lambda: "cannot accept connections" in caplog.text)
+                cpu0, t0 = _thread_cpu(stat), time.monotonic()
+                time.sleep(2.0)
+                busy = (_thread_cpu(stat) - cpu0) / (time.monotonic() - t0)
+            finally:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        # A spinning accept loop burns a whole core; a paused one next to nothing.
+        assert busy < 0.5
+        assert caplog.text.count("cannot accept connections") == 1  # rate-limited
+        wait_for(lambda: web._server.open == 60)  # accepting resumed once descriptors were back
+    finally:
+        stat.close()
+        holder.kill()
+        holder.wait()
         web.stop()
