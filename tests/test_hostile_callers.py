@@ -255,7 +255,10 @@ def test_tls_clients_resetting_mid_response_leave_no_traceback(
         s.close()
         # every connection closed on fcmon's side too
         wait_for(lambda: _status(fc.proc.pid)["fds"] <= fds)
-        print(f"\nTLS resets: 30 clients cut a {size}-byte answer; {len(fc.lines) - lines} log lines")
-        assert len(fc.lines) - lines < 5
+        # Probe results may still be logged meanwhile; nothing about the resets.
+        noise = [line for line in fc.lines[lines:]
+                 if any(word in line for word in ("httpd", "asyncio", "Traceback", "Error", "SSL", "ssl"))]
+        print(f"\nTLS resets: 30 clients cut a {size}-byte answer; {len(noise)} log lines about it")
+        assert noise == []
         assert fc.stop() == 0
     assert "Traceback" not in fc.text()
