@@ -1,7 +1,7 @@
 """The files an operator deploys beside fcmon, shipped inside the package.
 
 The repository's copies (systemd/, prometheus/, grafana/, config.ini,
-docs/runbook.md, CHANGELOG.md) are the only source. The wheel gets them at build time:
+docs/runbook.md, CHANGELOG.md, README.md) are the only source. The wheel gets them at build time:
 setup.py copies whatever `SOURCES` matches into `fcmon/assets/`, so the
 package never carries a second, hand-kept copy that could drift. At run
 time `fcmon assets` reads them from the installed package, or, in a source
@@ -27,6 +27,7 @@ SOURCES: Tuple[str, ...] = (
     "grafana/*.json",
     "docs/runbook.md",
     "CHANGELOG.md",
+    "README.md",
 )
 
 # Where the build puts them inside the package.
@@ -41,6 +42,7 @@ _DESCRIPTIONS: Tuple[Tuple[str, str], ...] = (
     ("grafana/", "Grafana dashboard"),
     ("docs/runbook", "runbook: what each alert means, what to check first"),
     ("CHANGELOG", "what changed in each version"),
+    ("README", "the documentation: install steps, configuration, metrics, alerts"),
 )
 
 

@@ -76,7 +76,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
         "assets", help="list or export the deployable files that match this version",
         description="The systemd unit, the Prometheus alert rules and their promtool tests, the "
         "example Prometheus config, the Grafana dashboard, the commented example config.ini, the "
-        "runbook and the changelog, as shipped with this fcmon version (from the installed package, or from the "
+        "runbook, the changelog and the README, as shipped with this fcmon version (from the installed package, or from the "
         "repository in a source checkout).",
         epilog="Then follow README.md, 'Install as a service'.",
     )
@@ -87,7 +87,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     export = actions.add_parser(
         "export", help="write them under DIR",
         description="Write every asset under DIR (created if missing), in its folder: "
-        "config.ini, systemd/, prometheus/, grafana/, docs/, CHANGELOG.md. A file already there with the same "
+        "config.ini, systemd/, prometheus/, grafana/, docs/, CHANGELOG.md, README.md. A file already there with the same "
         "content is left alone; one with other content is never overwritten without --force: "
         "then nothing at all is written. Exit 0 when done; 1 when refused (nothing written) or "
         "when a write failed (the file is named).",
@@ -162,6 +162,8 @@ def _assets(args: argparse.Namespace) -> int:
     written = sum(p.action != "unchanged" for p in planned)
     print(f"fcmon {__version__}: {len(planned)} assets in {args.dir} "
           f"({written} written, {len(planned) - written} unchanged)")
+    if "README.md" in location.names:
+        print(f"next: {args.dir / 'README.md'}, section 'Install as a service'")
     return 0
 
 
