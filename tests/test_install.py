@@ -113,6 +113,22 @@ def test_contents_check_catches_a_drifted_asset(dists: Dists, tmp_path: Path) ->
     assert "wheel: test or bench file tests/test_x.py" in problems
 
 
+def test_contents_check_catches_an_sdist_without_tests(dists: Dists, tmp_path: Path) -> None:
+    import tarfile
+
+    bad = tmp_path / dists.sdist.name
+    with tarfile.open(dists.sdist) as src, tarfile.open(bad, "w:gz") as dst:
+        for member in src.getmembers():
+            if "/tests/conftest.py" in member.name:
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+        cache = tarfile.TarInfo(f"fcmon-{VERSION}/fcmon/__pycache__/cli.cpython-311.pyc")
+        dst.addfile(cache, None)
+    problems = release.sdist_problems(bad)
+    assert "sdist: tests/conftest.py missing" in problems
+    assert "sdist: cache or build file fcmon/__pycache__/cli.cpython-311.pyc" in problems
+
+
 def test_wheelhouse_holds_the_wheel_and_every_dependency(dists: Dists) -> None:
     names = {re.split(r"-\d", p.name, 1)[0].lower().replace("_", "-") for p in dists.house.glob("*.whl")}
     assert {"fcmon", "requests", "urllib3", "cryptography", "prometheus-client", "apscheduler"} <= names
