@@ -213,6 +213,10 @@ def one_line(problems: Sequence[str], limit: int = 400) -> str:
     parts = [" ".join(p.split()) for p in problems if p.strip()]
     if not parts:
         return "reload failed"
+    # Each problem names the file: say it once.
+    source = parts[0].split(": ", 1)[0] + ": "
+    if len(parts) > 1 and all(p.startswith(source) and len(p) > len(source) for p in parts):
+        parts = [source + parts[0][len(source):]] + [p[len(source):] for p in parts[1:]]
     line = parts[0]
     shown = 1
     for p in parts[1:]:

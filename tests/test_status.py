@@ -143,6 +143,9 @@ def test_one_line_joins_problems_and_counts_the_rest() -> None:
     assert "\n" not in line and 1 <= shown < 5 and line.startswith("[target:t0]")
     assert line.endswith(f"give one (and {100 - shown} more)") and len(line) < 120 + len(" (and 99 more)")
     assert one_line([]) == "reload failed"
+    assert one_line(["/etc/fcmon/config.ini: [fcmon] timout: unknown key",
+                     "/etc/fcmon/config.ini: line 9: cannot parse"]) == (
+        "/etc/fcmon/config.ini: [fcmon] timout: unknown key; line 9: cannot parse")
     assert len(one_line(["x" * 1000], limit=100)) == 100
 
 
@@ -393,3 +396,19 @@ def test_page_and_json_are_gzipped_when_asked() -> None:
         headers = got["headers"]
         assert headers["Content-Encoding"] == "gzip" and headers["Vary"] == "Accept-Encoding"  # type: ignore[index]
         assert gzip.decompress(body) == call(app, path)[2]
+
+
+def test_reload_error_line_holds_no_secret(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """What the page shows of a rejected config: its problems on one line,
+    never a value that may be a password."""
+    from fcmon.config import ConfigError, load_config
+
+    secret = "hunter2-Pa55-xyz"
+    config = tmp_path / "config.ini"
+    config.write_text("[fcmon]\ntimout = 3\n\n[target:prod]\nendpoint = https://db1.example.com/api\n"
+                      f"password = {secret}\npassword = {secret}\nbad line {secret}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(config, {})
+    line = one_line(err.value.problems)
+    assert "\n" not in line and "duplicate key" in line and "timout" in line
+    assert secret not in line
