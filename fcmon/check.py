@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -106,14 +107,17 @@ def overall(verdicts: Sequence[Verdict]) -> int:
     return max((v.status for v in verdicts), default=UNKNOWN)
 
 
-def _perf_label(*parts: str) -> str:
-    """A Nagios perfdata label: quoted (so it may hold spaces), never `=` or `'` inside.
+_NOT_IN_LABEL = re.compile(r"[='|\x00-\x1f\x7f]")
 
-    Target names cannot hold either (config.py), nor can roles or hex serials;
-    the replacement is a guard, not a rule anyone should rely on.
+
+def _perf_label(*parts: str) -> str:
+    """A Nagios perfdata label: quoted (so it may hold spaces); never `=`, `'`,
+    `|` or a control character inside.
+
+    Target names cannot hold any of them (config.py), nor can roles or hex
+    serials, but a listener's name comes from the server (listServices).
     """
-    label = "_".join(parts).replace("=", "_").replace("'", "_")
-    return f"'{label}'"
+    return "'" + _NOT_IN_LABEL.sub("_", "_".join(parts)) + "'"
 
 
 def _days(value: float) -> str:
@@ -178,7 +182,8 @@ def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days:
                                   time.time() if now is None else now)
     lines = [plugin_line(head) + (" | " + " ".join(perf) if perf else "")]
     if len(verdicts) > 1:
-        lines += [f"{STATUS_NAMES[v.status]}: {v.result.target}: {v.why}" for v in verdicts]
+        # Nagios reads a `|` in the long text too, as more perfdata.
+        lines += [plugin_line(f"{STATUS_NAMES[v.status]}: {v.result.target}: {v.why}") for v in verdicts]
     return "\n".join(lines) + "\n"
 
 

@@ -223,3 +223,27 @@ def test_internal_failure_is_unknown_not_critical() -> None:
 
     assert verdict("internal") == UNKNOWN
     assert verdict("timeout") == CRITICAL
+
+
+def test_perfdata_labels_from_server_text_stay_perfdata() -> None:
+    # A listener's name comes from the server: whatever it holds, the line parses.
+    from fcmon.check import _perf_label
+
+    hostile = "mq tt='x'|y\nz\t"
+    label = _perf_label("prod", "listener", hostile, "up")
+    perf = parse_perfdata(f"OK - x | {label}=1;;1: 'prod_databases'=2")
+    assert list(perf) == ["prod_listener_mq tt__x__y_z__up", "prod_databases"]
+
+
+def test_server_text_with_a_pipe_cannot_start_perfdata(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from fcmon.emulator import Fault
+
+    config = tmp_path / "config.ini"
+    config.write_text(HEAD + target_section(test_pki, emulator, "a") + target_section(test_pki, emulator, "b"))
+    emulator.set_fault("createSession", Fault(error_code=12031, error_message="bad | worse\nnext", count=1))
+    proc = run_check(config)
+    assert proc.returncode == 2, proc.stdout
+    first, *rest = proc.stdout.splitlines()
+    assert {"a_connect", "b_connect"} <= set(parse_perfdata(first))
+    assert "bad / worse next" in first  # the server's message, made plugin-safe
+    assert rest and not [line for line in rest if "|" in line]
