@@ -26,8 +26,6 @@ from .result import CallResult, CertInfo, ProbeResult
 
 REDACTED = "<redacted>"
 
-_CALL_STEPS = {"createSession": "create_session", "listDatabases": "list_databases",
-               "deleteSession": "delete_session"}
 _CERT_WHAT = {
     "server": "server certificate",
     "chain": "chain certificate (sent by the server)",
@@ -114,7 +112,12 @@ def render(result: ProbeResult, target: TargetConfig) -> str:
         log.at(connect_at, "client certificate: none configured")
 
     for call in result.calls:
+        if call.action == "deleteSession" and result.delete_reconnected:
+            log.at(call.started, "deleteSession: over a new connection (the first one was cut or "
+                                 "is in an unknown state)")
         _call(log, call, target, result)
+    if result.delete_reconnected and not any(c.action == "deleteSession" for c in result.calls):
+        log.at(result.duration, "deleteSession: could not connect again to delete the session")
 
     if failure is None:
         log.at(result.duration, f"probe ended: up in {_seconds(result.duration)}, "

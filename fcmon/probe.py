@@ -162,6 +162,7 @@ class _Probe:
         self.server: Optional[ServerInfo] = None
         self.t0 = time.monotonic()
         self.connect_started: Optional[float] = None
+        self.delete_reconnected = False
         # the step in progress, where an unexpected failure is reported
         self.stage = "connect"
 
@@ -219,6 +220,7 @@ class _Probe:
             server=self.server,
             peer_address=self.peer.address,
             connect_started=self.connect_started,
+            delete_reconnected=self.delete_reconnected,
             database_names=tuple(
                 str(d.get("databaseName")) if isinstance(d, dict) else str(d)
                 for d in (self.databases or [])
@@ -250,7 +252,10 @@ class _Probe:
                 self.leaked = True
             return
         result = created.body.get("result")
-        self.server = ServerInfo.from_result(result)
+        # A server could echo the password in these; they become labels.
+        server = ServerInfo.from_result(result)
+        self.server = ServerInfo(*(redact(v, self.secrets) if v is not None else None
+                                   for v in (server.version, server.hostname, server.uuid)))
         token = result.get("authToken") if isinstance(result, dict) else None
         if not token:
             token = created.body.get("authToken")
@@ -381,6 +386,7 @@ class _Probe:
         assert self.token is not None and client is not None
         if main.fired or self.failure is not None and self.failure.reason in _BROKEN_CONNECTION:
             # The old connection is cut or in an unknown state: use a new one.
+            self.delete_reconnected = True
             fresh = client.fresh()
             try:
                 with deadline.watch(fresh):

@@ -127,6 +127,8 @@ class ProbeResult:
     peer_address: Optional[str] = None
     # when the TCP connect began, in seconds from the probe's start
     connect_started: Optional[float] = None
+    # deleteSession went over a new connection (the first was cut or broken)
+    delete_reconnected: bool = False
 
     @property
     def up(self) -> bool:

@@ -12,11 +12,13 @@ from typing import Iterator, Tuple
 import pytest
 import requests
 
+from fcmon import debuglog, pki
 from fcmon.config import load_config
 from fcmon.daemon import Daemon
 from fcmon.emulator import Emulator, Fault
+from fcmon.probe import Prober
 
-from support import PKI, fcmon_command, sample
+from support import PKI, fcmon_command, free_port, make_target, sample
 
 PASSWORD = "Zq9-debug-probe-Secret"
 VERSION = "FairCom EDGE Server 4.1.2.133 (debug test)"
@@ -179,3 +181,42 @@ def test_check_verbose_prints_the_log_to_stderr(test_pki: PKI, emu: Emulator, tm
     assert len(tokens) == 2
     for text in (loud.stdout, loud.stderr):
         assert PASSWORD not in text and not any(t in text for t in tokens)
+
+
+def test_log_of_a_certificate_that_fails_verification_and_of_a_refused_connect(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    wrong = pki.make_server(test_pki.ca, hosts=("db.example.com",), common_name="db.example.com")
+    files = wrong.write(tmp_path, "wrong-host")
+    with Emulator(cert_file=files.cert, key_file=files.key, client_ca_file=test_pki.ca_file) as emu:
+        target = make_target(test_pki, emu, password=PASSWORD)
+        log = debuglog.render(Prober().probe(target), target)
+    assert "connect: failed after " in log and ": tls_verify (server certificate not trusted: " in log
+    assert "read by a second, unverified handshake, for reporting only" in log
+    assert "server certificate: subject CN=db.example.com,O=fcmon test PKI; issuer CN=fcmon test CA" in log
+    assert "createSession" not in log  # nothing was sent
+    assert "probe ended: FAILED at connect: tls_verify" in log
+
+    refused = make_target(test_pki, emu, endpoint=f"https://localhost:{free_port()}/api")
+    log = debuglog.render(Prober().probe(refused), refused)
+    assert "connect: failed after " in log and "connect_refused (connection refused)" in log
+    assert "server certificate" not in log and "TLS: version" not in log
+    assert "client certificate (client_cert_file" in log  # what would have been presented
+
+
+def test_a_server_that_echoes_the_password_is_redacted(test_pki: PKI, emu: Emulator) -> None:
+    emu.api.server_version = f"FairCom echo {PASSWORD}"
+    target = make_target(test_pki, emu, username="MONITOR", password=PASSWORD)
+    result = Prober().probe(target)
+    assert result.up and result.server is not None
+    assert result.server.version == "FairCom echo <redacted>"
+    assert PASSWORD not in debuglog.render(result, target)
+
+
+def test_log_says_when_the_delete_needed_a_new_connection(test_pki: PKI, emu: Emulator) -> None:
+    emu.set_fault("listDatabases", Fault(malformed_json=True))
+    target = make_target(test_pki, emu, username="MONITOR", password=PASSWORD)
+    result = Prober().probe(target)
+    log = debuglog.render(result, target)
+    assert "listDatabases: HTTP 200, no errorCode, errorMessage \"response body is not JSON\"" in log
+    assert "deleteSession: over a new connection (the first one was cut or is in an unknown state)" in log
+    assert "deleteSession: HTTP 200, errorCode 0 (success)" in log
+    assert emu.open_sessions() == 0 and not result.session_leaked
