@@ -9,7 +9,7 @@ import pytest
 
 from fcmon import pki
 from fcmon.emulator import Emulator
-from support import PKI
+from support import PKI, Dists, release_tools, require_module
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +36,17 @@ def emulator(session_emulator: Emulator) -> Iterator[Emulator]:
     session_emulator.clear_faults()
 
 
+
+
+@pytest.fixture(scope="session")
+def release_dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
+    """`make dist` and `make wheelhouse`, by the same code, into a temp dir:
+    built once per session for every test that needs the release."""
+    require_module("build")
+    require_module("twine")
+    release = release_tools()
+    out = tmp_path_factory.mktemp("dist")
+    sdist, wheel = release.build(out, quiet=True)
+    release.twine_check([sdist, wheel])
+    house = release.wheelhouse(out, wheel)
+    return Dists(sdist, wheel, house)

@@ -225,3 +225,34 @@ def sample(text: str, name: str, **labels: str) -> Optional[float]:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
     return None
+
+
+def release_tools():  # type: ignore[no-untyped-def]
+    """tools/release.py (what `make dist` and `make wheelhouse` run), as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_fcmon_release", ROOT / "tools" / "release.py")
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+def require_module(name: str) -> None:
+    """Like require_tool, for a Python module of the running interpreter."""
+    import importlib.util
+
+    if importlib.util.find_spec(name) is None:
+        message = f"python module {name} is not installed (`make test` installs build and twine)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@dataclass(frozen=True)
+class Dists:
+    """The release, built once per test session: sdist, wheel and wheelhouse."""
+
+    sdist: Path
+    wheel: Path
+    house: Path

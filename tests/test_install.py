@@ -9,7 +9,6 @@ The build runs once per session; installs never touch an index."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -25,30 +24,14 @@ import pytest
 
 import fcmon
 from fcmon import assetfiles
-from support import IN_CI, ROOT, free_port, require_tool, sample
+from support import ROOT, Dists, free_port, release_tools, require_tool, sample
 
 pytestmark = pytest.mark.slow
 
 VERSION = fcmon.__version__
 
 
-def _release_module():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("_fcmon_release", ROOT / "tools" / "release.py")
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
-release = _release_module()
-
-
-def _require_module(name: str) -> None:
-    if importlib.util.find_spec(name) is None:
-        message = f"python module {name} is not installed (`make test` installs build and twine)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+release = release_tools()
 
 
 def _offline_env(**extra: str) -> Dict[str, str]:
@@ -66,42 +49,23 @@ def _run(cmd: List[str], cwd: Path, env: Dict[str, str], timeout: float = 300) -
     return out
 
 
-@dataclass(frozen=True)
-class Dists:
-    sdist: Path
-    wheel: Path
-    house: Path
-
-
-@pytest.fixture(scope="session")
-def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
-    """`make dist` and `make wheelhouse`, by the same code, into a temp dir."""
-    _require_module("build")
-    _require_module("twine")
-    out = tmp_path_factory.mktemp("dist")
-    sdist, wheel = release.build(out, quiet=True)
-    release.twine_check([sdist, wheel])
-    house = release.wheelhouse(out, wheel)
-    return Dists(sdist, wheel, house)
-
-
-def test_dist_contents_sdist_has_tests_and_docs_wheel_has_assets_and_nothing_else(dists: Dists) -> None:
-    assert release.check(dists.wheel.parent) == []
+def test_dist_contents_sdist_has_tests_and_docs_wheel_has_assets_and_nothing_else(release_dists: Dists) -> None:
+    assert release.check(release_dists.wheel.parent) == []
     import zipfile
 
-    with zipfile.ZipFile(dists.wheel) as z:
+    with zipfile.ZipFile(release_dists.wheel) as z:
         names = z.namelist()
     for name in assetfiles.collect(ROOT):
         assert f"fcmon/assets/{name}" in names
     assert not [n for n in names if n.startswith(("tests/", "bench/")) or "__pycache__" in n]
 
 
-def test_contents_check_catches_a_drifted_asset(dists: Dists, tmp_path: Path) -> None:
+def test_contents_check_catches_a_drifted_asset(release_dists: Dists, tmp_path: Path) -> None:
     """The byte-for-byte comparison is real: a wheel whose unit differs fails it."""
     import zipfile
 
-    bad = tmp_path / dists.wheel.name
-    with zipfile.ZipFile(dists.wheel) as src, zipfile.ZipFile(bad, "w") as dst:
+    bad = tmp_path / release_dists.wheel.name
+    with zipfile.ZipFile(release_dists.wheel) as src, zipfile.ZipFile(bad, "w") as dst:
         for item in src.infolist():
             data = src.read(item)
             if item.filename == "fcmon/assets/systemd/fcmon.service":
@@ -113,11 +77,11 @@ def test_contents_check_catches_a_drifted_asset(dists: Dists, tmp_path: Path) ->
     assert "wheel: test or bench file tests/test_x.py" in problems
 
 
-def test_contents_check_catches_an_sdist_without_tests(dists: Dists, tmp_path: Path) -> None:
+def test_contents_check_catches_an_sdist_without_tests(release_dists: Dists, tmp_path: Path) -> None:
     import tarfile
 
-    bad = tmp_path / dists.sdist.name
-    with tarfile.open(dists.sdist) as src, tarfile.open(bad, "w:gz") as dst:
+    bad = tmp_path / release_dists.sdist.name
+    with tarfile.open(release_dists.sdist) as src, tarfile.open(bad, "w:gz") as dst:
         for member in src.getmembers():
             if "/tests/conftest.py" in member.name:
                 continue
@@ -129,10 +93,10 @@ def test_contents_check_catches_an_sdist_without_tests(dists: Dists, tmp_path: P
     assert "sdist: cache or build file fcmon/__pycache__/cli.cpython-311.pyc" in problems
 
 
-def test_wheelhouse_holds_the_wheel_and_every_dependency(dists: Dists) -> None:
-    names = {re.split(r"-\d", p.name, 1)[0].lower().replace("_", "-") for p in dists.house.glob("*.whl")}
+def test_wheelhouse_holds_the_wheel_and_every_dependency(release_dists: Dists) -> None:
+    names = {re.split(r"-\d", p.name, 1)[0].lower().replace("_", "-") for p in release_dists.house.glob("*.whl")}
     assert {"fcmon", "requests", "urllib3", "cryptography", "prometheus-client", "apscheduler"} <= names
-    assert not list(dists.house.glob("*.tar.gz")), "the wheelhouse must be wheels only (no build on the host)"
+    assert not list(release_dists.house.glob("*.tar.gz")), "the wheelhouse must be wheels only (no build on the host)"
 
 
 # --- installed like a user ----------------------------------------------------
@@ -146,7 +110,7 @@ class Installed:
     prefix: Path
 
 
-def _venv_install(dists: Dists, where: Path) -> Installed:
+def _venv_install(release_dists: Dists, where: Path) -> Installed:
     """A plain venv, then pip install from the wheelhouse with no index.
 
     The venv is made --without-pip and this test run's pip installs into it
@@ -156,7 +120,7 @@ def _venv_install(dists: Dists, where: Path) -> Installed:
     env = _offline_env()
     _run([sys.executable, "-m", "venv", "--without-pip", venv], where, env)
     pip = [sys.executable, "-m", "pip", "--python", venv / "bin" / "python"]
-    _run(pip + ["install", "-q", "--no-index", "--find-links", dists.house, f"fcmon=={VERSION}"], where, env)
+    _run(pip + ["install", "-q", "--no-index", "--find-links", release_dists.house, f"fcmon=={VERSION}"], where, env)
     _run(pip + ["check"], where, env)
     return Installed("venv", venv / "bin" / "fcmon", venv / "bin" / "python", venv)
 
@@ -166,7 +130,7 @@ class _PipxJob:
     started in the background (pipx sets up its shared pip first, ~15 s) and
     joined when the pipx tests need it."""
 
-    def __init__(self, dists: Dists, where: Path) -> None:
+    def __init__(self, release_dists: Dists, where: Path) -> None:
         pipx = require_tool("pipx")
         self.home, self.bindir, self.where = where / "pipx", where / "bin", where
         env = _offline_env(PIPX_HOME=str(self.home), PIPX_BIN_DIR=str(self.bindir))
@@ -175,7 +139,7 @@ class _PipxJob:
         env.pop("PIP_CONFIG_FILE")
         base_python = shutil.which("python3", path=str(Path(sys.base_prefix) / "bin")) or sys.executable
         self.cmd = [pipx, "install", "--python", base_python,
-                    "--pip-args", f"--no-index --find-links {dists.house}", str(dists.wheel)]
+                    "--pip-args", f"--no-index --find-links {release_dists.house}", str(release_dists.wheel)]
         self.log = (where / "pipx.log").open("w+")
         self.proc = subprocess.Popen(self.cmd, cwd=str(where), env=env, stdout=self.log,
                                      stderr=subprocess.STDOUT)
@@ -201,21 +165,21 @@ class _PipxJob:
 
 
 @pytest.fixture(scope="session")
-def pipx_job(dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_PipxJob]:
-    job = _PipxJob(dists, tmp_path_factory.mktemp("install-pipx"))
+def pipx_job(release_dists: Dists, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_PipxJob]:
+    job = _PipxJob(release_dists, tmp_path_factory.mktemp("install-pipx"))
     yield job
     job.close()
 
 
 @pytest.fixture(scope="module", params=["venv", "pipx"])
-def installed(request: pytest.FixtureRequest, dists: Dists,
+def installed(request: pytest.FixtureRequest, release_dists: Dists,
               tmp_path_factory: pytest.TempPathFactory) -> Installed:
     if request.param == "venv":
         try:
             request.getfixturevalue("pipx_job")  # start it now, to overlap the venv tests
         except BaseException:  # pipx missing outside CI: skip only the pipx tests
             pass
-        return _venv_install(dists, tmp_path_factory.mktemp("install-venv"))
+        return _venv_install(release_dists, tmp_path_factory.mktemp("install-venv"))
     job = request.getfixturevalue("pipx_job")
     return job.result()
 
