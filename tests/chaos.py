@@ -99,6 +99,7 @@ class Fault:
     extra: str = "none"
     body: str = "ok"
     status: int = 200
+    content_length: Optional[int] = None  # a Content-Length to announce instead, whatever the framing
 
     def stages(self) -> Tuple[str, ...]:
         """The stages where this fault may show: where it happened, or (for
@@ -535,6 +536,9 @@ def _misbehave(conn: _Conn, f: Fault, payload: bytes) -> bool:
         body = payload
     else:
         raise AssertionError(f.framing)
+    if f.content_length is not None:
+        head = [h for h in head if not h.startswith((b"Content-Length", b"Transfer-Encoding"))]
+        head.append(b"Content-Length: %d" % f.content_length)
     keep = f.keep_alive and f.framing != "close"
     head.append(b"Connection: keep-alive" if keep else b"Connection: close")
     if f.extra == "many_headers":

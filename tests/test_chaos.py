@@ -27,13 +27,15 @@ from typing import Iterator, List, Optional
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from fcmon.config import TargetConfig
+from fcmon.metrics import FcmonCollector, MetricsStore
 from fcmon.probe import Prober
 from fcmon.result import REASONS, STAGES, ProbeResult
 
 from chaos import ACTIONS, BODY, CONNECTION_HOW, CONNECTION_WHERE, EXTRA, FRAMING, HOW, WHERE, ChaosServer, Fault
-from support import PKI, wait_for
+from support import PKI
 
 TIMEOUT = 1.0
 PASSWORD = "Chaos-pa55-word-never-logged"
@@ -106,9 +108,17 @@ def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: O
         assert failure.reason != "internal", failure
         allowed = fault.stages() if fault is not None else ()
         assert failure.stage in allowed, (failure, allowed)
-    # Every session the server created is deleted or counted as a leak.
+    # Every session the server created is deleted or counted as a leak, in
+    # the result and in fcmon_session_leaks_total.
     if server.open_sessions():
         assert result.session_leaked, (failure, len(server.open_sessions()))
+    store = MetricsStore()
+    store.set_targets([target])
+    store.record(result)
+    registry = CollectorRegistry()
+    registry.register(FcmonCollector(store))
+    leaks = registry.get_sample_value("fcmon_session_leaks_total", {"target": target.name})
+    assert leaks == (1 if result.session_leaked else 0)
     # Sockets are closed by fcmon, not left to the garbage collector.
     unclosed = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert unclosed == []
@@ -153,6 +163,18 @@ def test_dripped_body_of_a_closing_response_is_cut_at_the_deadline(
     _expect(result, "list_databases", "timeout")
     assert chaos.deleted and not chaos.open_sessions()
     assert not result.session_leaked
+
+
+def test_issue_case_content_length_99000_connection_close_one_byte_a_second(
+        test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    """As reported: timeout 3 s, `Content-Length: 99000`, `Connection: close`,
+    one byte a second (each before the 3 s socket timeout could fire). It
+    ran past 15 s and leaked its session."""
+    fault = Fault(where="in_body", how="drip", offset=0.0, rate=1.0, framing="close", content_length=99000)
+    result = run_case(chaos, prober, chaos_target(test_pki, chaos, timeout=3.0), fault)
+    _expect(result, "list_databases", "timeout")
+    assert result.duration < 4.0
+    assert chaos.deleted and not chaos.open_sessions() and not result.session_leaked
 
 
 def test_dripped_create_session_of_a_closing_response_is_cut(test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
