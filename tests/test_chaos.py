@@ -165,6 +165,7 @@ def test_dripped_body_of_a_closing_response_is_cut_at_the_deadline(
     assert not result.session_leaked
 
 
+@pytest.mark.slow
 def test_issue_case_content_length_99000_connection_close_one_byte_a_second(
         test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
     """As reported: timeout 3 s, `Content-Length: 99000`, `Connection: close`,
@@ -336,6 +337,22 @@ def test_a_bug_is_internal_with_a_redacted_traceback(test_pki: PKI, caplog: pyte
     assert "a bug in fcmon" in text and "Traceback" in text and PASSWORD not in text
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_alive", [True, False], ids=["keep-alive", "close"])
+@pytest.mark.parametrize("framing", FRAMING)
+def test_every_framing_of_list_databases(framing: str, keep_alive: bool, test_pki: PKI, chaos: ChaosServer,
+                                         prober: Prober) -> None:
+    """Each framing once, whatever the generated set happens to draw."""
+    result = run_case(chaos, prober, chaos_target(test_pki, chaos),
+                      Fault(framing=framing, keep_alive=keep_alive))
+    if framing in ("length", "chunked", "close"):
+        _expect(result, None, None)
+    else:
+        assert result.failure is not None and result.failure.stage == "list_databases", result.failure
+        assert result.failure.reason in ("timeout", "bad_response"), result.failure
+    assert not chaos.open_sessions()
+
+
 # ------------------------------------------------------------ the generated adversary
 
 RATES = (0.0002, 0.003, 0.05, 0.3)  # drip: seconds per byte
@@ -367,14 +384,14 @@ def faults(draw: st.DrawFn) -> Fault:
     )
 
 
-# `make test`: a fixed, derandomized set (about 40 s); `make chaos`: a long
+# `make test`: a fixed, derandomized set (about 30 s); `make chaos`: a long
 # random run from the seed the Makefile prints.
 CHAOS_EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES", "0") or 0)
 if CHAOS_EXAMPLES:
     _chaos_settings = settings(max_examples=CHAOS_EXAMPLES, derandomize=False, deadline=None, database=None,
                                print_blob=True, suppress_health_check=list(HealthCheck))
 else:
-    _chaos_settings = settings(max_examples=40, derandomize=True, deadline=None, database=None,
+    _chaos_settings = settings(max_examples=50, derandomize=True, deadline=None, database=None,
                                print_blob=True, suppress_health_check=list(HealthCheck))
 
 
