@@ -40,6 +40,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util.timeout import Timeout
+from urllib3.util.connection import allowed_gai_family
 from urllib3.util.wait import wait_for_read
 
 from .certs import CertFileError, der_cert_info, file_stamp, load_private_key
@@ -327,6 +328,33 @@ class _WireIO(http.client.HTTPConnection):
         return resp
 
 
+def _connect_within(tracked: _Tracked, host: str, port: int, options: Any) -> socket.socket:
+    """A connected TCP socket to (host, port), each address tried with the
+    time left before the deadline (as urllib3's create_connection otherwise)."""
+    if host.startswith("["):
+        host = host.strip("[]")
+    err: Optional[OSError] = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM):
+        sock = None
+        try:
+            sock = socket.socket(family, kind, proto)
+            for option in options or ():
+                sock.setsockopt(*option)
+            sock.settimeout(tracked.left(None))
+            sock.connect(address)
+            return sock
+        except OSError as e:
+            err = e
+            if sock is not None:
+                sock.close()
+    if err is not None:
+        try:
+            raise err
+        finally:
+            err = None  # no reference cycle through the traceback
+    raise OSError("getaddrinfo returned no address")
+
+
 class _WireMixin:
     """urllib3 connection methods of a probe connection (before urllib3's in the MRO)."""
 
@@ -337,14 +365,30 @@ class _WireMixin:
     def _new_conn(self) -> socket.socket:
         """The TCP socket, recorded for the deadline as soon as it exists;
         its timeout (which the TLS handshake inherits as a total) ends at
-        the deadline."""
+        the deadline.
+
+        urllib3's create_connection gives each address of the host the whole
+        timeout (a host with an IPv6 and an IPv4 address, the first
+        blackholed, would take twice the timeout); here each address gets
+        only the time left. Errors are wrapped as urllib3 wraps them.
+        """
         tracked = self.fcmon_tracked
-        if tracked is not None:
-            self.timeout = tracked.left(self.timeout)  # type: ignore[has-type]
-        sock = super()._new_conn()  # type: ignore[misc]
-        if tracked is not None:
-            tracked.add(sock)
-            sock.settimeout(tracked.left(sock.gettimeout()))
+        if tracked is None or tracked.deadline is None:
+            sock = super()._new_conn()  # type: ignore[misc]
+            if tracked is not None:
+                tracked.add(sock)
+            return sock
+        host: str = self._dns_host  # type: ignore[attr-defined]
+        try:
+            sock = _connect_within(tracked, host, self.port, self.socket_options)  # type: ignore[attr-defined]
+        except socket.gaierror as e:
+            raise urllib3.exceptions.NameResolutionError(host, self, e) from e  # type: ignore[arg-type]
+        except socket.timeout as e:
+            raise urllib3.exceptions.ConnectTimeoutError(self, f"Connection to {host} timed out") from e
+        except OSError as e:
+            raise urllib3.exceptions.NewConnectionError(
+                self, f"Failed to establish a new connection: {e}") from e  # type: ignore[arg-type]
+        tracked.add(sock)
         return sock
 
     def connect(self) -> None:
