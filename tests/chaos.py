@@ -109,6 +109,18 @@ class Fault:
         nxt = NEXT_STAGE[self.action]
         return (STAGE_OF[self.action],) + ((nxt,) if nxt else ())
 
+    def allows(self, stage: str, reason: str) -> bool:
+        """Whether a probe failure at (stage, reason) is where this fault
+        shows. A drip that ends just in time has spent the time of the calls
+        after it: they may time out."""
+        if stage in self.stages():
+            return True
+        if self.how == "drip" and reason == "timeout":
+            first = "connect" if self.where in CONNECTION_WHERE else STAGE_OF[self.action]
+            order = ("connect",) + tuple(STAGE_OF[a] for a in ACTIONS)
+            return order.index(stage) > order.index(first)
+        return False
+
 
 class _Closed(Exception):
     """The connection is over (the peer closed it, or the test reset the server)."""

@@ -106,8 +106,7 @@ def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: O
     if failure is not None:
         assert failure.reason in REASONS and failure.stage in STAGES, failure
         assert failure.reason != "internal", failure
-        allowed = fault.stages() if fault is not None else ()
-        assert failure.stage in allowed, (failure, allowed)
+        assert fault is not None and fault.allows(failure.stage, failure.reason), (failure, fault)
     # Every session the server created is deleted or counted as a leak, in
     # the result and in fcmon_session_leaks_total.
     if server.open_sessions():

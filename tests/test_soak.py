@@ -1,6 +1,6 @@
 """Soak: a real `fcmon run` probing many targets for about a minute while
 faults are switched at random. Nothing may leak: sessions, threads, file
-descriptors, memory; and the leak counter must tell the truth.
+descriptors, memory; and the leak counter must count every session left behind.
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ WARMUP = 30.0
 SOAK = 30.0
 
 # Faults whose effect on the server is known, so the leak count can be
-# checked exactly: none of these lets the server create a session whose
-# token fcmon never sees, nor delete one whose deletion fcmon never hears of.
-# (A createSession answer lost after the server acted is unknowable to any
-# client; tests/test_faults.py covers those rows on their own.)
+# checked: none of these lets the server create a session whose token fcmon
+# never sees, nor delete one whose deletion fcmon never hears of. A
+# createSession without a usable answer is counted as a possible leak (no
+# client can know whether the server acted), so the count is bounded from
+# both sides rather than exact.
 FAULTS: List[Tuple[str, Fault]] = [
     ("createSession", Fault(error_code=451)),
     ("createSession", Fault(http500_html=True)),
@@ -82,6 +83,15 @@ def total(text: str, name: str) -> float:
     return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
+def create_unanswered(text: str) -> float:
+    """Failed createSession calls that may still have made a session."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "fcmon_probe_failures_total" and s.labels.get("stage") == "create_session"
+               and s.labels.get("reason") not in ("api_error", "client_cert_rejected"))
+
+
 def run_faults(emu: Emulator, rng: random.Random, seconds: float) -> int:
     """Switch a random fault every ~0.7 s, sometimes none; returns how many were set."""
     switched = 0
@@ -131,6 +141,7 @@ def test_soak(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
             all_probes = total(text, "fcmon_probes_total")
             probes = all_probes - probes_before
             leaks = total(text, "fcmon_session_leaks_total")
+            unanswered = create_unanswered(text)
             assert fc.stop(signal.SIGTERM) == 0
 
         never_deleted = emu.open_sessions() + emu.sessions_expired()
@@ -140,7 +151,10 @@ def test_soak(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert probes >= 800, probes
     assert all_probes >= 2000, all_probes
     assert leaks > 0  # the faults did make fcmon leave sessions behind...
-    assert leaks == never_deleted  # ...and it counted exactly those
+    # ...and it counted every one of them, plus, at most, the createSession
+    # calls that got no usable answer (a session fcmon cannot rule out; the
+    # emulator's hang, reset and HTML faults make none).
+    assert never_deleted <= leaks <= never_deleted + unanswered, (leaks, never_deleted, unanswered)
     assert "Traceback" not in fc.text()
     assert end["threads"] <= start["threads"], (start, end)
     assert end["fds"] <= start["fds"] + 2, (start, end)
