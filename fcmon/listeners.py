@@ -66,9 +66,10 @@ SETTLE_MIN = 0.25
 SETTLE_HANDSHAKES = 4.0
 # The reporting-only handshake after a verification failure gets at most this.
 UNVERIFIED_FETCH_TIMEOUT = 2.0
-# The listener check's own failure vocabulary: the connect-stage reasons.
+# The listener check's own failure vocabulary: the connect-stage reasons,
+# and internal (fcmon out of descriptors, say: classify_connect_error's).
 LISTENER_REASONS = ("dns", "connect_refused", "connect_timeout", "tls_handshake", "tls_verify",
-                    "client_cert_rejected")
+                    "client_cert_rejected", "internal")
 
 
 @dataclass(frozen=True)
