@@ -458,3 +458,61 @@ def test_status_page_and_json_have_a_row_per_listener() -> None:
     assert [e["text"] for e in doc["events"]] == ['listener w"ss (port 9002) down: tls_verify: expired']
     board.record_listeners(listener_round("a"))  # still down: no second event
     assert len(board.snapshot().events) == 1
+
+
+# ---------------------------------------------------------------- emulator CLI
+
+
+@pytest.mark.slow
+def test_emulator_cli_runs_listeners_switchable_over_the_control_endpoint(tmp_path: Path) -> None:
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import requests
+
+    from fcmon.config import TargetConfig
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fcmon.emulator", "--listen", "127.0.0.1:0", "--pki-dir", str(tmp_path),
+         "--listener", "mqtts8883:mqtts:days=5", "--listener", "other:https:other-ca",
+         "--listener", "wss12:wss:client-certs,tls1.2", "--listener", "off:mqtts:disabled",
+         "--listener", "mqtt1883:mqtt"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        assert proc.stdout is not None
+        banner = [proc.stdout.readline() for _ in range(6)]
+        url = re.search(r"listening on (https://\S+)", banner[0]).group(1)  # type: ignore[union-attr]
+        ports = {m.group(1): int(m.group(2)) for m in (re.search(r"listener (\S+) \(\w+\) on port (\d+)", line)
+                                                       for line in banner) if m}
+        assert set(ports) == {"mqtts8883", "other", "wss12", "off", "mqtt1883"}, banner
+        target = TargetConfig("cli", url, "ADMIN", "ADMIN", tmp_path / "ca.crt", tmp_path / "client.crt",
+                              tmp_path / "client.key", timeout=2.0)
+        checker = ListenerChecker(Prober())
+        first = by_name(checker.run(target))  # type: ignore[arg-type]
+        assert set(first) == {"mqtts8883", "other", "wss12"}
+        assert first["mqtts8883"].up and 4.9 < days(first["mqtts8883"]) <= 5  # type: ignore[attr-defined]
+        assert first["other"].reason == "tls_verify" and first["wss12"].up  # type: ignore[attr-defined]
+        http = requests.Session()
+        http.trust_env = False
+        http.verify = str(tmp_path / "ca.crt")
+        http.cert = (str(tmp_path / "client.crt"), str(tmp_path / "client.key"))
+        base = url[: -len("/api")]
+        with http:
+            r = http.post(f"{base}/_emulator/listener", json={"name": "mqtts8883", "mode": "hang"}, timeout=10)
+            assert r.status_code == 200
+            assert {x["serviceName"]: x["mode"] for x in r.json()["listeners"]}["mqtts8883"] == "hang"
+            bad = http.post(f"{base}/_emulator/listener", json={"name": "mqtts8883", "mode": "sleep"}, timeout=10)
+            assert bad.status_code == 400
+        second = by_name(checker.run(target))  # type: ignore[arg-type]
+        assert second["mqtts8883"].reason == "connect_timeout"  # type: ignore[attr-defined]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

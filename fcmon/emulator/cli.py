@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import pki
-from .server import CONTROL_FAULT_PATH, CONTROL_SESSIONS_PATH, DEFAULT_DATABASES, Emulator
+from .listeners import MODES, ListenerSpec
+from .server import CONTROL_FAULT_PATH, CONTROL_LISTENER_PATH, CONTROL_SESSIONS_PATH, DEFAULT_DATABASES, Emulator
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,33 @@ def _listen(text: str) -> Tuple[str, int]:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port {port} out of range")
     return host, port
+
+
+_LISTENER_FLAGS = ("other-ca", "client-certs", "tls1.2") + MODES
+
+
+def _listener(text: str) -> Dict[str, Any]:
+    """NAME:PROTOCOL[:OPTION,...] -> the parts; certificates are made in run()."""
+    parts = text.split(":", 2)
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        raise argparse.ArgumentTypeError("expected NAME:PROTOCOL[:OPTION,...], e.g. mqtts8883:mqtts:days=5")
+    out: Dict[str, Any] = {"name": parts[0], "protocol": parts[1].lower(), "flags": set(), "port": 0, "days": None}
+    for option in (parts[2].split(",") if len(parts) == 3 and parts[2] else []):
+        key, sep, value = option.strip().partition("=")
+        if sep and key in ("port", "days"):
+            try:
+                out[key] = int(value) if key == "port" else float(value)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{key}= needs a number, got {value!r}") from None
+        elif not sep and key in _LISTENER_FLAGS:
+            out["flags"].add(key)
+        else:
+            raise argparse.ArgumentTypeError(
+                f"unknown listener option {option!r}; options: port=N, days=N, {', '.join(_LISTENER_FLAGS)}")
+    modes = out["flags"] & set(MODES)
+    if len(modes) > 1:
+        raise argparse.ArgumentTypeError(f"give one mode of {', '.join(MODES)}")
+    return out
 
 
 def _user(text: str) -> Tuple[str, str]:
@@ -118,6 +146,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tls-max-version", choices=sorted(_TLS_VERSIONS), help="highest TLS version offered"
     )
     parser.add_argument(
+        "--listener", type=_listener, action="append", metavar="NAME:PROTOCOL[:OPTION,...]",
+        help="an extra listener that listServices names, on its own port (repeatable), e.g. "
+        "mqtts8883:mqtts:days=5 or mqttwss9002:mqttwss:client-certs. Options: port=N (default: a free "
+        "one); with the generated PKI, days=N (its own certificate, valid N days) and other-ca (from "
+        "another CA); client-certs (require client certificates), tls1.2 (TLS 1.2 at most); a mode: "
+        "ok, hang (never answer the handshake), reset, disabled (listed as not enabled). A plain "
+        "protocol (mqtt, http) accepts and closes",
+    )
+    parser.add_argument(
+        "--no-list-services", action="store_true",
+        help="answer listServices as an unknown action, like a server without it",
+    )
+    parser.add_argument(
         "--server-version", metavar="TEXT",
         help="serverVersion that createSession reports (default: the emulator's own)",
     )
@@ -135,6 +176,9 @@ def _banner(
     temporary: bool,
 ) -> str:
     lines: List[str] = [f"fcmon emulator: FairCom JSON DB API listening on {emu.url}"]
+    for x in emu.listeners():
+        lines.append(f"  listener {x.spec.name} ({x.spec.protocol}) on port {x.port}, {x.mode}"
+                     + (", client certificates required" if x.spec.client_ca_file else ""))
     if client_ca is not None:
         lines.append(f"  client certificates: required (CA {client_ca})")
     else:
@@ -171,6 +215,8 @@ def _banner(
         f"  faults:   POST {base}{CONTROL_FAULT_PATH} "
         '{"action": "listDatabases", "fault": {"delay": 0.5}}  (empty fault clears)',
         f"  sessions: GET  {base}{CONTROL_SESSIONS_PATH}",
+        f"  listener: POST {base}{CONTROL_LISTENER_PATH} "
+        '{"name": "mqtts8883", "mode": "hang"}  (ok, hang, reset, disabled)',
         "  (control requests: loopback only, with the client certificate when one is required)",
         "  Ctrl-C to stop.",
     ]
@@ -203,6 +249,11 @@ def run(args: argparse.Namespace) -> int:
         cert, key = demo.server.cert, demo.server.key
         if client_ca is None and not args.no_client_certs:
             client_ca = demo.ca_file
+    try:
+        listeners = _listener_specs(args.listener or [], cert, key, client_ca, demo, pki_dir)
+    except ValueError as exc:
+        print(f"fcmon emulator: {exc}", file=sys.stderr)
+        return 2
 
     try:
         try:
@@ -220,6 +271,8 @@ def run(args: argparse.Namespace) -> int:
                 allow_http=args.plain_http,
                 server_version=args.server_version,
                 hostname=args.hostname,
+                listeners=listeners,
+                list_services=not args.no_list_services,
             ).start()
         except (OSError, ssl.SSLError, ValueError) as exc:
             print(f"fcmon emulator: cannot start: {exc}", file=sys.stderr)
@@ -231,6 +284,35 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if temporary and pki_dir is not None:
             shutil.rmtree(pki_dir, ignore_errors=True)
+
+
+def _listener_specs(items: Sequence[Dict[str, Any]], cert: Optional[Path], key: Optional[Path],
+                    client_ca: Optional[Path], demo: Optional[pki.DemoPKI],
+                    pki_dir: Optional[Path]) -> List[ListenerSpec]:
+    specs = []
+    other: Optional[pki.Issued] = None
+    for item in items:
+        flags = item["flags"]
+        l_cert, l_key = cert, key
+        if item["days"] is not None or "other-ca" in flags:
+            if demo is None or pki_dir is None:
+                raise ValueError(f"listener {item['name']}: days= and other-ca need the generated PKI (no --cert)")
+            issuer = demo.ca
+            if "other-ca" in flags:
+                other = other or pki.make_ca("fcmon emulator other CA")
+                issuer = other
+            issued = pki.make_server(issuer, days=item["days"] if item["days"] is not None else 365)
+            files = issued.write(pki_dir, f"listener-{item['name']}")
+            l_cert, l_key = files.cert, files.key
+        if "client-certs" in flags and client_ca is None:
+            raise ValueError(f"listener {item['name']}: client-certs needs a client CA (--client-ca or the "
+                             "generated PKI)")
+        mode = next(iter(flags & set(MODES)), "ok")
+        specs.append(ListenerSpec(
+            item["name"], item["protocol"], l_cert, l_key,
+            client_ca_file=client_ca if "client-certs" in flags else None, mode=mode, port=item["port"],
+            tls_max_version=ssl.TLSVersion.TLSv1_2 if "tls1.2" in flags else None))
+    return specs
 
 
 def _wait_for_signal() -> None:
