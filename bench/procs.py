@@ -374,7 +374,8 @@ def client_context(p: Pki) -> ssl.SSLContext:
 class EmulatorProc:
     """`python -m fcmon.emulator` in its own process, client certificates required."""
 
-    def __init__(self, procs: Procs, p: Pki, name: str = "emulator", max_sessions: int = 100000):
+    def __init__(self, procs: Procs, p: Pki, name: str = "emulator", max_sessions: int = 100000,
+                 extra: Sequence[str] = ()):
         self.pki = p
         self.proc = procs.start(name, [
             PYTHON, "-m", "fcmon.emulator", "--listen", f"{LOOPBACK}:0",
@@ -382,6 +383,7 @@ class EmulatorProc:
             # Limits far above what the bench's session rate can reach: a
             # limit error would be the emulator's figure, not fcmon's.
             "--max-sessions", str(max_sessions), "--max-sessions-per-user", str(max_sessions),
+            *extra,
         ])
         m = self.proc.wait_for_line(r"listening on https://[^:]+:(\d+)/api", 30)
         self.port = int(m.group(1))
@@ -412,6 +414,10 @@ class EmulatorProc:
     def sessions(self) -> dict:
         return self._control("GET", "/_emulator/sessions")
 
+    def listeners(self) -> list:
+        """The extra listeners with the TCP connections each accepted."""
+        return list(self._control("GET", "/_emulator/listener")["listeners"])
+
 
 # ---------------------------------------------------------------- fcmon
 
@@ -425,6 +431,7 @@ def fcmon_config(
     timeout: float,
     schedule: bool = True,
     log_level: str = "info",
+    listeners: Optional[str] = None,
 ) -> Path:
     lines = [
         "[fcmon]",
@@ -445,6 +452,9 @@ def fcmon_config(
         f"client_key_file = {p.client_key}",
         # Sessions that a hung probe could not delete expire quickly.
         "session_idle_timeout = 60",
+        # The bench's other suites measure probes alone (listeners = none);
+        # the listeners suite sets it.
+        f"listeners = {listeners or 'none'}",
         "",
     ]
     for name, endpoint in targets:

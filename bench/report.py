@@ -132,6 +132,23 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                          f"{second['1.25']:g} of {n} (flat: about {n // 4} / {3 * n // 4})"))
     elif st:
         rows.append(_row("6. Start-up", "error", "", "", "", False, st["error"]))
+    li = results.get("listeners")
+    if li and "error" not in li:
+        over = li.get("overhead")
+        rows.append(_row(
+            f"Listeners (issue 11): {li['targets']} targets x {li['listeners_per_target']} TLS listeners, "
+            f"interval {li['interval_s']:g} s, listener_interval {li['listener_interval_s']:g} s: extra CPU",
+            _f(None if over is None else over * 100, " %", 1),
+            f"{li['cpu_cores']['none']:.4f} cores without listeners", "", "< 10 %",
+            over is not None and over < 0.10,
+            f"fcmon listeners = auto vs none side by side over the same {li['window_s']:.0f} s of steady state "
+            f"({li['rounds_in_window']:g} rounds = {li['rounds_per_s']:.3f}/s, steady rate "
+            f"{li['steady_rounds_per_s']:.3f}/s; {li['probes']['auto']:g} / {li['probes']['none']:g} probes); "
+            f"{_f(li['cpu_ms_per_round'], ' ms', 2)} per round (listServices + 2 handshakes), first round at "
+            f"start-up {_f(li['first_round_cpu_ms_per_round'], ' ms', 2)} per round; {li['listeners_up']} "
+            f"listeners up, {li['discovery_ok']} discoveries ok; steal {li['steal_fraction'] * 100:.1f}%"))
+    elif li:
+        rows.append(_row("Listeners (issue 11)", "error", "", "", "", False, li["error"]))
     for s in ok_steps:
         if s.get("ready_premature_s") is not None:
             rows.append(_row(f"(finding) {s['targets']} targets: /-/ready answered 200 before the first round",

@@ -769,3 +769,100 @@ def suite_hostile(ctx: Ctx, clients: int = 3000, targets: int = 500) -> Dict[str
     finally:
         ctx.procs.stop(f.proc, 30)
     return res
+
+
+def suite_listeners(ctx: Ctx, n: int = 300) -> Dict[str, Any]:
+    """Issue 11: the CPU that listener checks add to a fleet at the default intervals.
+
+    Two fcmon processes run side by side against one emulator whose
+    listServices names two TLS listeners besides the API (an MQTTS one and
+    an MQTT-over-WSS one requiring client certificates, as FairCom's
+    defaults): `listeners = none` (the reference) and `listeners = auto`
+    (listServices plus two handshakes per target every listener_interval).
+    Both run `n` targets at the default interval (60 s) and
+    listener_interval (600 s). The first listener round is compressed at
+    start-up, and each target's second round comes on its phase at least
+    half a listener_interval later: from 300 s to 600 s the rounds run at
+    exactly the steady rate (n / 600 s). That is the window measured, CPU
+    from /proc for both processes over the same seconds; the emulator
+    counts the handshakes, so the rounds in the window are known.
+    --quick: 60 s probe interval kept, listener_interval 60 s, a 25 s window.
+    """
+    interval = 60.0
+    listener_interval = 60.0 if ctx.quick else 600.0
+    emu = EmulatorProc(ctx.procs, ctx.pki, name="emulator-listeners",
+                       extra=["--listener", "mqtts8883:mqtts", "--listener", "mqttwss9002:mqttwss:client-certs"])
+    ctx.log(f"listeners: emulator (pid {emu.proc.pid}) on {emu.url} with {len(emu.listeners())} listeners")
+    fleet = [(f"l{i:03d}", emu.url) for i in range(n)]
+    procs: Dict[str, FcmonProc] = {}
+    out: Dict[str, Any] = {"targets": n, "interval_s": interval, "listener_interval_s": listener_interval,
+                           "listeners_per_target": 2}
+    try:
+        for name in ("none", "auto"):
+            port = free_port()
+            cfg = fcmon_config(ctx.work / f"listeners-{name}.ini", ctx.pki, port, fleet, interval, 10.0,
+                               listeners=name)
+            if listener_interval != 600.0:
+                cfg.write_text(cfg.read_text().replace(
+                    "[defaults]\n", f"[defaults]\nlistener_interval = {listener_interval:g}\n"))
+            procs[name] = FcmonProc(ctx.procs, cfg, port, name=f"fcmon-listeners-{name}")
+        started = time.monotonic()
+        for f in procs.values():
+            f.wait_listening(60)
+            wait_http(f.port, "/-/ready", 120, interval=0.1)
+
+        def handshakes() -> int:
+            return sum(x["connections"] for x in emu.listeners())
+
+        def cpu() -> Dict[str, float]:
+            return {k: f.proc.cpu() for k, f in procs.items()}
+
+        # The first round: every target's listeners at once, at start-up.
+        c0, h0 = cpu(), handshakes()
+        time.sleep(20.0)
+        c1, h1 = cpu(), handshakes()
+        first_rounds = (h1 - h0) / 2
+        out["first_round"] = {
+            "rounds": first_rounds, "handshakes_before": h0,
+            "extra_cpu_s": (c1["auto"] - c0["auto"]) - (c1["none"] - c0["none"]),
+        }
+        # Then the steady stretch: from half a listener_interval to a whole one.
+        begin = started + listener_interval / 2 + 5.0
+        end = started + listener_interval - 5.0
+        ctx.log(f"listeners: {n} targets each; first round {first_rounds:g} rounds; measuring from "
+                f"{begin - started:.0f} s to {end - started:.0f} s after start")
+        time.sleep(max(0.0, begin - time.monotonic()))
+        c2, h2, steal0, t0 = cpu(), handshakes(), steal_seconds(), time.monotonic()
+        probes0 = {k: metric_sum(f.metrics(), "fcmon_probes_total") for k, f in procs.items()}
+        time.sleep(max(1.0, end - time.monotonic()))
+        c3, h3, elapsed = cpu(), handshakes(), time.monotonic() - t0
+        steal = (steal_seconds() - steal0) / max(1e-9, elapsed * (os.cpu_count() or 1))
+        texts = {k: f.metrics() for k, f in procs.items()}
+        rounds = (h3 - h2) / 2
+        none_cpu, auto_cpu = c3["none"] - c2["none"], c3["auto"] - c2["auto"]
+        extra = auto_cpu - none_cpu
+        out.update({
+            "window_s": elapsed,
+            "cpu_s": {"none": none_cpu, "auto": auto_cpu},
+            "cpu_cores": {"none": none_cpu / elapsed, "auto": auto_cpu / elapsed},
+            "probes": {k: metric_sum(texts[k], "fcmon_probes_total") - probes0[k] for k in procs},
+            "rounds_in_window": rounds,
+            "rounds_per_s": rounds / elapsed,
+            "steady_rounds_per_s": n / listener_interval,
+            "overhead": extra / none_cpu if none_cpu else None,
+            "cpu_ms_per_round": extra / rounds * 1000 if rounds else None,
+            "first_round_cpu_ms_per_round": (out["first_round"]["extra_cpu_s"] / first_rounds * 1000
+                                             if first_rounds else None),
+            "listeners_up": sum(1 for s in samples(texts["auto"], ["fcmon_listener_up"]) if s.value == 1),
+            "listener_series_none": len(samples(texts["none"], ["fcmon_listener_up"])),
+            "discovery_ok": sum(1 for s in samples(texts["auto"], ["fcmon_listener_discovery_success"])
+                                if s.value == 1),
+            "steal_fraction": steal,
+        })
+        ctx.log(f"listeners: none {out['cpu_cores']['none']:.4f} cores, auto {out['cpu_cores']['auto']:.4f} "
+                f"cores, {rounds:g} rounds in {elapsed:.0f} s, overhead {out['overhead']}")
+    finally:
+        for f in procs.values():
+            ctx.procs.stop(f.proc, 30)
+        ctx.procs.stop(emu.proc)
+    return out

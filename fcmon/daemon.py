@@ -50,6 +50,8 @@ class Daemon:
         self.flights = Flights(config.max_connections_per_host)
         self.probe_slots = Slots(config.max_probe_requests)
         self.listeners = ListenerChecker(self.prober)
+        # A due discovery rides on a probe's connection: no handshake of its own.
+        self.prober.after_probe = self.listeners.piggyback
         self.scheduler = ProbeScheduler(self.prober, self._on_result, self.store.record_skipped,
                                         self.store.record_lateness, self.flights,
                                         check_listeners=self.listeners.run,

@@ -240,43 +240,38 @@ def handshake(host: str, port: int, ctx: ssl.SSLContext, timeout: float,
 
 
 def _verdict(sock: ssl.SSLSocket, wait: float, has_client_cert: bool) -> None:
-    """After a TLS 1.3 handshake: a session ticket (or data) means the server
-    accepted us; an alert or a close means it refused the client certificate;
-    silence until `wait` passes counts as accepted (a server without tickets)."""
-    end = time.monotonic() + max(wait, 0.0)
+    """After a TLS 1.3 handshake the server judges the client certificate,
+    then sends session tickets (accepted) or an alert (refused). Wait until
+    the socket is readable, up to `wait`, then read once: records that are
+    not an alert (tickets, or data of a server that speaks first) mean
+    accepted; an alert or a close mean refused; silence means accepted (a
+    server that sends no tickets). No SSLSession is built: reading
+    `sock.session` costs a re-parse of the peer certificate each time."""
     sock.setblocking(False)
-    while True:
-        try:
-            if sock.recv(1):
-                return  # a server that speaks first: it accepted the connection
-            closed: Optional[BaseException] = None
-        except ssl.SSLWantReadError:
-            closed = None
-        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError) as exc:
-            closed = exc
-        except ssl.SSLError as exc:
-            err = classify_connect_error(exc, has_client_cert)
-            if err.reason == "client_cert_rejected":
-                raise err from None
-            raise ProbeError("tls_handshake", f"TLS error right after the handshake: {err.message}") from None
-        except OSError:
-            return  # the deadline cut the socket: the handshake itself succeeded
-        if closed is not None:
-            raise ProbeError(
-                "client_cert_rejected",
-                "server closed the connection right after the TLS 1.3 handshake "
-                "(client certificate not accepted)",
-            ) from None
-        session = sock.session
-        if session is not None and session.has_ticket:
-            return
-        left = end - time.monotonic()
-        if left <= 0:
-            return
-        try:
-            select.select([sock], [], [], left)
-        except (OSError, ValueError):
-            return
+    try:
+        readable, _, _ = select.select([sock], [], [], max(wait, 0.0))
+    except (OSError, ValueError):
+        return  # the deadline cut the socket: the handshake itself succeeded
+    if not readable:
+        return
+    try:
+        sock.recv(1)
+        return  # data: a server that speaks first accepted the connection
+    except ssl.SSLWantReadError:
+        return  # tickets (or a partial record): no alert
+    except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+        raise ProbeError(
+            "client_cert_rejected",
+            "server closed the connection right after the TLS 1.3 handshake "
+            "(client certificate not accepted)",
+        ) from None
+    except ssl.SSLError as exc:
+        err = classify_connect_error(exc, has_client_cert)
+        if err.reason == "client_cert_rejected":
+            raise err from None
+        raise ProbeError("tls_handshake", f"TLS error right after the handshake: {err.message}") from None
+    except OSError:
+        return
 
 
 def _close(sock: Optional[ssl.SSLSocket], raw: Optional[socket.socket]) -> None:
@@ -308,6 +303,11 @@ class ListenerChecker:
         self._lock = threading.Lock()
         self._discovered: Dict[str, Tuple[Listener, ...]] = {}
         self._said: Dict[str, str] = {}
+        # target -> (monotonic time, listeners found, or the message of an
+        # answer without listeners) of a listServices asked on a probe's
+        # connection (`piggyback`); the next round uses it when fresh
+        self._piggybacked: Dict[str, Tuple[float, Optional[Tuple[Listener, ...]], str]] = {}
+        self._discovered_at: Dict[str, float] = {}  # target -> monotonic time of its last discovery
         self._busy: set = set()  # targets whose round is running
         self._last: Dict[str, float] = {}  # target -> monotonic start of its last round
 
@@ -324,6 +324,10 @@ class ListenerChecker:
             for name in list(self._said):
                 if name not in keep:
                     del self._said[name]
+            for d in (self._piggybacked, self._discovered_at):
+                for name in list(d):
+                    if name not in keep:
+                        del d[name]
 
     def due(self, target: TargetConfig) -> bool:
         """No round of `target` ran for listener_interval (and none runs now)."""
@@ -368,11 +372,52 @@ class ListenerChecker:
 
     # -- discovery
 
+    @staticmethod
+    def _fresh_for(target: TargetConfig) -> float:
+        """How old a probe's listServices answer may be for the next round to
+        use it: the probe asks within one probe interval (plus its timeout)
+        before the round is due."""
+        return target.interval + target.timeout + 2.0
+
+    def piggyback(self, target: TargetConfig, client: ApiClient) -> None:
+        """Prober.after_probe: when the target's next round will need a
+        discovery, ask listServices on the probe's open connection (one more
+        request instead of a connection and handshake of its own)."""
+        if not target.discovers_listeners:
+            return
+        lead = target.listener_interval - self._fresh_for(target)
+        if lead <= 0:
+            return  # rounds more often than probes: each round asks itself
+        now = time.monotonic()
+        with self._lock:
+            last = self._discovered_at.get(target.name)
+        if last is not None and now - last < lead:
+            return
+        plan = client.plan
+        timeout = min(target.timeout, UNVERIFIED_FETCH_TIMEOUT)
+        handle = self._prober.deadlines.at(now + timeout, client.cut)
+        try:
+            response = client.call(LIST_SERVICES, timeout)
+            entry: Tuple[float, Optional[Tuple[Listener, ...]], str] = (
+                now, tuple(parse_listeners(response.body, plan.port)), "")
+        except DiscoveryUnsupported as exc:
+            entry = (now, None, str(exc))
+        except ProbeError:
+            return  # the round asks on its own
+        finally:
+            self._prober.deadlines.cancel(handle)
+        with self._lock:
+            self._piggybacked[target.name] = entry
+            self._discovered_at[target.name] = now
+
     def _discover(self, target: TargetConfig,
                   ctx: Optional[ssl.SSLContext]) -> Tuple[bool, str, Tuple[Listener, ...]]:
-        plan = self._prober.plan(target)
         with self._lock:
             known = self._discovered.get(target.name, ())
+            piggybacked = self._piggybacked.pop(target.name, None)
+        if piggybacked is not None and time.monotonic() - piggybacked[0] <= self._fresh_for(target):
+            return self._discovered_now(target, piggybacked[1], piggybacked[2])
+        plan = self._prober.plan(target)
         if plan.tls and ctx is None:
             message = "listServices not asked: the TLS context cannot be set up"
             self._say(target.name, "warning", message)
@@ -382,15 +427,10 @@ class ListenerChecker:
         handle = self._prober.deadlines.at(deadline, client.cut)
         try:
             response = client.call(LIST_SERVICES, target.timeout)
-            found = tuple(parse_listeners(response.body, plan.port))
+            found: Optional[Tuple[Listener, ...]] = tuple(parse_listeners(response.body, plan.port))
+            unsupported = ""
         except DiscoveryUnsupported as exc:
-            # Not a failure of the target: an older server, or one that
-            # hides the action. The configured list is still checked.
-            message = f"{exc}; checking only the listeners configured"
-            self._say(target.name, "info", message)
-            with self._lock:
-                self._discovered.pop(target.name, None)
-            return False, message, ()
+            found, unsupported = None, str(exc)
         except ProbeError as exc:
             reason = "timeout" if time.monotonic() >= deadline else exc.reason
             # The server could not be asked: keep what it said last, so its
@@ -401,8 +441,24 @@ class ListenerChecker:
         finally:
             self._prober.deadlines.cancel(handle)
             client.close()
+        return self._discovered_now(target, found, unsupported)
+
+    def _discovered_now(self, target: TargetConfig, found: Optional[Tuple[Listener, ...]],
+                        unsupported: str) -> Tuple[bool, str, Tuple[Listener, ...]]:
+        """An answer to listServices: the listeners it named (`found`), or
+        none at all (`unsupported` says why)."""
         with self._lock:
-            self._discovered[target.name] = found
+            self._discovered_at[target.name] = time.monotonic()
+            if found is None:
+                self._discovered.pop(target.name, None)
+            else:
+                self._discovered[target.name] = found
+        if found is None:
+            # Not a failure of the target: an older server, or one that
+            # hides the action. The configured list is still checked.
+            message = f"{unsupported}; checking only the listeners configured"
+            self._say(target.name, "info", message)
+            return False, message, ()
         self._say(target.name, "info", "listServices named " + (
             ", ".join(f"{x.name}:{x.port}" for x in found) if found else "no other TLS listener"))
         return True, "", found

@@ -96,6 +96,9 @@ class Prober:
         self._wall = wall_clock
         self._plans: Dict[str, Tuple[TargetConfig, RequestPlan]] = {}
         self._plans_lock = threading.Lock()
+        # Called with (target, client) on the open connection of each probe
+        # that succeeded, after its timing ended: see _Probe._after.
+        self.after_probe: Optional[Callable[[TargetConfig, ApiClient], None]] = None
 
     def retain(self, targets: Sequence[TargetConfig]) -> None:
         self.contexts.retain(targets)
@@ -197,9 +200,12 @@ class _Probe:
             except Exception as exc:
                 self.leaked = True
                 self.internal("delete_session", exc)
+            duration = time.monotonic() - t0
             if client is not None:
-                client.close()
-        duration = time.monotonic() - t0
+                try:
+                    self._after(client)
+                finally:
+                    client.close()
         certs = dedupe(
             self.peer.certs
             + self.prober.file_certs.for_files(target.ca_file, target.client_cert_file)
@@ -226,6 +232,18 @@ class _Probe:
                 for d in (self.databases or [])
             ),
         )
+
+    def _after(self, client: ApiClient) -> None:
+        """The Prober's `after_probe` hook, on the connection of a probe that
+        succeeded, after its timing ended and its session was deleted (the
+        listener check asks listServices here when due: no second handshake)."""
+        hook = self.prober.after_probe
+        if hook is None or self.failure is not None or self.leaked:
+            return
+        try:
+            hook(self.target, client)
+        except Exception:  # an extra: never the probe's failure
+            log.debug("%s: after-probe hook failed", self.target.name, exc_info=True)
 
     def _client(self) -> Optional[ApiClient]:
         target = self.target

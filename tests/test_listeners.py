@@ -516,3 +516,24 @@ def test_emulator_cli_runs_listeners_switchable_over_the_control_endpoint(tmp_pa
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_a_due_discovery_rides_on_a_successful_probe(test_pki: PKI, emu: Emulator) -> None:
+    target = make_target(test_pki, emu, timeout=1.0, interval=10.0, listener_interval=600.0)
+    prober = Prober()
+    checker = ListenerChecker(prober)
+    prober.after_probe = checker.piggyback
+
+    def asked() -> int:
+        return sum(1 for r in emu.requests_seen() if isinstance(r, dict) and r.get("action") == "listServices")
+
+    before = asked()
+    result = prober.probe(target)
+    assert result.up and asked() == before + 1
+    # not one of the probe's calls or steps
+    assert [c.action for c in result.calls] == ["createSession", "listDatabases", "deleteSession"]
+    r = checker.run(target)
+    assert r is not None and r.discovery is True and asked() == before + 1  # the round asked nobody
+    assert "mqtts8883" in by_name(r)
+    assert prober.probe(target).up and asked() == before + 1  # not due again for a listener_interval
+    assert emu.open_sessions() == 0
