@@ -338,7 +338,7 @@ class ListenerChecker:
 
     def run(self, target: TargetConfig) -> Optional[ListenerRound]:
         """One round; None when a round of the same target is already running
-        (at most one check per listener in flight, whoever asks)."""
+        (at most one check per listener in flight, whoever asks), or crashed."""
         with self._lock:
             if target.name in self._busy:
                 return None
@@ -347,9 +347,10 @@ class ListenerChecker:
         try:
             return self._run(target)
         except Exception as exc:  # the boundary: a bug must not kill the scheduler
+            # Logged with its traceback; the last round's series stay as they
+            # were rather than vanish as if the listeners had gone.
             log.error("listener check of %s crashed: %s", target.name, type(exc).__name__, exc_info=True)
-            return ListenerRound(target.name, None if not target.discovers_listeners else False,
-                                 f"internal error: {type(exc).__name__}", (), self._wall())
+            return None
         finally:
             with self._lock:
                 self._busy.discard(target.name)

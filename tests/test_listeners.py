@@ -79,7 +79,9 @@ def server(test_pki: PKI, certs: Dict[str, Tuple[Path, Path]]) -> Iterator[Emula
 @pytest.fixture
 def emu(server: Emulator) -> Iterator[Emulator]:
     modes = {x.spec.name: x.spec.mode for x in server.listeners()}
+    server.clear_faults()
     yield server
+    server.clear_faults()
     for name, mode in modes.items():
         server.set_listener_mode(name, mode)
 
