@@ -55,7 +55,8 @@ class Daemon:
         self.scheduler = ProbeScheduler(self.prober, self._on_result, self.store.record_skipped,
                                         self.store.record_lateness, self.flights,
                                         check_listeners=self.listeners.run,
-                                        on_listener_round=self._on_listener_round)
+                                        on_listener_round=self._on_listener_round,
+                                        on_listener_due=self.listeners.expect)
         self.notifier = Notifier(environ)
         self._stop = threading.Event()
         self._reload = threading.Event()

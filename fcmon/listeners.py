@@ -307,7 +307,8 @@ class ListenerChecker:
         # answer without listeners) of a listServices asked on a probe's
         # connection (`piggyback`); the next round uses it when fresh
         self._piggybacked: Dict[str, Tuple[float, Optional[Tuple[Listener, ...]], str]] = {}
-        self._discovered_at: Dict[str, float] = {}  # target -> monotonic time of its last discovery
+        self._next_due: Dict[str, float] = {}  # target -> Unix time its next round is due (from the scheduler)
+        self._asked_for: Dict[str, float] = {}  # target -> the due time a probe last asked listServices for
         self._busy: set = set()  # targets whose round is running
         self._last: Dict[str, float] = {}  # target -> monotonic start of its last round
 
@@ -324,7 +325,7 @@ class ListenerChecker:
             for name in list(self._said):
                 if name not in keep:
                     del self._said[name]
-            for d in (self._piggybacked, self._discovered_at):
+            for d in (self._piggybacked, self._next_due, self._asked_for):  # type: ignore[attr-defined]
                 for name in list(d):
                     if name not in keep:
                         del d[name]
@@ -375,25 +376,31 @@ class ListenerChecker:
 
     @staticmethod
     def _fresh_for(target: TargetConfig) -> float:
-        """How old a probe's listServices answer may be for the next round to
-        use it: the probe asks within one probe interval (plus its timeout)
-        before the round is due."""
-        return target.interval + target.timeout + 2.0
+        """How old a probe's listServices answer may be for a round to use it."""
+        return target.interval + 2 * target.timeout + 5.0
+
+    def expect(self, name: str, due: float) -> None:
+        """The scheduler says when the target's next round is due (Unix time),
+        so that a probe just before it can ask listServices for it."""
+        with self._lock:
+            self._next_due[name] = due
 
     def piggyback(self, target: TargetConfig, client: ApiClient) -> None:
-        """Prober.after_probe: when the target's next round will need a
-        discovery, ask listServices on the probe's open connection (one more
-        request instead of a connection and handshake of its own)."""
+        """Prober.after_probe: in the last probe interval before the target's
+        next round (so that the probe, timeout and all, ends before the round
+        starts), ask listServices on the probe's open connection: one more
+        request instead of a connection and handshake of the round's own."""
         if not target.discovers_listeners:
             return
-        lead = target.listener_interval - self._fresh_for(target)
-        if lead <= 0:
-            return  # rounds more often than probes: each round asks itself
-        now = time.monotonic()
+        wall = self._wall()
         with self._lock:
-            last = self._discovered_at.get(target.name)
-        if last is not None and now - last < lead:
-            return
+            due = self._next_due.get(target.name)
+            if due is None or self._asked_for.get(target.name) == due:
+                return
+            if not due - target.interval - target.timeout - 2.0 <= wall <= due - target.timeout - 1.0:
+                return
+            self._asked_for[target.name] = due
+        now = time.monotonic()
         plan = client.plan
         timeout = min(target.timeout, UNVERIFIED_FETCH_TIMEOUT)
         handle = self._prober.deadlines.at(now + timeout, client.cut)
@@ -409,7 +416,6 @@ class ListenerChecker:
             self._prober.deadlines.cancel(handle)
         with self._lock:
             self._piggybacked[target.name] = entry
-            self._discovered_at[target.name] = now
 
     def _discover(self, target: TargetConfig,
                   ctx: Optional[ssl.SSLContext]) -> Tuple[bool, str, Tuple[Listener, ...]]:
@@ -449,7 +455,6 @@ class ListenerChecker:
         """An answer to listServices: the listeners it named (`found`), or
         none at all (`unsupported` says why)."""
         with self._lock:
-            self._discovered_at[target.name] = time.monotonic()
             if found is None:
                 self._discovered.pop(target.name, None)
             else:

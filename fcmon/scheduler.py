@@ -137,6 +137,7 @@ class ProbeScheduler:
         flights: Optional[Flights] = None,
         check_listeners: Optional[Callable[[TargetConfig], Any]] = None,
         on_listener_round: Callable[[Any], None] = lambda round_: None,
+        on_listener_due: Callable[[str, float], None] = lambda name, due: None,
     ):
         self._prober = prober
         # shared with /probe: one probe per target, a few per FairCom host
@@ -148,6 +149,9 @@ class ProbeScheduler:
         # result goes to on_listener_round unless the target changed meanwhile
         self._on_listeners = check_listeners
         self._on_listener_round = on_listener_round
+        # told when each target's next listener round is due (Unix time)
+        self._on_listener_due = on_listener_due
+        self._listener_triggers: Dict[str, PhasedTrigger] = {}
         self._listener_workers = 0
         # target -> [first run, phase] as Unix times and the interval: the
         # first run is due at `first`, every later one a whole number of
@@ -235,6 +239,7 @@ class ProbeScheduler:
         for name, old in current.items():
             if old.checks_listeners and (name not in wanted or wanted[name] != old):
                 self._scheduler.remove_job(LISTENER_JOB_PREFIX + name)
+                self._listener_triggers.pop(name, None)
         n = len(checking)
         position = {t.name: k for k, t in enumerate(checking)}
         fresh = [t for t in checking if current.get(t.name) != t]
@@ -242,9 +247,11 @@ class ProbeScheduler:
             phase_s = target.listener_interval * position[target.name] / n
             first_s = min(phase_s, LISTENER_FIRST_DELAY + first_round_offset(i))
             first = now + dt.timedelta(seconds=first_s)
+            trigger = PhasedTrigger(first, now + dt.timedelta(seconds=phase_s), target.listener_interval)
+            self._listener_triggers[target.name] = trigger
             self._scheduler.add_job(
                 self._run_listeners,
-                trigger=PhasedTrigger(first, now + dt.timedelta(seconds=phase_s), target.listener_interval),
+                trigger=trigger,
                 args=(target,),
                 id=LISTENER_JOB_PREFIX + target.name,
                 name=LISTENER_JOB_PREFIX + target.name,
@@ -254,6 +261,7 @@ class ProbeScheduler:
                 misfire_grace_time=max(1, int(target.listener_interval)),
                 next_run_time=first,
             )
+            self._on_listener_due(target.name, first.timestamp())
 
     def shutdown(self, wait: bool = True) -> None:
         """Stop scheduling; with `wait`, return once in-flight probes have finished."""
@@ -308,6 +316,7 @@ class ProbeScheduler:
             if self._targets.get(target.name) != target:
                 return  # reconfigured or removed before it started
         assert self._on_listeners is not None
+        started = dt.datetime.now(dt.timezone.utc)
         try:
             round_ = self._on_listeners(target)
             with self._lock:
@@ -315,6 +324,14 @@ class ProbeScheduler:
                     return  # reconfigured or removed while it ran
             if round_ is not None:
                 self._on_listener_round(round_)
+            # Not the job's next_run_time: get_job() waits for the job store
+            # lock, which shutdown() holds while it waits for this very job.
+            trigger = self._listener_triggers.get(target.name)
+            if trigger is not None:
+                now = dt.datetime.now(dt.timezone.utc)
+                due = trigger.get_next_fire_time(started, now)
+                if due is not None:
+                    self._on_listener_due(target.name, due.timestamp())
         except Exception:  # the boundary: never kill the worker
             log.exception("listener check of %s failed", target.name)
 

@@ -525,6 +525,7 @@ def test_a_due_discovery_rides_on_a_successful_probe(test_pki: PKI, emu: Emulato
     prober = Prober()
     checker = ListenerChecker(prober)
     prober.after_probe = checker.piggyback
+    checker.expect("prod", time.time() + 5.0)  # the scheduler: the next round is due in 5 s
 
     def asked() -> int:
         return sum(1 for r in emu.requests_seen() if isinstance(r, dict) and r.get("action") == "listServices")
@@ -537,5 +538,7 @@ def test_a_due_discovery_rides_on_a_successful_probe(test_pki: PKI, emu: Emulato
     r = checker.run(target)
     assert r is not None and r.discovery is True and asked() == before + 1  # the round asked nobody
     assert "mqtts8883" in by_name(r)
-    assert prober.probe(target).up and asked() == before + 1  # not due again for a listener_interval
+    assert prober.probe(target).up and asked() == before + 1  # asked once for that round
+    checker.expect("prod", time.time() + 30.0)  # the next round: too far away for this probe
+    assert prober.probe(target).up and asked() == before + 1
     assert emu.open_sessions() == 0
