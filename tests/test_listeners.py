@@ -370,8 +370,9 @@ def test_hung_listener_rounds_never_delay_probes(test_pki: PKI, emu: Emulator) -
             probes[r.target] = probes.get(r.target, 0) + 1
 
     prober = Prober()
+    dues: list = []
     sched = ProbeScheduler(prober, on_result, skipped.append, check_listeners=ListenerChecker(prober).run,
-                           on_listener_round=rounds.append)
+                           on_listener_round=rounds.append, on_listener_due=lambda name, due: dues.append(due))
     sched.start(targets)
     try:
         from support import wait_for
@@ -382,6 +383,8 @@ def test_hung_listener_rounds_never_delay_probes(test_pki: PKI, emu: Emulator) -
     finally:
         sched.shutdown(wait=True)
     assert skipped == []  # probes were never skipped; listener skips are not probe skips
+    # the checker is told when each round is due: at start, then after each round
+    assert len(dues) >= 3 + len(rounds) and all(abs(d - time.time()) < 60 for d in dues)
     assert all(x.reason == "connect_timeout" for r in rounds for x in r.results)
 
 
