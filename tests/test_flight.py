@@ -64,7 +64,6 @@ def test_per_host_cap_and_check(test_pki: PKI, quiet: Emulator) -> None:
     results = probe_all(targets, Prober(), max_connections_per_host=2)
     assert [r.up for r in results] == [True] * 5
     assert quiet.peak_sessions() == 2
-    assert quiet.peak_connections() <= 2
 
 
 def test_scheduled_probes_wait_for_a_host_slot_and_count_it_as_lateness(test_pki: PKI, quiet: Emulator) -> None:
