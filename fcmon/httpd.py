@@ -85,8 +85,10 @@ ACCEPT_PAUSE = 0.5
 APP_THREADS = 8
 PROBE_THREADS = 256
 THREAD_IDLE = 10.0
-# Below this size an answer is written in one piece without asking the pool again.
+# A connection's unsent bytes before its writer waits (drain), and the
+# slices an answer is written in: what a slow reader holds is bounded.
 WRITE_HIGH_WATER = 64 * 1024
+WRITE_SLICE = 64 * 1024
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
@@ -487,8 +489,11 @@ class Server:
             direct = isinstance(result, (list, tuple))
             block: Optional[bytes] = first
             while block is not None:
-                if block:
-                    transport.write(block)
+                # In slices: the transport copies what it cannot send at once,
+                # and a slow reader must not make it hold a whole block.
+                view = memoryview(block)
+                for start in range(0, len(view), WRITE_SLICE):
+                    transport.write(view[start:start + WRITE_SLICE])
                     await conn.drain(deadline - loop.time())
                 if direct:
                     block = next(it, None)

@@ -262,3 +262,40 @@ def test_tls_clients_resetting_mid_response_leave_no_traceback(
         assert noise == []
         assert fc.stop() == 0
     assert "Traceback" not in fc.text()
+
+
+def test_slow_readers_hold_little_and_memory_comes_back(tmp_path: Path, test_pki: PKI, emulator: Emulator) -> None:
+    config = _config(tmp_path, test_pki, emulator, targets=400, interval=30)
+    with FcmonProcess("run", "-c", str(config)) as fc:
+        base = fc.metrics_url().rsplit("/", 1)[0]
+        port = int(base.rsplit(":", 1)[1])
+        wait_for(lambda: _session().get(base + "/-/ready", timeout=10).status_code == 200, timeout=60)
+        size = len(_session().get(base + "/metrics", timeout=10).content)
+        before = _baseline(fc, base)
+        readers = []
+        for _ in range(200):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: fcmon must wait
+            s.connect(("127.0.0.1", port))
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            readers.append(s)
+        peak = 0
+        for _ in range(5):
+            for s in readers:
+                s.recv(1024)  # a KB a second
+            peak = max(peak, _status(fc.proc.pid)["VmRSS"])
+            time.sleep(1)
+        assert _session().get(base + "/metrics", timeout=10).status_code == 200  # scrapes go on
+        for s in readers:
+            s.close()
+        wait_for(lambda: _status(fc.proc.pid)["fds"] <= before["fds"] + 2)
+        time.sleep(3)
+        after = _status(fc.proc.pid)
+        print(f"\nslow readers: 200 clients reading a {size}-byte /metrics at 1 KB/s: RSS before "
+              f"{before['VmRSS']} kB, peak {peak} kB, after {after['VmRSS']} kB")
+        # What a reader holds is a block in progress, not its whole answer
+        # (200 whole answers would be 200 * size).
+        assert peak - before["VmRSS"] < 100 * size // 1024
+        assert after["VmRSS"] - before["VmRSS"] < 20 * 1024
+        assert fc.stop() == 0
+    assert "Traceback" not in fc.text()
