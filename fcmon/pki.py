@@ -108,6 +108,12 @@ def make_ca(
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
+    if issuer:
+        # An intermediate needs it under VERIFY_X509_STRICT, which Python 3.13's
+        # default context sets ("Missing Authority Key Identifier" otherwise).
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), critical=False
+        )
     return Issued(builder.sign(signer_key, hashes.SHA256()), key)
 
 
