@@ -38,11 +38,12 @@ SESSION_DESCRIPTION = "fcmon health check"
 CLEANUP_GRACE = 0.9
 # The reporting-only handshake after a verification failure gets at most this.
 UNVERIFIED_FETCH_TIMEOUT = 2.0
-# After these the connection that carried the failed call cannot be trusted
-# to carry deleteSession.
 # createSession failures that prove no session was created.
 _NO_SESSION = ("api_error", "client_cert_rejected")
-_BROKEN_CONNECTION = ("timeout", "bad_response", "tls_handshake", "client_cert_rejected", "http_status")
+# After these the connection that carried the failed call cannot be trusted
+# to carry deleteSession.
+_BROKEN_CONNECTION = ("timeout", "bad_response", "tls_handshake", "client_cert_rejected", "http_status",
+                      "internal")
 
 
 class _Deadline:
