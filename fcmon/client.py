@@ -681,7 +681,11 @@ def fetch_peer_unverified(host: str, port: int, timeout: float) -> PeerInfo:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    with socket.create_connection((host, port), timeout=max(timeout, 0.05)) as raw:
+    # `timeout` for the whole: connect (each address) and handshake share it.
+    within = _Tracked()
+    within.deadline = time.monotonic() + max(timeout, 0.05)
+    with _connect_within(within, host, port, None) as raw:
+        raw.settimeout(within.left(None))
         with ctx.wrap_socket(raw, server_hostname=host) as sock:
             return peer_info(sock)
 
