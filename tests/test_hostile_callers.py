@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 import requests
@@ -22,6 +22,15 @@ from fcmon.emulator import Emulator
 from support import PKI, FcmonProcess, sample, target_section, wait_for
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def emulator(test_pki: PKI) -> Iterator[Emulator]:
+    """An emulator of this module's own: hundreds of targets' requests would
+    crowd the shared one's request log, which other tests read."""
+    with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+                  client_ca_file=test_pki.ca_file) as emu:
+        yield emu
 
 
 def _status(pid: int) -> Dict[str, int]:
