@@ -29,7 +29,7 @@ from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping
 from .probe import Prober
 from .result import ProbeResult
 from .httpd import BASE_FD_RESERVE, connection_cap
-from .scheduler import ProbeScheduler, pool_size
+from .scheduler import ProbeScheduler, listener_pool_size, pool_size
 from .status import StatusBoard, one_line
 from .web import App, WebServer, server_ssl_context
 
@@ -350,9 +350,10 @@ def describe_reload(old: Sequence[TargetConfig], new: Sequence[TargetConfig]) ->
 def fd_reserve(config: Config) -> int:
     """Descriptors no caller of the endpoint can take: two per probe that may
     be in flight (its connection, and a fresh one to delete its session)
-    from the scheduler's pool and from /probe, plus fcmon's own files."""
+    from the scheduler's pool and from /probe, one per listener round that
+    may be in flight (its checks connect one at a time), plus fcmon's own files."""
     probes = pool_size(_scheduled(config)) + config.max_probe_requests
-    return BASE_FD_RESERVE + 2 * probes
+    return BASE_FD_RESERVE + 2 * probes + listener_pool_size(config.targets)
 
 
 def _scheduled(config: Config) -> Tuple[TargetConfig, ...]:

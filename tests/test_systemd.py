@@ -197,7 +197,8 @@ def test_descriptor_limit_covers_the_connection_cap_and_the_probes_reserve(unit:
 
     limit = int(one(unit, "Service", "LimitNOFILE"))
     # The largest reserve fcmon keeps (daemon.fd_reserve): a full scheduler
-    # pool and /probe's default cap, two descriptors per probe.
-    reserve = BASE_FD_RESERVE + 2 * (MAX_WORKERS + Config().max_probe_requests)
+    # pool and /probe's default cap, two descriptors per probe, and a full
+    # listener pool, one per round.
+    reserve = BASE_FD_RESERVE + 2 * (MAX_WORKERS + Config().max_probe_requests) + MAX_WORKERS // 4
     assert limit >= MAX_CONNECTIONS + reserve
     assert connection_cap(reserve, limit) == MAX_CONNECTIONS  # the cap binds, not the limit
