@@ -30,7 +30,6 @@ Nothing here knows of Prometheus: a round gives a `ListenerRound`.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import ssl
 import threading
@@ -49,6 +48,7 @@ from .client import (
 )
 from .config import TargetConfig
 from .result import CertInfo
+from .sockwait import wait_readable
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _verdict(sock: ssl.SSLSocket, wait: float, has_client_cert: bool) -> None:
     `sock.session` costs a re-parse of the peer certificate each time."""
     sock.setblocking(False)
     try:
-        readable, _, _ = select.select([sock], [], [], max(wait, 0.0))
+        readable = wait_readable(sock, wait)
     except (OSError, ValueError):
         return  # the deadline cut the socket: the handshake itself succeeded
     if not readable:

@@ -5,7 +5,6 @@ baseline. Figures are printed (pytest -s); no pass/fail on timing."""
 
 from __future__ import annotations
 
-import select
 import socket
 import ssl
 import struct
@@ -18,6 +17,7 @@ import pytest
 import requests
 
 from fcmon.emulator import Emulator
+from fcmon.sockwait import wait_readable
 
 from support import PKI, FcmonProcess, sample, target_section, wait_for
 
@@ -84,7 +84,7 @@ def _connect_many(port: int, n: int) -> List[socket.socket]:
 
 def _closed_by_server(s: socket.socket) -> bool:
     try:
-        readable, _, _ = select.select([s], [], [], 0)
+        readable = wait_readable(s, 0)
         return bool(readable) and s.recv(1) == b""
     except ConnectionError:
         return True

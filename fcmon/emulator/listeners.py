@@ -20,7 +20,6 @@ Each listener has a mode, switchable while it runs:
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import ssl
 import struct
@@ -28,6 +27,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
+
+from ..sockwait import wait_readable
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class ExtraListener:
     def _accept_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                readable, _, _ = select.select([self._sock], [], [], 0.1)
+                readable = wait_readable(self._sock, 0.1)
                 if not readable:
                     continue
                 conn, addr = self._sock.accept()
@@ -187,7 +188,7 @@ class ExtraListener:
         """Never answer; leave once the client has gone (or at stop)."""
         while not self._stopping.is_set():
             try:
-                readable, _, _ = select.select([conn], [], [], 0.25)
+                readable = wait_readable(conn, 0.25)
                 if readable and conn.recv(65536) == b"":
                     return
             except (OSError, ValueError):

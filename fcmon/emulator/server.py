@@ -19,7 +19,6 @@ import copy
 import ipaddress
 import json
 import logging
-import select
 import socket
 import ssl
 import struct
@@ -33,6 +32,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .. import __version__
+from ..sockwait import wait_readable
 from .faults import Fault, FaultTable
 from .listeners import ExtraListener, ListenerSpec
 from .state import JsonApi, SessionStore, parse_body
@@ -360,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _peer_gone(self) -> bool:
         """True once the client has closed its side (best effort, never blocks)."""
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
+            readable = wait_readable(self.connection, 0)
             if not readable:
                 return False
             # Peek at the raw TCP stream, below TLS: b"" means FIN.
