@@ -514,6 +514,11 @@ def test_control_endpoint(emu: Emulator, http: requests.Session) -> None:
 
     bad = http.post(f"{base}/_emulator/fault", json={"action": "x", "fault": {"dleay": 1}}, timeout=10)
     assert bad.status_code == 400 and "dleay" in bad.json()["error"]
+    for path in ("fault", "listener"):
+        not_json = http.post(f"{base}/_emulator/{path}", data=b"{nope", timeout=10)
+        assert not_json.status_code == 400 and not_json.json()["error"]
+        not_object = http.post(f"{base}/_emulator/{path}", json=["x"], timeout=10)
+        assert not_object.status_code == 400 and not_object.json()["error"] == "body must be a JSON object"
     assert http.get(f"{base}/_emulator/sessions", timeout=10).json() == {"open": 1, "created": 1}
     # Control traffic is not API traffic.
     assert all(r.get("action") in ("createSession", "listDatabases") for r in emu.requests_seen())

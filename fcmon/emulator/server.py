@@ -449,37 +449,45 @@ class _Handler(BaseHTTPRequestHandler):
             owner.clear_faults()
             self._send_json(200, {"faults": owner.faults.snapshot()})
             return
-        raw = self._read_body()
-        if raw is None:
+        request = self._control_request()
+        if request is None:
             return
         try:
-            request = json.loads(raw.decode("utf-8"))
-            if not isinstance(request, dict):
-                raise ValueError("body must be a JSON object")
             action = request.get("action")
             if not isinstance(action, str) or not action:
                 raise ValueError("\"action\" must be an action name or \"*\"")
             fault = Fault.from_dict(request.get("fault"))
-        except (UnicodeDecodeError, ValueError, TypeError) as exc:
+        except (ValueError, TypeError) as exc:
             self._send_json(400, {"error": str(exc)})
             return
         owner.set_fault(action, fault)
         self._send_json(200, {"faults": owner.faults.snapshot()})
 
+    def _control_request(self) -> Optional[Dict[str, Any]]:
+        """A control request's JSON object, or None once a 400 was sent."""
+        raw = self._read_body()
+        if raw is None:
+            return None
+        try:
+            request = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            self._send_json(400, {"error": str(exc)})
+            return None
+        if not isinstance(request, dict):
+            self._send_json(400, {"error": "body must be a JSON object"})
+            return None
+        return request
 
     def _control_listener(self, method: str) -> None:
         """GET: the extra listeners; POST {"name": ..., "mode": ...}: switch one."""
         owner = self.server.owner
         if method == "POST":
-            raw = self._read_body()
-            if raw is None:
+            request = self._control_request()
+            if request is None:
                 return
             try:
-                request = json.loads(raw.decode("utf-8"))
-                if not isinstance(request, dict):
-                    raise ValueError("body must be a JSON object")
                 owner.set_listener_mode(str(request.get("name")), str(request.get("mode")))
-            except (UnicodeDecodeError, ValueError, KeyError) as exc:
+            except (ValueError, KeyError) as exc:
                 self._send_json(400, {"error": str(exc)})
                 return
         else:
