@@ -40,6 +40,7 @@ from fcmon.emulator import (
     SessionStore,
 )
 from fcmon.emulator.faults import FaultTable
+from support import reap
 
 CREATE = {"api": "admin", "action": "createSession", "params": {"username": "ADMIN", "password": "ADMIN"}}
 
@@ -558,12 +559,7 @@ def test_cli_subprocess(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        reap(proc)
 
 
 # -- pure logic, no sockets -------------------------------------------------

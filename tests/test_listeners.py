@@ -32,7 +32,7 @@ from fcmon.listeners import (
 from fcmon.metrics import FcmonCollector, MetricsStore
 from fcmon.probe import Prober
 
-from support import PKI, make_target, sample
+from support import PKI, make_target, reap, sample
 
 
 @pytest.fixture(scope="module")
@@ -515,12 +515,7 @@ def test_emulator_cli_runs_listeners_switchable_over_the_control_endpoint(tmp_pa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        reap(proc)
 
 
 def test_a_due_discovery_rides_on_a_successful_probe(test_pki: PKI, emu: Emulator) -> None:
