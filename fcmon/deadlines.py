@@ -11,6 +11,11 @@ in time), so the thread is woken as little as possible:
   thread already sleeps until;
 - cancelling never wakes it (a cancelled deadline at the front of the queue
   is dropped at once);
+- cancelling is synchronous: once `cancel()` returns, the callback has
+  either finished or will never run. A probe that ends exactly at its
+  deadline would otherwise see its callback, already taken off the queue,
+  cut the connection that then carries deleteSession (a leak counted for
+  a probe that was in time);
 - with nothing due, the thread naps for IDLE_NAP before it waits for good,
   so that while probes keep coming their deadlines (due `timeout` later)
   find it asleep until an earlier instant and need no wake-up.
@@ -35,10 +40,11 @@ IDLE_NAP = 1.0
 
 
 class Handle:
-    __slots__ = ("cancelled",)
+    __slots__ = ("cancelled", "fired")
 
     def __init__(self) -> None:
         self.cancelled = False
+        self.fired = False
 
 
 class DeadlineWatcher:
@@ -54,6 +60,9 @@ class DeadlineWatcher:
         # never). None while it is not waiting (it looks at the queue before
         # it waits again).
         self._wake_at: Optional[float] = None
+        # The deadline taken off the queue whose callback may be running;
+        # cancel() of it waits until the callback is over.
+        self._running: Optional[Handle] = None
         self.wakeups = 0  # for tests that guard the mechanism
 
     def at(self, when: float, callback: Callable[[], None]) -> Handle:
@@ -69,13 +78,22 @@ class DeadlineWatcher:
                 self._cond.notify()
         return handle
 
-    def cancel(self, handle: Handle) -> None:
-        """Drop a deadline; never wakes the thread."""
+    def cancel(self, handle: Handle) -> bool:
+        """Drop a deadline; never wakes the thread.
+
+        Returns once the callback can no longer run: if the thread has
+        already taken it off the queue, waits for it to finish (or to see
+        the cancel first). True if the callback ran, False if it never will.
+        """
         with self._cond:
             handle.cancelled = True
             heap = self._heap
             while heap and heap[0][2].cancelled:
                 heapq.heappop(heap)
+            if self._running is handle and threading.current_thread() is not self._thread:
+                while self._running is handle:
+                    self._cond.wait()
+            return handle.fired
 
     def pending(self) -> int:
         with self._cond:
@@ -92,6 +110,7 @@ class DeadlineWatcher:
                     now = self._clock()
                     if heap and heap[0][0] <= now:
                         _, _, handle, callback = heapq.heappop(heap)
+                        self._running = handle
                         break
                     if heap:
                         wake_at = heap[0][0]
@@ -104,9 +123,17 @@ class DeadlineWatcher:
                     self._cond.wait(None if wake_at == math.inf else wake_at - now)
                     self._wake_at = None
                     self.wakeups += 1
-            if handle.cancelled:
-                continue
             try:
-                callback()
+                with self._cond:
+                    # Decided under the lock, so a cancel() either comes
+                    # first (no call) or waits for the call to end.
+                    run = not handle.cancelled
+                    handle.fired = run
+                if run:
+                    callback()
             except Exception:  # never let one callback stop every deadline
                 log.exception("deadline callback failed")
+            finally:
+                with self._cond:
+                    self._running = None
+                    self._cond.notify_all()

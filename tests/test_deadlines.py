@@ -72,3 +72,56 @@ def test_cancel_drops_the_deadline_at_once() -> None:
     for h in handles:
         watcher.cancel(h)
     assert watcher._heap == []
+
+
+def test_cancel_waits_for_a_callback_already_taken_off_the_queue() -> None:
+    """The race a probe ending exactly at its deadline meets: the thread has
+    taken the deadline off the queue and is in its callback (cutting the
+    connection) when the probe cancels. cancel() must not return while the
+    callback can still act, and must say that it ran."""
+    watcher = DeadlineWatcher()
+    entered = threading.Event()
+    release = threading.Event()
+    finished = threading.Event()
+
+    def callback() -> None:
+        entered.set()
+        release.wait(10)
+        finished.set()
+
+    handle = watcher.at(time.monotonic(), callback)
+    assert entered.wait(10)
+    returned = threading.Event()
+    outcome: list = []
+    canceller = threading.Thread(target=lambda: (outcome.append(watcher.cancel(handle)), returned.set()))
+    canceller.start()
+    # While the callback runs, cancel() is held.
+    assert not returned.wait(0.3)
+    release.set()
+    assert returned.wait(10)
+    assert finished.is_set()
+    assert outcome == [True]
+    canceller.join()
+
+
+def test_cancel_in_time_says_the_callback_never_runs() -> None:
+    watcher = DeadlineWatcher()
+    fired: list = []
+    handle = watcher.at(time.monotonic() + 0.2, lambda: fired.append(1))
+    assert watcher.cancel(handle) is False
+    time.sleep(0.4)
+    assert fired == []
+
+
+def test_cancel_from_inside_its_own_callback_does_not_deadlock() -> None:
+    watcher = DeadlineWatcher()
+    done = threading.Event()
+    box: list = []
+
+    def callback() -> None:
+        box.append(watcher.cancel(box[0]))
+        done.set()
+
+    box.append(watcher.at(time.monotonic() + 0.05, callback))
+    assert done.wait(10)
+    assert box[1] is True
