@@ -520,7 +520,8 @@ def test_control_endpoint(emu: Emulator, http: requests.Session) -> None:
         assert not_json.status_code == 400 and not_json.json()["error"]
         not_object = http.post(f"{base}/_emulator/{path}", json=["x"], timeout=10)
         assert not_object.status_code == 400 and not_object.json()["error"] == "body must be a JSON object"
-    assert http.get(f"{base}/_emulator/sessions", timeout=10).json() == {"open": 1, "created": 1}
+    assert http.get(f"{base}/_emulator/sessions", timeout=10).json() == {"open": 1, "created": 1,
+                                                                           "open_by_user": {"ADMIN": 1}}
     # Control traffic is not API traffic.
     assert all(r.get("action") in ("createSession", "listDatabases") for r in emu.requests_seen())
 
@@ -529,7 +530,8 @@ def test_cli_subprocess(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "fcmon.emulator", "--listen", "127.0.0.1:0", "--pki-dir", str(tmp_path),
-         "--user", "ADMIN:ADMIN", "--database", "onlyone", "--max-sessions-per-user", "5"],
+         "--user", "ADMIN:ADMIN", "--database", "onlyone", "--max-sessions-per-user", "5",
+         "--token-at", "result", "--bare-errors", "--faircom-messages"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -548,14 +550,21 @@ def test_cli_subprocess(tmp_path: Path) -> None:
         with session:
             created = session.post(url, json=CREATE, timeout=10).json()
             token = created["result"]["authToken"]
+            assert "authToken" not in created  # --token-at result
             listed = session.post(url, json={"api": "db", "action": "listDatabases", "authToken": token}, timeout=10)
+            gone = session.post(url, json={"api": "db", "action": "listDatabases", "authToken": "nope"},
+                                timeout=10).json()
+            # --bare-errors, --faircom-messages
+            assert gone["authToken"] == "nope" and "result" not in gone and gone["errorCode"] == 12031
+            assert gone["errorMessage"].startswith("'authToken' does not match any existing session.")
             assert [r["databaseName"] for r in listed.json()["result"]["data"]] == ["onlyone"]
             base = url[: -len("/api")]
             set_fault = {"action": "deleteSession", "fault": {"error_code": 99}}
             assert session.post(f"{base}/_emulator/fault", json=set_fault, timeout=10).status_code == 200
             refused = session.post(url, json={"action": "deleteSession", "authToken": token}, timeout=10)
             assert refused.json()["errorCode"] == 99
-            assert session.get(f"{base}/_emulator/sessions", timeout=10).json() == {"open": 1, "created": 1}
+            assert session.get(f"{base}/_emulator/sessions", timeout=10).json() == {
+                "open": 1, "created": 1, "open_by_user": {"ADMIN": 1}}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:

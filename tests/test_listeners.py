@@ -116,7 +116,7 @@ def test_listservices_answer_keeps_enabled_tls_listeners_but_the_endpoints_own()
 
 
 @pytest.mark.parametrize("body", [
-    {"errorCode": 12012, "errorMessage": "unknown action 'listServices'", "result": {}},
+    {"errorCode": 14701, "errorMessage": "unknown action 'listServices'", "result": {}},
     {"errorCode": 0, "result": {}},
     {"errorCode": 0, "result": {"listeners": "8883"}},
 ])

@@ -176,7 +176,8 @@ def test_many_targets_first_round_counts_every_result(test_pki: PKI, emulator: E
     # (this emulator shares the test's GIL); that limit is not under test
     # here, nor is the cap on probes per FairCom host.
     with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
-                  client_ca_file=test_pki.ca_file, max_sessions_per_user=1024) as server:
+                  client_ca_file=test_pki.ca_file, max_sessions_per_user=1024,
+                  max_sessions_per_ip=1024) as server:
         # A long interval: a second run (which a loaded 2-core machine may
         # have to skip) is not what this test is about.
         targets = [make_target(test_pki, server, name=f"t{i:03d}", interval=60.0, timeout=3.0) for i in range(200)]

@@ -111,7 +111,7 @@ def test_soak(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = random.Random(int(os.environ.get("FCMON_SOAK_SEED", "1234")))
     with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
                   client_ca_file=test_pki.ca_file, max_sessions=100_000,
-                  max_sessions_per_user=100_000) as emu:
+                  max_sessions_per_user=100_000, max_sessions_per_ip=100_000) as emu:
         sections = "".join(target_section(test_pki, emu, f"t{i:03d}", session_idle_timeout="5")
                            for i in range(TARGETS))
         config = tmp_path / "config.ini"

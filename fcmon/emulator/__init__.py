@@ -35,8 +35,11 @@ from .state import (
     ERR_UNKNOWN_ACTION,
     ERR_UNKNOWN_TOKEN,
     ERR_UNKNOWN_USER,
+    FAIRCOM_UNKNOWN_TOKEN_MESSAGE,
+    SENT,
     JsonApi,
     SessionStore,
+    Variants,
 )
 
 __all__ = [
@@ -57,6 +60,9 @@ __all__ = [
     "ERR_UNKNOWN_ACTION",
     "ERR_UNKNOWN_TOKEN",
     "ERR_UNKNOWN_USER",
+    "FAIRCOM_UNKNOWN_TOKEN_MESSAGE",
+    "SENT",
+    "Variants",
     "Emulator",
     "ExtraListener",
     "ListenerSpec",

@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import pki
+from .faults import TOKEN_PLACES
 from .listeners import MODES, ListenerSpec
 from .server import CONTROL_FAULT_PATH, CONTROL_LISTENER_PATH, CONTROL_SESSIONS_PATH, DEFAULT_DATABASES, Emulator
+from .state import Variants
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="live sessions per user (default 50, FairCom's maxJsonApiSessionsPerUsername)",
     )
     parser.add_argument(
+        "--max-sessions-per-ip", type=_positive_int, default=50, metavar="N",
+        help="live sessions per client IP address (default 50, FairCom's maxJsonApiSessionsPerIpAddress)",
+    )
+    parser.add_argument(
+        "--admin", action="append", metavar="NAME",
+        help="an account that listSessions shows every session to (repeatable; default ADMIN)",
+    )
+    parser.add_argument(
+        "--token-at", choices=TOKEN_PLACES, default="both",
+        help="where createSession's answer carries the authToken: both (result and root, newer "
+        "servers; the default), root or result (only there)",
+    )
+    parser.add_argument(
+        "--bare-errors", action="store_true",
+        help="error answers without \"result\", echoing the request's authToken at the root",
+    )
+    parser.add_argument(
+        "--faircom-messages", action="store_true",
+        help="errorCode 12031 with FairCom's own message text instead of the emulator's short one",
+    )
+    parser.add_argument(
+        "--delete-gone-as-error", action="store_true",
+        help="deleteSession of a token that matches no session answers errorCode 12031 (older "
+        "servers) instead of errorCode 0 with a 12031 warning",
+    )
+    parser.add_argument(
         "--tls-max-version", choices=sorted(_TLS_VERSIONS), help="highest TLS version offered"
     )
     parser.add_argument(
@@ -214,7 +242,9 @@ def _banner(
         "",
         f"  faults:   POST {base}{CONTROL_FAULT_PATH} "
         '{"action": "listDatabases", "fault": {"delay": 0.5}}  (empty fault clears)',
-        f"  sessions: GET  {base}{CONTROL_SESSIONS_PATH}",
+        f"  sessions: GET  {base}{CONTROL_SESSIONS_PATH}  (open sessions, in all and per user)",
+        '  variants: POST the fault path with {"action": "*", "fault": {"token_at": "root"}} '
+        "(also bare_errors, faircom_messages, delete_gone_as_error)",
         f"  listener: POST {base}{CONTROL_LISTENER_PATH} "
         '{"name": "mqtts8883", "mode": "hang"}  (ok, hang, reset, disabled)',
         "  (control requests: loopback only, with the client certificate when one is required)",
@@ -267,6 +297,10 @@ def run(args: argparse.Namespace) -> int:
                 databases=databases,
                 max_sessions=args.max_sessions,
                 max_sessions_per_user=args.max_sessions_per_user,
+                max_sessions_per_ip=args.max_sessions_per_ip,
+                admins=tuple(args.admin or ("ADMIN",)),
+                variants=Variants(args.token_at, args.bare_errors, args.faircom_messages,
+                                  args.delete_gone_as_error),
                 tls_max_version=tls_max,
                 allow_http=args.plain_http,
                 server_version=args.server_version,

@@ -12,6 +12,9 @@ Faults fall in two groups, and the split matters for leak tests:
 - Faults that *spoil the delivery* let the API logic run first, as a real
   server whose answer is lost or garbled on the way would: `delay`, `drip`,
   `malformed_json`, `non_object_json`, `oversized`, `missing_auth_token`.
+- Answer variants let the API logic run and change only the shape of its
+  answer, as servers of other releases do: `token_at`, `bare_errors`,
+  `faircom_messages`, `delete_gone_as_error` (see `Variants` in state.py).
   A createSession under one of these creates a session that the client may
   be unable to delete: exactly the leak a monitor must bound.
 """
@@ -27,6 +30,8 @@ from typing import Any, Dict, Mapping, Optional
 log = logging.getLogger(__name__)
 
 ANY_ACTION = "*"
+#: Where createSession's answer carries the token ("" in a Fault: the server's setting).
+TOKEN_PLACES = ("both", "root", "result")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,13 @@ class Fault:
     http_status: int = 200
     missing_auth_token: bool = False
     limit_reached: bool = False
+    # Answer variants real clients have met (fcmon/emulator/state.py
+    # `Variants`); set here they apply to this fault's requests on top of
+    # the emulator's own setting.
+    token_at: str = ""
+    bare_errors: bool = False
+    faircom_messages: bool = False
+    delete_gone_as_error: bool = False
     count: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -70,6 +82,8 @@ class Fault:
             raise ValueError("oversized must be >= 0")
         if not 100 <= self.http_status <= 599:
             raise ValueError("http_status must be between 100 and 599")
+        if self.token_at not in ("",) + TOKEN_PLACES:
+            raise ValueError(f"token_at must be one of {', '.join(TOKEN_PLACES)}")
         if self.count is not None and self.count < 1:
             raise ValueError("count must be >= 1 (or None for every request)")
 
@@ -110,6 +124,7 @@ _FLOAT_FIELDS = frozenset({"delay", "drip_interval"})
 _INT_FIELDS = frozenset({"oversized", "http_status"})
 _OPTIONAL_INT_FIELDS = frozenset({"error_code", "count"})
 _OPTIONAL_STR_FIELDS = frozenset({"error_message"})
+_STR_FIELDS = frozenset({"token_at"})
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -121,6 +136,10 @@ def _coerce(name: str, value: Any) -> Any:
         return value
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number")
+    if name in _STR_FIELDS:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+        return value
     if name in _OPTIONAL_STR_FIELDS:
         if value is not None and not isinstance(value, str):
             raise ValueError(f"{name} must be a string")

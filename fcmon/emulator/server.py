@@ -35,7 +35,7 @@ from .. import __version__
 from ..sockwait import wait_readable
 from .faults import Fault, FaultTable
 from .listeners import ExtraListener, ListenerSpec
-from .state import JsonApi, SessionStore, parse_body
+from .state import JsonApi, SessionStore, Variants, parse_body
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,16 @@ def _is_loopback(address: str) -> bool:
         return False
     mapped = getattr(ip, "ipv4_mapped", None)
     return bool((mapped or ip).is_loopback)
+
+
+def _plain_ip(address: str) -> str:
+    """An IPv4-mapped IPv6 address as IPv4: one client, one per-IP count."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 def _hard_shutdown(sock: socket.socket) -> None:
@@ -401,7 +411,7 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.http500_html:
                 self._send(500, _HTML_500, "text/html; charset=utf-8", drip_interval=drip)
                 return
-        reply = owner.api.handle(parsed, self.peer_cn, fault)
+        reply = owner.api.handle(parsed, self.peer_cn, fault, _plain_ip(self.client_address[0]))
         self._send(reply.http_status, _render(reply.body, fault), _JSON, drip_interval=drip)
 
     def _hang(self) -> None:
@@ -432,7 +442,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(403, {"error": "the control endpoint answers loopback clients only"})
             return
         if path == CONTROL_SESSIONS_PATH and method == "GET":
-            self._send_json(200, {"open": owner.open_sessions(), "created": owner.sessions_created()})
+            self._send_json(200, {"open": owner.open_sessions(), "created": owner.sessions_created(),
+                                  "open_by_user": owner.open_sessions_by_user()})
             return
         if path == CONTROL_LISTENER_PATH:
             self._control_listener(method)
@@ -536,6 +547,9 @@ class Emulator:
         tls_max_version: Optional[ssl.TLSVersion] = None,
         allow_http: bool = False,
         *,
+        max_sessions_per_ip: int = 50,
+        admins: Sequence[str] = ("ADMIN",),
+        variants: Variants = Variants(),
         listeners: Sequence[ListenerSpec] = (),
         list_services: bool = True,
         handshake_timeout: float = 10.0,
@@ -557,12 +571,13 @@ class Emulator:
             else None
         )
         self.client_certs_required = client_ca_file is not None
-        self.store = SessionStore(clock, time.time, max_sessions, max_sessions_per_user)
+        self.store = SessionStore(clock, time.time, max_sessions, max_sessions_per_user, max_sessions_per_ip)
         # createSession's serverVersion / hostname / hostUuid (defaults: the
         # emulator's own version, this machine's name, a random UUID);
         # settable later through self.api.
         self.api = JsonApi(self.store, users, databases, hostname, server_version, host_uuid,
-                           services=self._services if list_services else None)
+                           services=self._services if list_services else None, admins=admins,
+                           variants=variants)
         self._listener_specs = tuple(listeners)
         self._listeners: Dict[str, ExtraListener] = {}
         self.faults = FaultTable()
@@ -656,8 +671,17 @@ class Emulator:
 
     # -- observation and control ------------------------------------------
 
-    def open_sessions(self) -> int:
-        return self.store.open_count()
+    def open_sessions(self, username: Optional[str] = None) -> int:
+        """Live sessions, of one account (case-insensitive) when `username` is given."""
+        if username is None:
+            return self.store.open_count()
+        return sum(1 for s in self.store.sessions() if s.username.upper() == username.upper())
+
+    def open_sessions_by_user(self) -> Dict[str, int]:
+        counts: Dict[str, int] = {}
+        for s in self.store.sessions():
+            counts[s.username] = counts.get(s.username, 0) + 1
+        return counts
 
     def sessions_created(self) -> int:
         return self.store.created_count()

@@ -7,9 +7,11 @@ without sleeping.
 Error codes. FairCom documents 12031 (authToken matches no session), 84
 (maximum users exceeded) and 450/451 (invalid user id / password, native
 logon). It does not document the codes for a bad password on the JSON API,
-a session limit, an unknown action or a malformed request; the values below
-for those are this emulator's choice, picked so that each failure is
-distinguishable, and must not be taken as FairCom's.
+a session limit, an unknown action or a malformed request; for those the
+emulator sends a candidate constant from FairCom's C SDK header with the
+meaning fcmon/codes.py gives it (`SENT` maps every code sent here to that
+meaning, and a test holds the two together), each failure with its own code.
+They must not be taken as FairCom's confirmed values.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import __version__
-from .faults import Fault
+from .faults import TOKEN_PLACES, Fault
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +43,44 @@ ERR_SESSION_LIMIT = 84
 ERR_UNKNOWN_USER = 450
 #: Wrong password. Native code; the JSON API's own value is not documented.
 ERR_BAD_CREDENTIALS = 451
-#: Request body is not JSON, or not a JSON object. Emulator's choice.
-ERR_INVALID_JSON = 12010
-#: Request has no "action" (or it is not a string). Emulator's choice.
-ERR_MISSING_ACTION = 12011
-#: Action (or api) not supported. Emulator's choice.
-ERR_UNKNOWN_ACTION = 12012
-#: A parameter has the wrong type or value. Emulator's choice.
-ERR_INVALID_PARAMETER = 12013
+#: Request body is not JSON, or not a JSON object. Candidate ("missing or invalid parameter").
+ERR_INVALID_JSON = 12025
+#: Request has no "action" (or it is not a string). Candidate ("missing or invalid parameter").
+ERR_MISSING_ACTION = 14700
+#: Action (or api) not supported. Candidate ("unknown action or method").
+ERR_UNKNOWN_ACTION = 14701
+#: A parameter has the wrong type or value. Candidate ("missing or invalid parameter").
+ERR_INVALID_PARAMETER = 12012
+
+#: Every errorCode this emulator sends (injected faults aside), with the
+#: meaning fcmon/codes.py must give it.
+SENT: Mapping[int, str] = {
+    ERR_OK: "success",
+    ERR_UNKNOWN_TOKEN: "authToken matches no session",
+    ERR_SESSION_LIMIT: "maximum users exceeded",
+    ERR_UNKNOWN_USER: "invalid user id",
+    ERR_BAD_CREDENTIALS: "invalid password",
+    ERR_INVALID_JSON: "missing or invalid parameter",
+    ERR_MISSING_ACTION: "missing or invalid parameter",
+    ERR_UNKNOWN_ACTION: "unknown action or method",
+    ERR_INVALID_PARAMETER: "missing or invalid parameter",
+}
+
+#: FairCom's own text for 12031 (its listSessions documentation).
+FAIRCOM_UNKNOWN_TOKEN_MESSAGE = (
+    "'authToken' does not match any existing session. Use a valid 'authToken' or use "
+    "'createSession' to create a valid 'authToken'."
+)
+#: listSessions' usernameFilter entries: 1 to 64 bytes each (documented).
+USERNAME_FILTER_MAX_BYTES = 64
 
 APIS = ("admin", "db", "hub", "mq", "transform")
 #: Session actions work whatever "api" says; listDatabases belongs to "db".
 SESSION_ACTIONS = frozenset({"createSession", "deleteSession", "pingSession"})
+#: Admin actions about the account's sessions; they need a token.
+SESSIONS_ACTIONS = frozenset({"describeSessions", "listSessions"})
 DB_ACTIONS = frozenset({"listDatabases"})
-ACTIONS = tuple(sorted(SESSION_ACTIONS | DB_ACTIONS))
+ACTIONS = tuple(sorted(SESSION_ACTIONS | SESSIONS_ACTIONS | DB_ACTIONS))
 
 DEFAULT_IDLE_CONNECTION_TIMEOUT = 3600.0
 IDLE_CURSOR_TIMEOUT = 600
@@ -70,15 +96,17 @@ _LIST_DATABASES_FIELDS = [
 class Session:
     token: str
     username: str
-    idle_timeout: float
+    idle_timeout: float  # 0: never expires (FairCom's permanent session)
     last_used: float  # on the store's monotonic clock
     started: float  # wall clock, for sessionStartTimestamp
     description: str
     default_api: str
     default_database: str
+    client_ip: str = ""
+    last_used_wall: float = 0.0  # wall clock, for sessionLastAccessedTimestamp
 
     def expired(self, now: float) -> bool:
-        return now - self.last_used > self.idle_timeout
+        return self.idle_timeout > 0 and now - self.last_used > self.idle_timeout
 
 
 class SessionLimitError(Exception):
@@ -98,13 +126,15 @@ class SessionStore:
         wall_clock: Callable[[], float] = time.time,
         max_sessions: int = 1024,
         max_sessions_per_user: int = 50,
+        max_sessions_per_ip: int = 50,
     ) -> None:
-        if max_sessions < 1 or max_sessions_per_user < 1:
+        if max_sessions < 1 or max_sessions_per_user < 1 or max_sessions_per_ip < 1:
             raise ValueError("session limits must be >= 1")
         self._clock = clock
         self._wall_clock = wall_clock
         self.max_sessions = max_sessions
         self.max_sessions_per_user = max_sessions_per_user
+        self.max_sessions_per_ip = max_sessions_per_ip
         self._lock = threading.Lock()
         self._sessions: Dict[str, Session] = {}
         self._created = 0
@@ -125,6 +155,7 @@ class SessionStore:
         description: str = "",
         default_api: str = "db",
         default_database: str = "",
+        client_ip: str = "",
     ) -> Session:
         with self._lock:
             now = self._clock()
@@ -139,16 +170,26 @@ class SessionStore:
                     f"maximum number of sessions per user ({self.max_sessions_per_user}) "
                     f"reached for {username}"
                 )
+            if client_ip:
+                from_ip = sum(1 for s in self._sessions.values() if s.client_ip == client_ip)
+                if from_ip >= self.max_sessions_per_ip:
+                    raise SessionLimitError(
+                        f"maximum number of sessions per IP address ({self.max_sessions_per_ip}) "
+                        f"reached for {client_ip}"
+                    )
             token = secrets.token_urlsafe(32)
+            wall = self._wall_clock()
             session = Session(
                 token=token,
                 username=username,
                 idle_timeout=idle_timeout,
                 last_used=now,
-                started=self._wall_clock(),
+                started=wall,
                 description=description,
                 default_api=default_api,
                 default_database=default_database,
+                client_ip=client_ip,
+                last_used_wall=wall,
             )
             self._sessions[token] = session
             self._created += 1
@@ -163,7 +204,7 @@ class SessionStore:
             session = self._sessions.get(token)
             if session is None:
                 return None
-            session = dataclasses.replace(session, last_used=now)
+            session = dataclasses.replace(session, last_used=now, last_used_wall=self._wall_clock())
             self._sessions[token] = session
             return session
 
@@ -204,6 +245,43 @@ class SessionStore:
 
 
 @dataclass(frozen=True)
+class Variants:
+    """Answer shapes of other FairCom releases that real clients have met.
+
+    - `token_at`: where createSession's answer carries the authToken:
+      "both" (newer examples: `result.authToken` and the root), "root" or
+      "result" (only there).
+    - `bare_errors`: an error answer has no `result`; it echoes the
+      request's `authToken` at the root (FairCom's listSessions example).
+    - `faircom_messages`: 12031 says FairCom's own sentence instead of the
+      emulator's short one.
+    - `delete_gone_as_error`: deleteSession of a token that matches no
+      session answers errorCode 12031 (an older page) instead of errorCode 0
+      with a 12031 warning (the newer one).
+    """
+
+    token_at: str = "both"
+    bare_errors: bool = False
+    faircom_messages: bool = False
+    delete_gone_as_error: bool = False
+
+    def __post_init__(self) -> None:
+        if self.token_at not in TOKEN_PLACES:
+            raise ValueError(f"token_at must be one of {', '.join(TOKEN_PLACES)}")
+
+    def with_fault(self, fault: Optional[Fault]) -> "Variants":
+        """These, with what a request's fault switches on besides."""
+        if fault is None:
+            return self
+        return Variants(
+            token_at=fault.token_at or self.token_at,
+            bare_errors=self.bare_errors or fault.bare_errors,
+            faircom_messages=self.faircom_messages or fault.faircom_messages,
+            delete_gone_as_error=self.delete_gone_as_error or fault.delete_gone_as_error,
+        )
+
+
+@dataclass(frozen=True)
 class Parsed:
     """A request body after JSON decoding; `error` set when it is unusable."""
 
@@ -231,8 +309,9 @@ def parse_body(raw: bytes) -> Parsed:
 
 
 def _timestamp(wall: float) -> str:
-    stamp = dt.datetime.fromtimestamp(wall, dt.timezone.utc)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    """The server's local time without a zone, to the second, as FairCom
+    documents it ("2023-03-31T15:15:51")."""
+    return dt.datetime.fromtimestamp(wall).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _is_number(value: Any) -> bool:
@@ -251,8 +330,15 @@ class JsonApi:
         server_version: Optional[str] = None,
         host_uuid: Optional[str] = None,
         services: Optional[Callable[[], List[Dict[str, Any]]]] = None,
+        admins: Sequence[str] = ("ADMIN",),
+        variants: Variants = Variants(),
     ) -> None:
         self.store = store
+        # Accounts that listSessions shows every session to (FairCom: an
+        # administrator sees all); user names compare case-insensitively.
+        self.admins = frozenset(a.upper() for a in admins)
+        # The answer shapes this server gives (a test may switch them).
+        self.variants = variants
         # listServices' listeners; None: the action is unknown (an older server)
         self.services = services
         # FairCom user names are case-insensitive (its own example logs in as
@@ -292,15 +378,23 @@ class JsonApi:
     # -- dispatch ---------------------------------------------------------
 
     def handle(
-        self, parsed: Parsed, peer_cn: Optional[str] = None, fault: Optional[Fault] = None
+        self,
+        parsed: Parsed,
+        peer_cn: Optional[str] = None,
+        fault: Optional[Fault] = None,
+        peer_ip: str = "",
     ) -> Reply:
-        """One request -> one reply, with the semantic parts of `fault` applied."""
-        reply = self._dispatch(parsed, peer_cn, fault)
-        if fault is not None and fault.http_status != 200:
-            reply = Reply(reply.body, fault.http_status)
-        return reply
+        """One request -> one reply, with the semantic parts of `fault` applied.
+        `peer_ip` is the client's address (the per-IP session limit)."""
+        variants = self.variants.with_fault(fault)
+        reply = self._dispatch(parsed, peer_cn, fault, peer_ip, variants)
+        body = _shaped(reply.body, parsed.value, variants)
+        status = fault.http_status if fault is not None and fault.http_status != 200 else reply.http_status
+        return Reply(body, status)
 
-    def _dispatch(self, parsed: Parsed, peer_cn: Optional[str], fault: Optional[Fault]) -> Reply:
+    def _dispatch(
+        self, parsed: Parsed, peer_cn: Optional[str], fault: Optional[Fault], peer_ip: str, variants: Variants
+    ) -> Reply:
         request = parsed.value
         if parsed.error is not None:
             return self._error(None, ERR_INVALID_JSON, parsed.error)
@@ -332,15 +426,21 @@ class JsonApi:
                 return self._error(
                     request, ERR_SESSION_LIMIT, "maximum number of sessions reached (emulator: injected)"
                 )
-            reply = self._create_session(request, params, peer_cn)
+            reply = self._create_session(request, params, peer_cn, peer_ip)
             if fault is not None and fault.missing_auth_token:
                 reply.body.pop("authToken", None)
                 reply.body.get("result", {}).pop("authToken", None)
+            elif variants.token_at == "root":
+                reply.body.get("result", {}).pop("authToken", None)
+            elif variants.token_at == "result":
+                reply.body.pop("authToken", None)
             return reply
         if action == "deleteSession":
-            return self._delete_session(request)
+            return self._delete_session(request, variants)
         if action == "pingSession":
             return self._ping_session(request)
+        if action in SESSIONS_ACTIONS:
+            return self._sessions_action(request, params, action, api)
         if action in DB_ACTIONS:
             return self._db_action(request, params, action, api)
         if action == "listServices" and self.services is not None:
@@ -375,7 +475,7 @@ class JsonApi:
         return entry[0], ERR_OK, ""
 
     def _create_session(
-        self, request: Dict[str, Any], params: Dict[str, Any], peer_cn: Optional[str]
+        self, request: Dict[str, Any], params: Dict[str, Any], peer_cn: Optional[str], peer_ip: str = ""
     ) -> Reply:
         username, code, message = self._authenticate(params, peer_cn)
         if username is None:
@@ -384,9 +484,11 @@ class JsonApi:
             return self._error(request, code, message)
 
         idle = params.get("idleConnectionTimeoutSeconds", DEFAULT_IDLE_CONNECTION_TIMEOUT)
-        if not _is_number(idle) or idle <= 0:
+        # 0: a session that never expires (FairCom's "permanent session").
+        if not _is_number(idle) or idle < 0:
             return self._error(
-                request, ERR_INVALID_PARAMETER, "idleConnectionTimeoutSeconds must be a positive number"
+                request, ERR_INVALID_PARAMETER,
+                "idleConnectionTimeoutSeconds must be a number >= 0 (0: never expires)"
             )
         description = params.get("description", "")
         if not isinstance(description, str):
@@ -399,7 +501,7 @@ class JsonApi:
             return self._error(request, ERR_INVALID_PARAMETER, "defaultDatabaseName must be a string")
 
         try:
-            session = self.store.create(username, float(idle), description, default_api, default_db)
+            session = self.store.create(username, float(idle), description, default_api, default_db, peer_ip)
         except SessionLimitError as exc:
             log.warning("createSession refused for %s: %s", username, exc)
             return self._error(request, ERR_SESSION_LIMIT, str(exc))
@@ -415,7 +517,9 @@ class JsonApi:
             "defaultDatabaseName": session.default_database,
             "idleConnectionTimeoutSeconds": shown_idle,
             "idleCursorTimeoutSeconds": IDLE_CURSOR_TIMEOUT,
+            "permanentSession": session.idle_timeout == 0,
             "sessionStartTimestamp": _timestamp(session.started),
+            "sessionLastAccessedTimestamp": _timestamp(session.last_used_wall),
             "serverVersion": self.server_version,
             "hostname": self.hostname,
             "hostUuid": self.host_uuid,
@@ -425,10 +529,12 @@ class JsonApi:
         body["authToken"] = session.token
         return Reply(body)
 
-    def _delete_session(self, request: Dict[str, Any]) -> Reply:
+    def _delete_session(self, request: Dict[str, Any], variants: Variants) -> Reply:
         token = request.get("authToken")
         session = self.store.delete(token) if isinstance(token, str) else None
         if session is None:
+            if variants.delete_gone_as_error:
+                return self._unknown_token(request)
             warning = {"code": ERR_UNKNOWN_TOKEN, "message": "authToken does not match any session"}
             return Reply(self._envelope(request, debug_info={"warnings": [warning]}))
         log.debug("session of %s deleted", session.username)
@@ -446,6 +552,67 @@ class JsonApi:
         if request.get("authToken") is None:
             return self._error(request, ERR_UNKNOWN_TOKEN, "authToken is required")
         return self._error(request, ERR_UNKNOWN_TOKEN, "authToken is invalid or expired")
+
+    def _sessions_action(
+        self, request: Dict[str, Any], params: Dict[str, Any], action: str, api: Optional[str]
+    ) -> Reply:
+        """describeSessions: the calling account's sessions, in full;
+        listSessions: {authToken, username, description} of the sessions the
+        account may see (an administrator: all), narrowed by usernameFilter."""
+        token = request.get("authToken")
+        session = self.store.touch(token) if isinstance(token, str) else None
+        if session is None:
+            return self._unknown_token(request)
+        effective_api = api if api is not None else session.default_api
+        if effective_api != "admin":
+            return self._error(
+                request, ERR_UNKNOWN_ACTION, f"action {action!r} is not part of the {effective_api!r} api"
+            )
+        live = sorted(self.store.sessions(), key=lambda s: s.started)
+        if action == "describeSessions":
+            wanted = params.get("authTokens")
+            if wanted is not None and (
+                not isinstance(wanted, list) or not all(isinstance(t, str) for t in wanted)
+            ):
+                return self._error(request, ERR_INVALID_PARAMETER, "authTokens must be an array of strings")
+            mine = [s for s in live if s.username == session.username
+                    and (wanted is None or s.token in wanted)]
+            body = {"authToken": session.token}
+            body.update(self._envelope(request, {"sessions": [self._described(s) for s in mine]}))
+            return Reply(body)
+        names = params.get("usernameFilter")
+        if names is not None:
+            if not isinstance(names, list) or not all(
+                isinstance(n, str) and 1 <= len(n.encode("utf-8")) <= USERNAME_FILTER_MAX_BYTES for n in names
+            ):
+                return self._error(
+                    request, ERR_INVALID_PARAMETER,
+                    f"usernameFilter must be an array of user names of 1 to {USERNAME_FILTER_MAX_BYTES} bytes",
+                )
+            wanted_names = {n.upper() for n in names}
+            live = [s for s in live if s.username.upper() in wanted_names]
+        if session.username.upper() not in self.admins:
+            live = [s for s in live if s.username == session.username]
+        listed = [{"authToken": s.token, "username": s.username, "description": s.description} for s in live]
+        return Reply(self._envelope(request, {"sessions": listed}))
+
+    def _described(self, s: Session) -> Dict[str, Any]:
+        idle: Any = int(s.idle_timeout) if float(s.idle_timeout).is_integer() else s.idle_timeout
+        return {
+            "authToken": s.token,
+            "username": s.username,
+            "description": s.description,
+            "defaultDatabaseName": s.default_database,
+            "defaultOwnerName": s.username.lower(),
+            "idleConnectionTimeoutSeconds": idle,
+            "idleCursorTimeoutSeconds": IDLE_CURSOR_TIMEOUT,
+            "defaultApi": s.default_api,
+            "sessionStartTimestamp": _timestamp(s.started),
+            "sessionLastAccessedTimestamp": _timestamp(s.last_used_wall),
+            "hostname": self.hostname,
+            "hostUuid": self.host_uuid,
+            "permanentSession": s.idle_timeout == 0,
+        }
 
     def _db_action(
         self, request: Dict[str, Any], params: Dict[str, Any], action: str, api: Optional[str]
@@ -479,3 +646,21 @@ class JsonApi:
         rows = rows[skip:] if limit is None else rows[skip : skip + limit]
         result = {"dataFormat": "objects", "fields": list(_LIST_DATABASES_FIELDS), "data": rows}
         return Reply(self._envelope(request, result))
+
+
+def _shaped(body: Dict[str, Any], request: Any, variants: Variants) -> Dict[str, Any]:
+    """An answer in the shape `variants` asks for (error bodies, 12031's text)."""
+    code = body.get("errorCode")
+    if code == ERR_OK or not isinstance(code, int):
+        return body
+    out = dict(body)
+    if code == ERR_UNKNOWN_TOKEN and variants.faircom_messages:
+        out["errorMessage"] = FAIRCOM_UNKNOWN_TOKEN_MESSAGE
+    if variants.bare_errors:
+        token = request.get("authToken") if isinstance(request, dict) else None
+        bare: Dict[str, Any] = {}
+        if isinstance(token, str):
+            bare["authToken"] = token
+        bare.update((k, v) for k, v in out.items() if k != "result")
+        out = bare
+    return out
