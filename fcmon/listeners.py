@@ -47,7 +47,8 @@ from .client import (
     peer_info,
 )
 from .config import TargetConfig
-from .result import CertInfo
+from .result import FAILURE_MESSAGE_MAX, SERVER_FIELD_MAX, CertInfo
+from .servertext import clean
 from .sockwait import wait_readable
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,11 @@ class Listener:
     port: int
     protocol: str  # from listServices; CONFIGURED_PROTOCOL when only configured
 
+    def __post_init__(self) -> None:
+        # listServices' text: cleaned where it enters a result (fcmon/servertext.py)
+        object.__setattr__(self, "name", clean(self.name, SERVER_FIELD_MAX))
+        object.__setattr__(self, "protocol", clean(self.protocol, SERVER_FIELD_MAX))
+
 
 @dataclass(frozen=True)
 class ListenerResult:
@@ -88,6 +94,9 @@ class ListenerResult:
     message: str = ""
     certs: Tuple[CertInfo, ...] = ()  # server leaf first, then chain
     tls_version: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", clean(self.message, FAILURE_MESSAGE_MAX))
 
     @property
     def up(self) -> bool:
@@ -105,6 +114,9 @@ class ListenerRound:
     discovery_message: str
     results: Tuple[ListenerResult, ...]
     ended: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "discovery_message", clean(self.discovery_message, FAILURE_MESSAGE_MAX))
 
 
 def speaks_tls(protocol: str) -> bool:

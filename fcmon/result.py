@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
+from .servertext import clean, clean_optional
+
 # The contract's vocabularies (design.md, "One probe").
 STAGES = ("connect", "create_session", "list_databases", "delete_session")
 REASONS = (
@@ -40,6 +42,11 @@ class CertInfo:
     # RFC 4514 string; for people (debug probe, status page), never a label
     issuer: str = field(default="", compare=False)
 
+    def __post_init__(self) -> None:
+        # Subjects and issuers are the certificate owner's text: see fcmon/servertext.py.
+        object.__setattr__(self, "subject", clean(self.subject, CERT_NAME_MAX))
+        object.__setattr__(self, "issuer", clean(self.issuer, CERT_NAME_MAX))
+
 
 @dataclass(frozen=True)
 class CallResult:
@@ -60,11 +67,19 @@ class CallResult:
     error_message: Optional[str] = None
     started: Optional[float] = None
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "error_message", clean_optional(self.error_message, ERROR_MESSAGE_MAX))
 
-ERROR_MESSAGE_MAX = 500
+
+# Every string a server chooses is cleaned (fcmon/servertext.py) and capped
+# where it enters a result, at these lengths (characters):
+ERROR_MESSAGE_MAX = 500  # a call's errorMessage
 # serverVersion, hostname, hostUuid: what a hostile server sends must not
 # blow up labels or the status page.
 SERVER_FIELD_MAX = 200
+FAILURE_MESSAGE_MAX = 1000  # a failure's message (it quotes the errorMessage)
+CERT_NAME_MAX = 1024  # a certificate's subject and issuer (RFC 4514)
+DATABASE_NAME_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -75,6 +90,13 @@ class ServerInfo:
     version: Optional[str] = None
     hostname: Optional[str] = None
     uuid: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        for name in ("version", "hostname", "uuid"):
+            value = getattr(self, name)
+            if value is not None:
+                value = clean(value, SERVER_FIELD_MAX).strip()
+                object.__setattr__(self, name, value or None)
 
     @classmethod
     def from_result(cls, result: object) -> "ServerInfo":
@@ -91,7 +113,7 @@ class ServerInfo:
 def _field(value: object) -> Optional[str]:
     if not isinstance(value, str) or not value.strip():
         return None
-    return value.strip()[:SERVER_FIELD_MAX]
+    return value.strip()
 
 
 @dataclass(frozen=True)
@@ -99,6 +121,9 @@ class Failure:
     stage: str  # one of STAGES
     reason: str  # one of REASONS
     message: str  # human-readable, never contains secrets
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "message", clean(self.message, FAILURE_MESSAGE_MAX))
 
 
 @dataclass(frozen=True)
@@ -129,6 +154,12 @@ class ProbeResult:
     connect_started: Optional[float] = None
     # deleteSession went over a new connection (the first was cut or broken)
     delete_reconnected: bool = False
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(n, str) or not n.isprintable() or len(n) > DATABASE_NAME_MAX
+               for n in self.database_names):
+            object.__setattr__(self, "database_names",
+                               tuple(clean(str(n), DATABASE_NAME_MAX) for n in self.database_names))
 
     @property
     def up(self) -> bool:
