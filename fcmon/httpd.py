@@ -27,8 +27,9 @@ can make fcmon spend is bounded:
 Why not wsgiref or a production WSGI server: wsgiref is a thread per
 connection with a per-read timeout, and cheroot handshakes TLS in its
 accept thread (an idle client stalls everyone); waitress has no TLS.
-asyncio does the TLS handshake per connection with a timeout and keeps
-slow clients off threads, with no dependency.
+asyncio keeps slow clients off threads, with no dependency; TLS is fcmon's
+own small-buffer layer over it (fcmon/httptls.py: asyncio's gives every
+connection a 256 KiB buffer).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from collections import deque
 from email.utils import formatdate
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 from urllib.parse import unquote
+
+from .httptls import TLSLayer
 
 log = logging.getLogger(__name__)
 
@@ -382,23 +385,24 @@ class Server:
     # -- one connection
 
     async def _start(self, conn: "_Conn", sock: socket.socket) -> None:
-        """The TLS handshake (if any), per connection, under its timeout;
-        from then on the connection lives in `_Conn`'s callbacks."""
+        """Hand the socket to the loop: to `conn` directly, or through a
+        TLS layer that handshakes (under HANDSHAKE_TIMEOUT, with small
+        buffers: fcmon/httptls.py) before `conn` sees the connection."""
         loop = asyncio.get_running_loop()
         ctx = self.ssl_context
+        protocol: asyncio.Protocol = conn
+        if ctx is not None:
+            def failed(exc: BaseException) -> None:
+                self._quiet.debug("TLS handshake with %s failed: %r", conn.addr[0], exc)
+
+            protocol = conn.lower = TLSLayer(ctx, conn, HANDSHAKE_TIMEOUT, failed)
         try:
-            if ctx is None:
-                await loop.connect_accepted_socket(lambda: conn, sock)
-            else:
-                await asyncio.wait_for(
-                    loop.connect_accepted_socket(lambda: conn, sock, ssl=ctx,
-                                                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT),
-                    HANDSHAKE_TIMEOUT + 1)
+            await loop.connect_accepted_socket(lambda: protocol, sock)
         except asyncio.CancelledError:
             conn.release()
             raise
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, EOFError) as exc:
-            self._quiet.debug("TLS handshake with %s failed: %r", conn.addr[0], exc)
+        except OSError as exc:
+            self._quiet.debug("connection from %s failed: %r", conn.addr[0], exc)
             sock.close()
             conn.release()
 
@@ -565,6 +569,8 @@ class _Conn(asyncio.Protocol):
         self.server = server
         self.addr = addr
         self.transport: Any = None
+        # The TLS layer below, while its handshake is in progress.
+        self.lower: Optional[TLSLayer] = None
         self.buf = bytearray()
         self.busy = False  # a request is being answered
         self.discard = False  # after a refusal: drop what comes
@@ -596,8 +602,9 @@ class _Conn(asyncio.Protocol):
             self.server._released(self)
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
+        transport = self.transport if self.transport is not None else self.lower
+        if transport is not None:
+            transport.abort()
 
     def done(self, keep: bool) -> None:
         """The answer is written: next request, or close."""

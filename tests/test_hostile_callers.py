@@ -308,3 +308,44 @@ def test_slow_readers_hold_little_and_memory_comes_back(tmp_path: Path, test_pki
         assert after["VmRSS"] - before["VmRSS"] < 20 * 1024
         assert fc.stop() == 0
     assert "Traceback" not in fc.text()
+
+
+def test_idle_tls_connections_cost_a_few_kb_each(tmp_path: Path, test_pki: PKI, emulator: Emulator) -> None:
+    """asyncio's TLS layer gave each accepted connection a 256 KiB read buffer
+    before any handshake (4,000 idle connections: 50 -> 1,346 MB). fcmon's
+    own layer (fcmon/httptls.py) stays small: the bound is 100 MB for 4,000
+    idle connections, 25 KB each; one that finished its handshake keeps
+    OpenSSL's session state (about 17 KB measured), bounded at 40 KB."""
+    web = f"[web]\ntls_cert_file = {test_pki.server.cert}\ntls_key_file = {test_pki.server.key}\n"
+    config = _config(tmp_path, test_pki, emulator, web=web, interval=30)
+    with FcmonProcess("run", "-c", str(config), max_files=4096) as fc:
+        url = fc.metrics_url().replace("127.0.0.1", "localhost")
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        s = _session()
+        s.verify = str(test_pki.ca_file)
+        wait_for(lambda: s.get(url, timeout=10).status_code == 200)
+        before = _status(fc.proc.pid)
+        idle = _connect_many(port, 1000)
+        # all open at once (the whole-request deadline drops them after 5 s)
+        during = wait_for(lambda: (lambda st: st if st["fds"] >= before["fds"] + 1000 else None)(
+            _status(fc.proc.pid)), timeout=4)
+        per_idle = (during["VmRSS"] - before["VmRSS"]) / 1000
+        for sock in idle:
+            sock.close()
+        wait_for(lambda: _status(fc.proc.pid)["fds"] <= before["fds"] + 2)
+        ctx = ssl.create_default_context(cafile=str(test_pki.ca_file))
+        before = _status(fc.proc.pid)
+        shaken = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
+                                  server_hostname="localhost") for _ in range(300)]
+        during = wait_for(lambda: (lambda st: st if st["fds"] >= before["fds"] + 300 else None)(
+            _status(fc.proc.pid)), timeout=4)
+        per_shaken = (during["VmRSS"] - before["VmRSS"]) / 300
+        for tls in shaken:
+            tls.close()
+        assert s.get(url, timeout=10).status_code == 200
+        print(f"\nidle TLS connections: {per_idle:.1f} KB each before a handshake, "
+              f"{per_shaken:.1f} KB each after one")
+        assert per_idle < 25
+        assert per_shaken < 40
+        assert fc.stop() == 0
+    assert "Traceback" not in fc.text()
