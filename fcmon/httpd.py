@@ -43,6 +43,7 @@ import functools
 import gc
 import io
 import logging
+import re
 import resource
 import socket
 import ssl
@@ -97,7 +98,8 @@ StartResponse = Callable[..., Any]
 WsgiApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
 
 _REASONS = {400: "Bad Request", 405: "Method Not Allowed", 414: "URI Too Long",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            505: "HTTP Version Not Supported"}
 
 
 def descriptor_limit() -> int:
@@ -675,6 +677,8 @@ class _Conn(asyncio.Protocol):
                 raise _Reply(414)
             if end < 0 and len(buf) > MAX_REQUEST_LINE + MAX_HEADER_BYTES or end - line_end > MAX_HEADER_BYTES:
                 raise _Reply(431)
+            if _bare_lf(buf if end < 0 else buf[:end]):
+                raise _Reply(400)
             if end < 0:
                 return
             head = _parse(bytes(buf[:end]))
@@ -735,25 +739,53 @@ def _call_app(app: WsgiApp, environ: Dict[str, Any]) -> Tuple[str, List[Tuple[st
     return started[0], started[1], result, it, first
 
 
+# RFC 9110 5.6.2: a token (method, header name).
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# Field values: no control characters but HTAB (RFC 9110 5.5).
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(r"[\x00-\x20\x7f]")
+_VERSION = re.compile(r"HTTP/[0-9]\.[0-9]")
+
+
 def _parse(head: bytes) -> Tuple[str, str, str, List[Tuple[str, str]]]:
-    try:
-        text = head.decode("iso-8859-1")
-    except UnicodeDecodeError:  # pragma: no cover (latin-1 decodes anything)
-        raise _Reply(400)
+    """The request head (without its final CRLF CRLF) per RFC 9112: 400 for
+    anything malformed, 505 for an HTTP version other than 1.0 and 1.1."""
+    text = head.decode("iso-8859-1")  # latin-1 decodes any byte
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[0].isalpha() or not parts[2].startswith("HTTP/1."):
+    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1] or _BAD_TARGET.search(parts[1]):
         raise _Reply(400)
     method, target, version = parts
+    if not _VERSION.fullmatch(version):
+        raise _Reply(400)
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise _Reply(505)
     if len(lines) - 1 > MAX_HEADERS:
         raise _Reply(431)
     headers = []
+    hosts = 0
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or line[:1] in (" ", "\t"):
+        # No obs-fold, no space before the colon, no control characters.
+        if not sep or not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
             raise _Reply(400)
-        headers.append((name, value.strip()))
+        if name.lower() == "host":
+            hosts += 1
+        headers.append((name, value.strip(" \t")))
+    if hosts > 1:  # RFC 9112 3.2
+        raise _Reply(400)
     return method, target, version, headers
+
+
+def _bare_lf(buf: bytearray) -> bool:
+    """A LF not preceded by CR: RFC 9112 allows a server to refuse it, and a
+    head that never has CRLF CRLF would otherwise wait for its deadline."""
+    i = buf.find(b"\n")
+    while i >= 0:
+        if i == 0 or buf[i - 1] != 0x0D:
+            return True
+        i = buf.find(b"\n", i + 1)
+    return False
 
 
 def _head(status: str, headers: List[Tuple[str, str]], keep: bool) -> bytes:

@@ -112,6 +112,40 @@ def test_garbage_is_400(server: WebServer) -> None:
     assert _raw(server.port, b"\x16\x03\x01 hello\r\n\r\n").startswith(b"HTTP/1.1 400 ")
 
 
+@pytest.mark.parametrize("request_head, status", [
+    (b"GET /metrics HTTP/1.9\r\n\r\n", 505),
+    (b"GET /metrics HTTP/2.0\r\n\r\n", 505),
+    (b"GET /metrics HTTP/1.1\nHost: x\n\n", 400),  # bare LF: answered at once, not held
+    (b"GET /metrics HTTP/1.1\r\nHost: x\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nHost: x\rY: z\r\n\r\n", 400),  # bare CR
+    (b"GET /metrics HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nBad(name): x\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nX-A : x\r\n\r\n", 400),  # space before the colon
+    (b"GET /metrics HTTP/1.1\r\nX-A: a\x00b\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.1\r\nX-A: a\r\n b\r\n\r\n", 400),  # obs-fold
+    (b"GET  /metrics HTTP/1.1\r\n\r\n", 400),
+    (b"GET /met\x01rics HTTP/1.1\r\n\r\n", 400),
+    (b"G(T /metrics HTTP/1.1\r\n\r\n", 400),
+    (b"GET /metrics http/1.1\r\n\r\n", 400),
+    (b"GET /metrics HTTP/1.10\r\n\r\n", 400),
+])
+def test_malformed_heads_are_answered_at_once(server: WebServer, request_head: bytes, status: int) -> None:
+    """RFC 9112: only HTTP/1.0 and 1.1 (505), token header names, no bare LF
+    or CR, no control characters; the answer comes at once (the old parser
+    held a bare-LF head until its deadline and dropped it unanswered)."""
+    started = time.monotonic()
+    answer = _raw(server.port, request_head)
+    assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:60]
+    assert time.monotonic() - started < httpd.REQUEST_DEADLINE
+
+
+def test_well_formed_heads_still_pass(server: WebServer) -> None:
+    answer = _raw(server.port, b"\r\nGET /metrics HTTP/1.0\r\nHost: x\r\nX-Tab:\tv\t\r\n"
+                               b"Accept: */*\r\nX_Under.Score~: 1\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 ")
+
+
 def test_slow_headers_are_dropped_by_the_whole_request_deadline(
         server: WebServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(httpd, "REQUEST_DEADLINE", 1.0)
