@@ -125,6 +125,9 @@ def render(result: ProbeResult, target: TargetConfig) -> str:
     else:
         log.at(result.duration, f"probe ended: FAILED at {failure.stage}: {failure.reason} "
                                 f"({failure.message}) in {_seconds(result.duration)}")
+    if result.session_gone:
+        log.at(result.duration, "deleteSession: the session was already gone on the server "
+                                "(errorCode 12031): not a leak")
     if result.session_leaked:
         log.at(result.duration, "session NOT deleted: it stays on the server until its idle timeout "
                                 f"({target.session_idle_timeout} s)")

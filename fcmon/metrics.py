@@ -183,7 +183,7 @@ class MetricsStore:
                     state.last_error_code.pop(call.action, None)
                     continue
                 state.last_error_code[call.action] = call.error_code
-                if call.error_code != 0:
+                if call.error_code != 0 and not (result.session_gone and call.action == "deleteSession"):
                     key2 = (call.action, call.error_code)
                     state.api_errors[key2] = state.api_errors.get(key2, 0) + 1
             self._changed(result.target, state)

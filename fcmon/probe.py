@@ -40,6 +40,10 @@ CLEANUP_GRACE = 0.9
 UNVERIFIED_FETCH_TIMEOUT = 2.0
 # createSession failures that prove no session was created.
 _NO_SESSION = ("api_error", "client_cert_rejected")
+# deleteSession's answer for a token that matches no session (older
+# releases as the errorCode, newer ones as a warning with errorCode 0): the
+# session is already gone, which is what deleteSession was for.
+SESSION_GONE_CODE = 12031
 # After these the connection that carried the failed call cannot be trusted
 # to carry deleteSession.
 _BROKEN_CONNECTION = ("timeout", "bad_response", "tls_handshake", "client_cert_rejected", "http_status",
@@ -73,6 +77,26 @@ class _Deadline:
             self._watcher.cancel(handle)
 
 
+def _says_gone(response: ApiResponse) -> bool:
+    """errorCode 12031, or errorCode 0 with a 12031 warning in
+    debugInfo.warnings, in either documented shape ({code, message} or
+    {warningCode, warningMessage})."""
+    if response.error_code == SESSION_GONE_CODE:
+        return True
+    if response.error_code != 0:
+        return False
+    debug = response.body.get("debugInfo")
+    warnings = debug.get("warnings") if isinstance(debug, dict) else None
+    if not isinstance(warnings, list):
+        return False
+    for w in warnings[:100]:
+        if isinstance(w, dict):
+            code = w.get("code", w.get("warningCode"))
+            if code == SESSION_GONE_CODE and not isinstance(code, bool):
+                return True
+    return False
+
+
 def redact(text: str, secrets: List[str]) -> str:
     for secret in secrets:
         if secret:
@@ -100,6 +124,17 @@ class Prober:
         # Called with (target, client) on the open connection of each probe
         # that succeeded, after its timing ended: see _Probe._after.
         self.after_probe: Optional[Callable[[TargetConfig, ApiClient], None]] = None
+        # Targets whose "session already gone" was logged: once per target.
+        self._gone_logged: set = set()
+        self._gone_lock = threading.Lock()
+
+    def first_gone(self, target: str) -> bool:
+        """True the first time a target's session is found already gone."""
+        with self._gone_lock:
+            if target in self._gone_logged:
+                return False
+            self._gone_logged.add(target)
+            return True
 
     def retain(self, targets: Sequence[TargetConfig]) -> None:
         self.contexts.retain(targets)
@@ -167,6 +202,7 @@ class _Probe:
         self.t0 = time.monotonic()
         self.connect_started: Optional[float] = None
         self.delete_reconnected = False
+        self.session_gone = False
         # the step in progress, where an unexpected failure is reported
         self.stage = "connect"
 
@@ -228,6 +264,7 @@ class _Probe:
             peer_address=self.peer.address,
             connect_started=self.connect_started,
             delete_reconnected=self.delete_reconnected,
+            session_gone=self.session_gone,
             database_names=tuple(
                 str(d.get("databaseName")) if isinstance(d, dict) else str(d)
                 for d in (self.databases or [])
@@ -381,6 +418,9 @@ class _Probe:
             )
         if response is None:
             return None
+        if action == "deleteSession" and _says_gone(response):
+            self._gone()
+            return response
         if response.error_code != 0:
             message = self._clean(error_message)
             self.fail(
@@ -390,6 +430,16 @@ class _Probe:
             )
             return None
         return response
+
+    def _gone(self) -> None:
+        """deleteSession found no session for the token: something else ended
+        it (an idle timeout, a restart, an administrator). Not a leak, not a
+        failure; worth saying once per target."""
+        self.session_gone = True
+        if self.prober.first_gone(self.target.name):
+            log.warning("target %s: deleteSession found the session already gone (errorCode %d): "
+                        "the server ended it before fcmon did (idle timeout, restart or an administrator); "
+                        "logged once per target", self.target.name, SESSION_GONE_CODE)
 
     def _clean(self, message: Optional[str]) -> Optional[str]:
         """A message fit for logs and pages: secrets redacted, then capped

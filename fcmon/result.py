@@ -154,6 +154,9 @@ class ProbeResult:
     connect_started: Optional[float] = None
     # deleteSession went over a new connection (the first was cut or broken)
     delete_reconnected: bool = False
+    # deleteSession found no session for the token (errorCode 12031, or a
+    # 12031 warning): ended on the server already; not a leak, not a failure
+    session_gone: bool = False
 
     def __post_init__(self) -> None:
         if any(not isinstance(n, str) or not n.isprintable() or len(n) > DATABASE_NAME_MAX

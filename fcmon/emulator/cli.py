@@ -171,6 +171,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "servers) instead of errorCode 0 with a 12031 warning",
     )
     parser.add_argument(
+        "--warning-code-keys", action="store_true",
+        help="warnings in debugInfo.warnings as {warningCode, warningMessage} instead of {code, message}",
+    )
+    parser.add_argument(
         "--tls-max-version", choices=sorted(_TLS_VERSIONS), help="highest TLS version offered"
     )
     parser.add_argument(
@@ -244,7 +248,8 @@ def _banner(
         '{"action": "listDatabases", "fault": {"delay": 0.5}}  (empty fault clears)',
         f"  sessions: GET  {base}{CONTROL_SESSIONS_PATH}  (open sessions, in all and per user)",
         '  variants: POST the fault path with {"action": "*", "fault": {"token_at": "root"}} '
-        "(also bare_errors, faircom_messages, delete_gone_as_error)",
+        "(also bare_errors, faircom_messages, delete_gone_as_error, warning_code_keys); "
+        '{"action": "listDatabases", "fault": {"session_gone": true}} ends the session it names',
         f"  listener: POST {base}{CONTROL_LISTENER_PATH} "
         '{"name": "mqtts8883", "mode": "hang"}  (ok, hang, reset, disabled)',
         "  (control requests: loopback only, with the client certificate when one is required)",
@@ -300,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
                 max_sessions_per_ip=args.max_sessions_per_ip,
                 admins=tuple(args.admin or ("ADMIN",)),
                 variants=Variants(args.token_at, args.bare_errors, args.faircom_messages,
-                                  args.delete_gone_as_error),
+                                  args.delete_gone_as_error, args.warning_code_keys),
                 tls_max_version=tls_max,
                 allow_http=args.plain_http,
                 server_version=args.server_version,

@@ -14,7 +14,11 @@ Faults fall in two groups, and the split matters for leak tests:
   `malformed_json`, `non_object_json`, `oversized`, `missing_auth_token`.
 - Answer variants let the API logic run and change only the shape of its
   answer, as servers of other releases do: `token_at`, `bare_errors`,
-  `faircom_messages`, `delete_gone_as_error` (see `Variants` in state.py).
+  `faircom_messages`, `delete_gone_as_error`, `warning_code_keys` (see
+  `Variants` in state.py).
+- `session_gone` lets the API logic answer, then ends the session the
+  request named (or created) on the server, as an idle timeout or a restart
+  would: the client's next call with that token finds no session.
   A createSession under one of these creates a session that the client may
   be unable to delete: exactly the leak a monitor must bound.
 """
@@ -69,6 +73,8 @@ class Fault:
     bare_errors: bool = False
     faircom_messages: bool = False
     delete_gone_as_error: bool = False
+    warning_code_keys: bool = False
+    session_gone: bool = False
     count: Optional[int] = None
 
     def __post_init__(self) -> None:

@@ -258,12 +258,16 @@ class Variants:
     - `delete_gone_as_error`: deleteSession of a token that matches no
       session answers errorCode 12031 (an older page) instead of errorCode 0
       with a 12031 warning (the newer one).
+    - `warning_code_keys`: a warning in `debugInfo.warnings` is
+      `{"warningCode", "warningMessage"}` instead of `{"code", "message"}`
+      (FairCom's pages show both shapes).
     """
 
     token_at: str = "both"
     bare_errors: bool = False
     faircom_messages: bool = False
     delete_gone_as_error: bool = False
+    warning_code_keys: bool = False
 
     def __post_init__(self) -> None:
         if self.token_at not in TOKEN_PLACES:
@@ -278,6 +282,7 @@ class Variants:
             bare_errors=self.bare_errors or fault.bare_errors,
             faircom_messages=self.faircom_messages or fault.faircom_messages,
             delete_gone_as_error=self.delete_gone_as_error or fault.delete_gone_as_error,
+            warning_code_keys=self.warning_code_keys or fault.warning_code_keys,
         )
 
 
@@ -388,6 +393,8 @@ class JsonApi:
         `peer_ip` is the client's address (the per-IP session limit)."""
         variants = self.variants.with_fault(fault)
         reply = self._dispatch(parsed, peer_cn, fault, peer_ip, variants)
+        if fault is not None and fault.session_gone:
+            self._end_session(parsed.value, reply.body)
         body = _shaped(reply.body, parsed.value, variants)
         status = fault.http_status if fault is not None and fault.http_status != 200 else reply.http_status
         return Reply(body, status)
@@ -535,10 +542,21 @@ class JsonApi:
         if session is None:
             if variants.delete_gone_as_error:
                 return self._unknown_token(request)
-            warning = {"code": ERR_UNKNOWN_TOKEN, "message": "authToken does not match any session"}
+            keys = ("warningCode", "warningMessage") if variants.warning_code_keys else ("code", "message")
+            warning = {keys[0]: ERR_UNKNOWN_TOKEN, keys[1]: "authToken does not match any session"}
             return Reply(self._envelope(request, debug_info={"warnings": [warning]}))
         log.debug("session of %s deleted", session.username)
         return Reply(self._envelope(request))
+
+    def _end_session(self, request: Any, answer: Dict[str, Any]) -> None:
+        """The `session_gone` fault: the session the request named (or the
+        one it created) ends now, as an idle timeout would end it."""
+        token = request.get("authToken") if isinstance(request, dict) else None
+        if not isinstance(token, str):
+            result = answer.get("result")
+            token = result.get("authToken") if isinstance(result, dict) else answer.get("authToken")
+        if isinstance(token, str) and self.store.delete(token) is not None:
+            log.info("session ended by the session_gone fault")
 
     def _ping_session(self, request: Dict[str, Any]) -> Reply:
         token = request.get("authToken")
