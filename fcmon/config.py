@@ -43,6 +43,8 @@ class WebConfig:
     client_ca_file: Optional[Path] = None
     basic_auth_username: Optional[str] = None
     basic_auth_password: Optional[str] = field(default=None, repr=False)
+    # Connections one client address (an IPv6 /64) may hold open at once.
+    max_connections_per_client: int = 1024
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ WEB_KEYS = (
     "client_ca_file",
     "basic_auth_username",
     "basic_auth_password_file",
+    "max_connections_per_client",
 )
 TARGET_KEYS = (
     "endpoint",
@@ -804,6 +807,8 @@ def _parse_web(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str]
             values[key] = value
         elif key == "basic_auth_password_file":
             values[key] = _secret_from_file(ctx, WEB, key, value)
+        elif key == "max_connections_per_client":
+            values[key] = _integer(ctx, WEB, key, value, 1)
         else:
             values[key] = _path(ctx, WEB, key, value)
     guessed = _mark_unknown(values, [k for k, _ in items], [k for k in meant if k in WEB_KEYS])
@@ -824,6 +829,7 @@ def _parse_web(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str]
         client_ca_file=get("client_ca_file"),
         basic_auth_username=get("basic_auth_username"),
         basic_auth_password=get("basic_auth_password_file"),
+        max_connections_per_client=get("max_connections_per_client") or WebConfig.max_connections_per_client,
     )
 
 

@@ -225,6 +225,7 @@ class Daemon:
         self.listeners.retain(new.targets)
         self.scheduler.update(_scheduled(new))
         self.app.web = new.web
+        self.web.max_connections_per_client = new.web.max_connections_per_client
         self.web.set_ssl_context(ssl_context)
         with self._up_lock:
             self._up = {k: v for k, v in self._up.items() if any(t.name == k for t in new.targets)}

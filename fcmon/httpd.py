@@ -8,8 +8,11 @@ can make fcmon spend is bounded:
   reading the request head and writing the answer. An idle or slow client
   costs a descriptor and a few KB, not a thread;
 - open connections are capped (`max_connections`, below the descriptor
-  limit minus a reserve for fcmon's own probes); beyond it a connection is
-  closed at once and counted;
+  limit minus a reserve for fcmon's own probes), one client address (an
+  IPv6 /64) holds at most `max_per_client`, and the last 1/HELD_BACK_SHARE
+  of the cap is held back for addresses holding fewer than NEWCOMER, so a
+  new scraper gets in when one address holds the rest; beyond, a
+  connection is closed at once and counted with its reason;
 - the request head must be complete `REQUEST_DEADLINE` seconds after the
   connection (or a keep-alive request's first byte): a deadline for the
   whole head, not per byte. Request line at most `MAX_REQUEST_LINE` bytes
@@ -80,6 +83,15 @@ BACKLOG = 1024
 # Open connections at most, whatever the descriptor limit.
 MAX_CONNECTIONS = 4096
 MIN_CONNECTIONS = 8
+# Connections one client address may hold ([web] max_connections_per_client).
+MAX_PER_CLIENT = 1024
+# The last 1/HELD_BACK_SHARE of the cap is held back for addresses holding
+# fewer than NEWCOMER connections: Prometheus still gets in when one
+# address (or a few) holds the rest.
+HELD_BACK_SHARE = 8
+NEWCOMER = 4
+# Why a connection was closed at once (fcmon_http_connections_rejected_total{reason}).
+REJECT_REASONS = ("full", "per_client", "held_back")
 # Descriptors fcmon needs beyond its probes: listener, event loop, logs,
 # certificate and /proc reads, the notify socket.
 BASE_FD_RESERVE = 64
@@ -105,6 +117,26 @@ _REASONS = {400: "Bad Request", 405: "Method Not Allowed", 414: "URI Too Long",
 def descriptor_limit() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return 1 << 20 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def client_key(host: str) -> str:
+    """What one client is, for the per-client limit: an IPv4 address (also
+    when mapped into IPv6), or an IPv6 /64 (one host's share of a LAN: a
+    single machine can hold a whole /64)."""
+    if ":" not in host:
+        return host
+    try:
+        packed = socket.inet_pton(socket.AF_INET6, host.partition("%")[0])
+    except OSError:
+        return host
+    if packed[:12] == b"\0" * 10 + b"\xff\xff":
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + b"\0" * 8) + "/64"
+
+
+def held_back(cap: int) -> int:
+    """Slots of the cap only addresses holding fewer than NEWCOMER connections may take."""
+    return max(1, cap // HELD_BACK_SHARE)
 
 
 def connection_cap(reserve: int, limit: Optional[int] = None) -> int:
@@ -245,11 +277,13 @@ class Server:
 
     def __init__(self, app: WsgiApp, host: str, port: int, ssl_context: Optional[ssl.SSLContext] = None,
                  max_connections: int = MAX_CONNECTIONS,
-                 on_rejected: Callable[[], None] = lambda: None,
-                 slow_paths: Tuple[str, ...] = ("/probe",)):
+                 on_rejected: Callable[[str], None] = lambda reason: None,
+                 slow_paths: Tuple[str, ...] = ("/probe",),
+                 max_per_client: int = MAX_PER_CLIENT):
         self.app = app
         self.ssl_context = ssl_context
         self.max_connections = max_connections
+        self.max_per_client = max_per_client
         self.on_rejected = on_rejected
         self.slow_paths = slow_paths
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -266,6 +300,7 @@ class Server:
         self.port = int(self._listener.getsockname()[1])
         self.open = 0  # connections open now (read in tests and the bench)
         self.rejected = 0
+        self._per_client: Dict[str, int] = {}  # client_key -> connections open
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._tasks: Set["asyncio.Task[None]"] = set()
@@ -341,7 +376,9 @@ class Server:
                     self._loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
                     return
                 continue  # ECONNABORTED and friends: that client is gone
-            if self.open >= self.max_connections:
+            key = client_key(str(addr[0]))
+            reason = self._refusal(key)
+            if reason is not None:
                 self.rejected += 1
                 try:
                     # RST: nothing of it lingers in TIME_WAIT on our side
@@ -349,21 +386,37 @@ class Server:
                 except OSError:
                     pass
                 sock.close()
-                self._quiet.debug("too many connections (%d): closed one from %s", self.open, addr[0])
+                self._quiet.debug("connection from %s closed at once (%s): %d open, %d from it",
+                                  addr[0], reason, self.open, self._per_client.get(key, 0))
                 try:
-                    self.on_rejected()
+                    self.on_rejected(reason)
                 except Exception:
                     log.exception("counting a refused connection failed")
                 continue
+            self._per_client[key] = self._per_client.get(key, 0) + 1
             self.open += 1
             sock.setblocking(False)
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-            conn = _Conn(self, addr, self._loop.time())
+            conn = _Conn(self, addr, key, self._loop.time())
             self._conns.add(conn)
             self._spawn(self._start(conn, sock))
+
+    def _refusal(self, key: str) -> Optional[str]:
+        """Why a new connection from `key` may not open (a REJECT_REASONS
+        entry), or None: the cap, the address's own limit, and the slots
+        held back for addresses that hold few."""
+        cap = self.max_connections
+        holds = self._per_client.get(key, 0)
+        if self.open >= cap:
+            return "full"
+        if holds >= self.max_per_client:
+            return "per_client"
+        if self.open >= cap - held_back(cap) and holds >= NEWCOMER:
+            return "held_back"
+        return None
 
     def _spawn(self, coro: Any) -> None:
         assert self._loop is not None
@@ -410,6 +463,11 @@ class Server:
 
     def _released(self, conn: "_Conn") -> None:
         self.open -= 1
+        left = self._per_client.get(conn.key, 0) - 1
+        if left > 0:
+            self._per_client[conn.key] = left
+        else:
+            self._per_client.pop(conn.key, None)
         self._conns.discard(conn)
         self._served_since_trim += 1
         self._maybe_trim()
@@ -567,9 +625,10 @@ class _Conn(asyncio.Protocol):
     idle timeout) that aborts it. A complete head starts a task that
     answers it (`Server._answer`)."""
 
-    def __init__(self, server: Server, addr: Any, accepted: float):
+    def __init__(self, server: Server, addr: Any, key: str, accepted: float):
         self.server = server
         self.addr = addr
+        self.key = key  # client_key(addr)
         self.transport: Any = None
         # The TLS layer below, while its handshake is in progress.
         self.lower: Optional[TLSLayer] = None

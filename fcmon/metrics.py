@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from . import __version__
 from .config import TargetConfig
+from .httpd import REJECT_REASONS
 from .listeners import ListenerResult, ListenerRound
 from .result import CertInfo, ProbeResult, ServerInfo
 
@@ -124,7 +125,7 @@ class MetricsStore:
         self._lateness_counts = [0] * len(LATENESS_BUCKETS)
         self._lateness_sum = 0.0
         self._probe_requests_rejected = 0
-        self._connections_rejected = 0
+        self._connections_rejected: Dict[str, int] = {reason: 0 for reason in REJECT_REASONS}
 
     def set_targets(self, targets: Sequence[TargetConfig]) -> None:
         """Make the store hold exactly these targets; a removed target's series vanish."""
@@ -226,10 +227,12 @@ class MetricsStore:
         with self._lock:
             self._probe_requests_rejected += 1
 
-    def record_connection_rejected(self) -> None:
-        """The HTTP endpoint closed a connection at once: too many open."""
+    def record_connection_rejected(self, reason: str) -> None:
+        """The HTTP endpoint closed a connection at once, for `reason`
+        (fcmon/httpd.py REJECT_REASONS: the cap, the client's own limit,
+        the slots held back for new clients)."""
         with self._lock:
-            self._connections_rejected += 1
+            self._connections_rejected[reason] = self._connections_rejected.get(reason, 0) + 1
 
     def record_reload(self, ok: bool, when: float) -> None:
         with self._lock:
@@ -257,7 +260,7 @@ class MetricsStore:
     def _snapshot(self, targets: Dict[str, _TargetState]) -> "Snapshot":
         return Snapshot(targets, self._reload_ok, self._reload_ok_at,
                         (tuple(self._lateness_counts), self._lateness_sum),
-                        self._probe_requests_rejected, self._connections_rejected)
+                        self._probe_requests_rejected, dict(self._connections_rejected))
 
 
 @dataclass(frozen=True)
@@ -268,7 +271,7 @@ class Snapshot:
     # (count per LATENESS_BUCKETS bucket, sum of seconds)
     start_lateness: Tuple[Tuple[int, ...], float] = ((), 0.0)
     probe_requests_rejected: int = 0
-    connections_rejected: int = 0
+    connections_rejected: Dict[str, int] = field(default_factory=dict)  # reason -> count
 
 
 @dataclass(frozen=True)
@@ -478,7 +481,11 @@ def _global_families(snap: Snapshot) -> Iterable[Metric]:
         "fcmon_probe_requests_rejected",
         "/probe calls answered 503 because too many probes started by /probe were in flight",
         value=snap.probe_requests_rejected)
-    yield CounterMetricFamily(
+    rejected = CounterMetricFamily(
         "fcmon_http_connections_rejected",
-        "Connections to the HTTP endpoint closed at once because too many were open",
-        value=snap.connections_rejected)
+        "Connections to the HTTP endpoint closed at once: full (the cap), per_client (that address's "
+        "limit), held_back (the last slots are kept for addresses holding few)",
+        labels=["reason"])
+    for reason, count in sorted(snap.connections_rejected.items()):
+        rejected.add_metric([reason], count)
+    yield rejected

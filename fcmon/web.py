@@ -213,13 +213,16 @@ def listen_error(host: str, port: int, exc: OSError) -> ListenError:
 class WebServer:
     """The app behind fcmon's bounded front door (`httpd.Server`): binds at
     once, serves once started. `max_connections`: open connections at most
-    (see `httpd.connection_cap`); `on_rejected` counts those closed beyond it."""
+    (see `httpd.connection_cap`); `on_rejected(reason)` counts those closed
+    at once (`httpd.REJECT_REASONS`). The per-client limit is the app's
+    `[web] max_connections_per_client`."""
 
     def __init__(self, app: App, host: str, port: int, ssl_context: Optional[ssl.SSLContext],
                  max_connections: int = httpd.MAX_CONNECTIONS,
-                 on_rejected: Callable[[], None] = lambda: None):
+                 on_rejected: Callable[[str], None] = lambda reason: None):
         try:
-            self._server = httpd.Server(app, host, port, ssl_context, max_connections, on_rejected)
+            self._server = httpd.Server(app, host, port, ssl_context, max_connections, on_rejected,
+                                        max_per_client=app.web.max_connections_per_client)
         except OSError as exc:  # includes socket.gaierror for a host name that does not resolve
             raise listen_error(host, port, exc) from None
         self._app = app
@@ -235,6 +238,14 @@ class WebServer:
     @max_connections.setter
     def max_connections(self, value: int) -> None:
         self._server.max_connections = value
+
+    @property
+    def max_connections_per_client(self) -> int:
+        return self._server.max_per_client
+
+    @max_connections_per_client.setter
+    def max_connections_per_client(self, value: int) -> None:
+        self._server.max_per_client = value
 
     def set_ssl_context(self, ctx: Optional[ssl.SSLContext]) -> None:
         self._server.ssl_context = ctx

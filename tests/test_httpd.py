@@ -37,14 +37,14 @@ def _probe(name: str) -> Optional[CollectorRegistry]:
 
 
 @pytest.fixture
-def rejected() -> List[int]:
+def rejected() -> List[str]:
     return []
 
 
 @pytest.fixture
-def server(rejected: List[int]) -> Iterator[WebServer]:
+def server(rejected: List[str]) -> Iterator[WebServer]:
     app = App(lambda: BODY, lambda: True, lambda: True, _probe, WebConfig())
-    web = WebServer(app, "127.0.0.1", 0, None, max_connections=20, on_rejected=lambda: rejected.append(1))
+    web = WebServer(app, "127.0.0.1", 0, None, max_connections=20, on_rejected=lambda reason: rejected.append(reason))
     web.start()
     yield web
     web.stop()
@@ -176,24 +176,106 @@ def test_slow_headers_are_dropped_by_the_whole_request_deadline(
     wait_for(lambda: server._server.open == 0)
 
 
-def test_connections_beyond_the_cap_are_closed_and_counted(server: WebServer, rejected: List[int]) -> None:
-    idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(20)]
+def _connect_from(source: str, port: int, n: int) -> List[socket.socket]:
+    """`n` connections from loopback address `source` (127.0.0.2, ...)."""
+    out = []
+    for _ in range(n):
+        s = socket.socket()
+        s.settimeout(10)
+        s.bind((source, 0))
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        out.append(s)
+    return out
+
+
+def _closed_at_once(s: socket.socket) -> bool:
+    """Closed by the server with a FIN or a reset (on a loaded machine the
+    reset can arrive before connect() returns)."""
+    try:
+        s.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
+        return s.recv(100) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def _get_from(source: str, port: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0)) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        return s.recv(100)
+
+
+def test_connections_beyond_the_cap_are_closed_and_counted(server: WebServer, rejected: List[str]) -> None:
+    # 20 clients holding one each: the cap, not a client's share, is what is full.
+    idle = [s for i in range(20) for s in _connect_from(f"127.0.0.{10 + i}", server.port, 1)]
     try:
         wait_for(lambda: server._server.open == 20)
-        # Closed at once, with a FIN or a reset; on a loaded machine the
-        # reset can arrive before connect() returns.
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as extra:
-                extra.sendall(b"GET /metrics HTTP/1.1\r\n\r\n")
-                assert extra.recv(100) == b""
-        except (ConnectionResetError, BrokenPipeError):
-            pass
-        wait_for(lambda: len(rejected) == 1)
+        extra = _connect_from("127.0.0.1", server.port, 1)
+        assert extra == [] or _closed_at_once(extra[0])
+        for s in extra:
+            s.close()
+        wait_for(lambda: rejected == ["full"])
     finally:
         for s in idle:
             s.close()
     wait_for(lambda: server._server.open == 0)
     assert _get(server.port).status == 200
+
+
+def _server(max_connections: int, per_client: int, rejected: List[str]) -> WebServer:
+    app = App(lambda: BODY, lambda: True, lambda: True, _probe, WebConfig(max_connections_per_client=per_client))
+    web = WebServer(app, "127.0.0.1", 0, None, max_connections=max_connections, on_rejected=rejected.append)
+    web.start()
+    return web
+
+
+def test_one_address_holds_at_most_its_own_limit(rejected: List[str]) -> None:
+    web = _server(20, 5, rejected)
+    try:
+        held = _connect_from("127.0.0.2", web.port, 8)
+        wait_for(lambda: len(rejected) == 3)
+        assert rejected == ["per_client"] * 3
+        assert web._server.open == 5
+        # another address is answered
+        assert _get_from("127.0.0.1", web.port).startswith(b"HTTP/1.1 200 ")
+        for s in held:
+            s.close()
+    finally:
+        web.stop()
+
+
+def test_slots_held_back_answer_a_new_client_when_one_address_holds_the_rest(rejected: List[str]) -> None:
+    """Cap 20, no per-address limit to speak of: 127.0.0.2 gets 18, the last
+    2 are held back for addresses that hold fewer than 4 (the scraper)."""
+    web = _server(20, 1000, rejected)
+    try:
+        held = _connect_from("127.0.0.2", web.port, 25)
+        wait_for(lambda: len(rejected) >= 7)
+        assert set(rejected) == {"held_back"}
+        assert web._server.open == 20 - httpd.held_back(20)
+        for _ in range(3):
+            assert _get_from("127.0.0.1", web.port).startswith(b"HTTP/1.1 200 ")
+        # the attacker, reconnecting, still does not get them
+        more = _connect_from("127.0.0.2", web.port, 2)
+        assert all(_closed_at_once(s) for s in more)
+        for s in held + more:
+            s.close()
+        wait_for(lambda: web._server.open == 0)
+    finally:
+        web.stop()
+
+
+def test_client_key_groups_ipv6_by_64() -> None:
+    assert httpd.client_key("127.0.0.2") == "127.0.0.2"
+    assert httpd.client_key("::ffff:10.1.2.3") == "10.1.2.3"
+    assert httpd.client_key("2001:db8:1:2:aaaa::1") == httpd.client_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert httpd.client_key("2001:db8:1:3::1") != httpd.client_key("2001:db8:1:2::1")
+    assert httpd.client_key("::1") == "::/64"
 
 
 def test_threads_return_to_baseline(monkeypatch: pytest.MonkeyPatch) -> None:
