@@ -22,6 +22,7 @@ from . import __version__, debuglog
 from .config import Config, ConfigError, TargetConfig, load_config
 from .exposition import TextRenderer
 from .flight import Busy, Flights, Slots
+from .handling import ResultHandling
 from .listeners import ListenerChecker, ListenerRound
 from .logs import setup_logging
 from .metrics import FcmonCollector, MetricsStore
@@ -66,6 +67,7 @@ class Daemon:
         # target -> serverVersion of its last successful createSession
         self._versions: Dict[str, Optional[str]] = {}
         self._up_lock = threading.Lock()
+        self._handling = ResultHandling()
         self.store.set_targets(config.targets)
         self.store.record_reload(True, time.time())
         self.board = StatusBoard(__version__)
@@ -109,6 +111,11 @@ class Daemon:
     # -- probes
 
     def _on_result(self, result: ProbeResult) -> None:
+        # A failure in here is the target's own `internal` (fcmon/handling.py),
+        # never a swallowed error and a frozen series.
+        self._handling.probe(result, self._handle_result)
+
+    def _handle_result(self, result: ProbeResult) -> None:
         self.store.record(result)
         self.board.record(result)
         server = result.server
@@ -171,6 +178,9 @@ class Daemon:
         return (result, target), registry
 
     def _on_listener_round(self, round_: ListenerRound) -> None:
+        self._handling.listeners(round_, self._handle_listener_round)
+
+    def _handle_listener_round(self, round_: ListenerRound) -> None:
         self.store.record_listeners(round_)
         self.board.record_listeners(round_)
 

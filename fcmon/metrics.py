@@ -159,10 +159,14 @@ class MetricsStore:
             state.rendered = self._render(name, state)
 
     def record(self, result: ProbeResult) -> None:
+        """All or nothing: the state changes only if it renders, so a result
+        that cannot be handled leaves no half-counted probe behind (the
+        caller then records the target's `internal` failure instead)."""
         with self._lock:
-            state = self._targets.get(result.target)
-            if state is None:  # removed while its probe was running
+            current = self._targets.get(result.target)
+            if current is None:  # removed while its probe was running
                 return
+            state = current.copy()
             state.latest = result
             state.probes += 1
             if result.failure is None:
@@ -188,13 +192,15 @@ class MetricsStore:
                     key2 = (call.action, call.error_code)
                     state.api_errors[key2] = state.api_errors.get(key2, 0) + 1
             self._changed(result.target, state)
+            self._targets[result.target] = state
 
     def record_listeners(self, round_: ListenerRound) -> None:
         """A target's listener round: a listener it no longer names loses its series."""
         with self._lock:
-            state = self._targets.get(round_.target)
-            if state is None:  # removed while its round was running
+            current = self._targets.get(round_.target)
+            if current is None:  # removed while its round was running
                 return
+            state = current.copy()  # all or nothing, as in record()
             names = {r.listener.name for r in round_.results}
             failures = {k: n for k, n in state.listener_failures.items() if k[0] in names}
             for r in round_.results:
@@ -204,6 +210,7 @@ class MetricsStore:
             state.listeners = round_
             state.listener_failures = failures
             self._changed(round_.target, state)
+            self._targets[round_.target] = state
 
     def record_skipped(self, target: str) -> None:
         with self._lock:
