@@ -36,10 +36,11 @@ test: $(STAMP) $(TOOLS)
 test-fast: $(STAMP)
 	FCMON_CONSTRAINTS=$(CONSTRAINTS) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-# docs/status-page.png, the README's screenshot: taken by the status page's
-# browser test (chromium and chromium-driver from Debian).
+# docs/status-page-{1400,1000,412}.png, the README's screenshots at three
+# widths (desktop, laptop, phone): taken by the status page's browser test
+# (chromium and chromium-driver from Debian). Look at them before committing.
 screenshot: $(STAMP)
-	FCMON_SCREENSHOT=$(CURDIR)/docs/status-page.png $(BIN)/python -m pytest -q tests/test_status_browser.py
+	FCMON_SCREENSHOT_DIR=$(CURDIR)/docs CI=true $(BIN)/python -m pytest -q tests/test_status_browser.py
 
 # The generated adversary at length (tests/test_chaos.py): CHAOS_EXAMPLES
 # random cases (default 500) from CHAOS_SEED (default: a new one, printed).

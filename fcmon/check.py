@@ -15,13 +15,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from . import debuglog
+from . import debuglog, levels, schema
+from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from .config import TargetConfig
 from .flight import Flights
 from .listeners import ListenerChecker, ListenerRound
-from .metrics import SECONDS_PER_DAY, FcmonCollector, MetricsStore
+from .metrics import FcmonCollector, MetricsStore
 from .probe import Prober
-from .result import ProbeResult
+from .result import CertInfo, ProbeResult
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -38,46 +39,9 @@ class Verdict:
 
 def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float,
           listeners: Optional[ListenerRound] = None) -> Verdict:
-    verdict = _judge_probe(result, warn_days, crit_days, now)
-    if listeners is None:
-        return verdict
-    status, why = _judge_listeners(listeners, warn_days, crit_days, now)
-    if status > verdict.status:
-        return Verdict(result, status, why, listeners)
-    return Verdict(result, verdict.status, verdict.why, listeners)
-
-
-def _judge_probe(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> Verdict:
-    if result.failure is not None:
-        f = result.failure
-        # fcmon's own failure says nothing about the server: UNKNOWN, as a
-        # Nagios plugin that could not do its check.
-        status = UNKNOWN if f.reason == "internal" else CRITICAL
-        return Verdict(result, status, f"probe failed at {f.stage}: {f.reason} ({f.message})")
-    worst, why = OK, f"up, {result.databases} databases in {result.duration:.3f}s"
-    for c in result.certs:
-        days = (c.not_after - now) / SECONDS_PER_DAY
-        if days <= crit_days:
-            return Verdict(result, CRITICAL, f"{c.role} certificate {c.subject} expires in {days:.1f} days")
-        if days <= warn_days and worst == OK:
-            worst, why = WARNING, f"{c.role} certificate {c.subject} expires in {days:.1f} days"
-    return Verdict(result, worst, why)
-
-
-def _judge_listeners(round_: ListenerRound, warn_days: float, crit_days: float, now: float) -> Tuple[int, str]:
-    """A failed listener is CRITICAL; its certificates are judged like the server's."""
-    worst, why = OK, ""
-    for x in round_.results:
-        where = f"listener {x.listener.name} (port {x.listener.port})"
-        if x.reason is not None:
-            return CRITICAL, f"{where} failed: {x.reason} ({x.message})"
-        for c in x.certs:
-            days = (c.not_after - now) / SECONDS_PER_DAY
-            if days <= crit_days and worst < CRITICAL:
-                worst, why = CRITICAL, f"{where} {c.role} certificate {c.subject} expires in {days:.1f} days"
-            elif days <= warn_days and worst == OK:
-                worst, why = WARNING, f"{where} {c.role} certificate {c.subject} expires in {days:.1f} days"
-    return worst, why
+    """The one rule of fcmon/levels.py, as a Nagios status."""
+    j = levels.judge(result, listeners, now, levels.Thresholds(warn_days, crit_days))
+    return Verdict(result, levels.EXIT_CODES[j.level], j.why, listeners)
 
 
 def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
@@ -124,40 +88,47 @@ def _days(value: float) -> str:
     return f"{value:g}"
 
 
-def cert_perfdata(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> List[str]:
-    """Days left per certificate, `label=days;warn;crit`, unique per target, role and serial.
-
-    The thresholds are Nagios ranges: `30:` alerts below 30, as --warn-days
-    does (days left only ever get worse as they fall).
-    """
-    out: List[str] = []
-    seen = set()
-    for c in result.certs:
-        label = _perf_label(result.target, "cert", c.role, c.serial, "days")
-        if label in seen:  # the same certificate twice in one bundle
-            continue
-        seen.add(label)
-        days = (c.not_after - now) / SECONDS_PER_DAY
-        out.append(f"{label}={days:.2f};{_days(warn_days)}:;{_days(crit_days)}:")
+def _worst_days_by_role(certs: Sequence[CertInfo], now: float) -> Dict[str, float]:
+    """Per role, the days left of the certificate that expires first: one
+    series per role however many certificates (a CA bundle) or renewals."""
+    out: Dict[str, float] = {}
+    for c in certs:
+        days = levels.days_left(c, now)
+        out[c.role] = min(days, out.get(c.role, days))
     return out
+
+
+def _days_perf(label: str, days: float, warn_days: float, crit_days: float) -> str:
+    # Nagios ranges: `30:` alerts below 30, as levels.cert_level does (at
+    # exactly 30 days: ok; at exactly 7: warning).
+    return f"{label}={days:.2f};{_days(warn_days)}:;{_days(crit_days)}:"
+
+
+def cert_perfdata(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> List[str]:
+    """Days left per certificate role, `'TARGET_cert_ROLE_days'=days;warn;crit`.
+
+    Labelled by role, never by serial: a renewal continues the same graph.
+    """
+    return [_days_perf(_perf_label(result.target, "cert", role, "days"), days, warn_days, crit_days)
+            for role, days in _worst_days_by_role(result.certs, now).items()]
 
 
 def listener_perfdata(target: str, round_: Optional[ListenerRound], warn_days: float, crit_days: float,
                       now: float) -> List[str]:
-    """Per listener: up (1/0) and days left per certificate, like cert_perfdata."""
+    """Per listener: up (1/0) and days left per certificate role, like cert_perfdata."""
     if round_ is None:
         return []
     out: List[str] = []
     seen = set()
     for x in round_.results:
-        out.append(f"{_perf_label(target, 'listener', x.listener.name, 'up')}={1 if x.up else 0};;1:")
-        for c in x.certs:
-            label = _perf_label(target, "listener", x.listener.name, c.role, c.serial, "days")
-            if label in seen:
-                continue
-            seen.add(label)
-            days = (c.not_after - now) / SECONDS_PER_DAY
-            out.append(f"{label}={days:.2f};{_days(warn_days)}:;{_days(crit_days)}:")
+        up = _perf_label(target, "listener", x.listener.name, "up")
+        if up in seen:  # two listeners whose names differ only in characters a label cannot hold
+            continue
+        seen.add(up)
+        out.append(f"{up}={1 if x.up else 0};;1:")
+        for role, days in _worst_days_by_role(x.certs, now).items():
+            out.append(_days_perf(_perf_label(target, "listener", x.listener.name, role, "days"),
+                                  days, warn_days, crit_days))
     return out
 
 
@@ -187,52 +158,18 @@ def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days:
     return "\n".join(lines) + "\n"
 
 
-def render_json(verdicts: Sequence[Verdict], now: float) -> str:
+def render_json(verdicts: Sequence[Verdict], now: float, warn_days: float = CERT_WARN_DAYS,
+                crit_days: float = CERT_CRIT_DAYS, endpoints: Optional[Dict[str, str]] = None) -> str:
+    """The shared schema (fcmon/schema.py, README "JSON schema"), plus the
+    plugin's status and exit code."""
     status = overall(verdicts)
-    out = {"status": STATUS_NAMES[status], "exit_code": status, "targets": []}
-    for v in verdicts:
-        r = v.result
-        f = r.failure
-        out["targets"].append({  # type: ignore[union-attr]
-            "target": r.target,
-            "status": STATUS_NAMES[v.status],
-            "summary": v.why,
-            "up": r.up,
-            "stage": f.stage if f else None,
-            "reason": f.reason if f else None,
-            "message": f.message if f else None,
-            "duration_seconds": r.duration,
-            "steps": dict(r.steps),
-            "databases": r.databases,
-            "database_names": list(r.database_names),
-            "tls_version": r.tls_version,
-            "session_leaked": r.session_leaked,
-            "certs": [
-                {"cert": c.role, "subject": c.subject, "serial": c.serial,
-                 "not_after": c.not_after, "days_left": (c.not_after - now) / SECONDS_PER_DAY}
-                for c in r.certs
-            ],
-            **_listeners_json(v.listeners, now),
-        })
+    thresholds = levels.Thresholds(warn_days, crit_days)
+    targets = [schema.target_doc(v.result.target, (endpoints or {}).get(v.result.target, ""), v.result,
+                                 v.listeners, now, thresholds, debug_probe=False)
+               for v in verdicts]
+    doc = schema.document(targets, now, thresholds)
+    out = {"schema": doc.pop("schema"), "status": STATUS_NAMES[status], "exit_code": status, **doc}
     return json.dumps(out, indent=2) + "\n"
-
-
-def _listeners_json(round_: Optional[ListenerRound], now: float) -> Dict[str, object]:
-    if round_ is None:
-        return {"listener_discovery": None, "listeners": []}
-    return {
-        # true: listServices named them; false: it failed or is not offered; null: not asked
-        "listener_discovery": round_.discovery,
-        "listener_discovery_message": round_.discovery_message or None,
-        "listeners": [
-            {"listener": x.listener.name, "port": x.listener.port, "protocol": x.listener.protocol,
-             "up": x.up, "reason": x.reason, "message": x.message or None,
-             "duration_seconds": x.duration, "tls_version": x.tls_version,
-             "certs": [{"cert": c.role, "subject": c.subject, "serial": c.serial, "not_after": c.not_after,
-                        "days_left": (c.not_after - now) / SECONDS_PER_DAY} for c in x.certs]}
-            for x in round_.results
-        ],
-    }
 
 
 def plugin_line(text: str) -> str:
@@ -259,8 +196,10 @@ def render_unknown(fmt: str, summary: str, problems: Sequence[str] = (), config_
     """UNKNOWN (nothing was probed) in the format asked for: Nagios shows stdout."""
     line = f"{STATUS_NAMES[UNKNOWN]} - {plugin_line(summary)}"
     if fmt == "json":
-        return json.dumps({"status": STATUS_NAMES[UNKNOWN], "exit_code": UNKNOWN, "summary": summary,
-                           "problems": list(problems), "targets": []}, indent=2) + "\n"
+        doc = schema.document([], time.time())
+        out = {"schema": doc.pop("schema"), "status": STATUS_NAMES[UNKNOWN], "exit_code": UNKNOWN,
+               "message": summary, "problems": list(problems), **doc}
+        return json.dumps(out, indent=2) + "\n"
     if fmt == "prometheus":
         return f"# fcmon check: {line}\n" + render_prometheus((), (), config_ok).decode()
     return line + "\n"
@@ -322,7 +261,7 @@ def run_check(
     if textfile is not None:
         write_atomically(textfile, render_prometheus(targets, results, rounds=rounds))
     if fmt == "json":
-        text = render_json(verdicts, now)
+        text = render_json(verdicts, now, warn_days, crit_days, {t.name: t.endpoint for t in targets})
     elif fmt == "prometheus":
         text = render_prometheus(targets, results, rounds=rounds).decode()
     else:

@@ -20,7 +20,7 @@ from typing import List, Optional
 from .client import RequestPlan
 from .codes import describe
 from .config import TargetConfig
-from .metrics import SECONDS_PER_DAY
+from .levels import days_left, days_text
 from .probe import SESSION_DESCRIPTION, redact
 from .result import CallResult, CertInfo, ProbeResult
 
@@ -60,10 +60,9 @@ def _seconds(value: float) -> str:
 
 
 def _days(cert: CertInfo, now: float) -> str:
-    days = (cert.not_after - now) / SECONDS_PER_DAY
-    if days < 0:
-        return f"expired {-days:.1f} days ago"
-    return f"{days:.1f} days left"
+    # whole days for people, as the page and `check` (fcmon/levels.py);
+    # the exact moment is the "not after" beside it
+    return days_text(days_left(cert, now))
 
 
 class _Log:

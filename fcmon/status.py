@@ -18,10 +18,9 @@ from typing import Callable, Deque, Dict, Optional, Sequence, Tuple
 
 from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from .config import TargetConfig
+from .levels import SECONDS_PER_DAY, cert_level  # noqa: F401 (the renderers and tests read them here)
 from .listeners import ListenerRound
 from .result import ProbeResult, ServerInfo
-
-SECONDS_PER_DAY = 86400.0
 
 MAX_EVENTS = 50
 
@@ -29,19 +28,6 @@ MAX_EVENTS = 50
 UP = "up"
 DOWN = "down"
 NOT_PROBED = "not_probed"
-
-
-def cert_level(days_left: float) -> str:
-    """`ok`, `warning`, `critical` or `expired`: the alert a certificate with
-    this many days left is under (the rules' thresholds do not overlap:
-    < 30 days warning, < 7 critical, < 0 expired)."""
-    if days_left < 0:
-        return "expired"
-    if days_left < CERT_CRIT_DAYS:
-        return "critical"
-    if days_left < CERT_WARN_DAYS:
-        return "warning"
-    return "ok"
 
 
 @dataclass(frozen=True)

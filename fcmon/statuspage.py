@@ -16,24 +16,27 @@ from __future__ import annotations
 import html
 import json
 import time
-from typing import Any, Dict, List, Optional, Sequence
-from urllib.parse import quote
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from . import runbook
 from .codes import describe
+from .levels import CRITICAL, WARNING, Judgement, days_left, days_text, judge, rank
 from .listeners import ListenerResult
-from .result import CallResult, CertInfo, ServerInfo
+from .result import CallResult, CertInfo
+from .schema import debug_probe_url, document, target_doc
 from .status import (
     CERT_CRIT_DAYS,
     CERT_WARN_DAYS,
     DOWN,
     MAX_EVENTS,
     NOT_PROBED,
-    SECONDS_PER_DAY,
     UP,
     StatusSnapshot,
     TargetStatus,
     cert_level,
 )
+
+__all__ = ["render_html", "render_json", "status_json", "days_text", "debug_probe_url"]
 
 REFRESH_SECONDS = 15
 
@@ -47,36 +50,17 @@ PAGE_HEADERS = (
     ("Cache-Control", "no-store"),
 )
 
-# State: symbol and word, so colour is never the only signal.
+# State and level: symbol and word, so colour is never the only signal.
 _STATE_LABEL = {UP: "\u2714 up", DOWN: "\u2716 down", NOT_PROBED: "\u2026 not yet probed"}
-_CERT_SYMBOL = {"ok": "", "warning": "\u26a0 ", "critical": "\u26a0 ", "expired": "\u2716 "}
+_LEVEL_LABEL = {CRITICAL: "\u203c critical", WARNING: "\u26a0 warning"}
+_CERT_LABEL = {"ok": "", "warning": "\u26a0 warning: ", "critical": "\u203c critical: ", "expired": "\u2716 "}
 
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def debug_probe_url(target: str) -> str:
-    return "/probe?target=" + quote(target, safe="") + "&debug=true"
-
-
-# -- plain values, shared by HTML and JSON
-
-def days_left(cert: CertInfo, now: float) -> float:
-    return (cert.not_after - now) / SECONDS_PER_DAY
-
-
-def days_text(days: float) -> str:
-    """"12 days left", "less than a day left", "expired 3 days ago"."""
-    if days < 0:
-        ago = int(-days)
-        if ago == 0:
-            return "expired less than a day ago"
-        return f"expired {ago} day{'s' if ago != 1 else ''} ago"
-    left = int(days)
-    if left == 0:
-        return "less than a day left"
-    return f"{left} day{'s' if left != 1 else ''} left"
+# -- plain values for people
 
 
 def duration_text(seconds: float) -> str:
@@ -103,86 +87,28 @@ def ms_text(seconds: float) -> str:
     return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
 
 
-# -- JSON
-
-def _call_json(call: CallResult) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"action": call.action, "seconds": call.duration, "http_status": call.http_status,
-                           "error_code": call.error_code, "error_message": call.error_message}
-    if call.error_code not in (None, 0):
-        out["error_meaning"] = describe(call.error_code)  # type: ignore[arg-type]
-    return out
-
-
-def _cert_json(c: CertInfo, now: float) -> Dict[str, Any]:
-    days = days_left(c, now)
-    return {"role": c.role, "subject": c.subject, "issuer": c.issuer or None, "serial": c.serial,
-            "not_after": c.not_after, "days_left": days, "level": cert_level(days)}
-
-
-def _server_json(server: Optional[ServerInfo]) -> Optional[Dict[str, Any]]:
-    if server is None:
-        return None
-    return {"version": server.version, "hostname": server.hostname, "uuid": server.uuid}
+# -- JSON: the shared schema (fcmon/schema.py), plus what only the daemon knows
 
 
 def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
-    r = t.latest
-    out: Dict[str, Any] = {
-        "name": t.name,
-        "endpoint": t.endpoint,
-        "state": t.state,
-        "since": t.since,
-        "debug_probe": debug_probe_url(t.name),
-        "server": _server_json(t.server),
-        "server_seen": t.server_seen,
-        "last_probe": None,
-    }
-    lr = t.listeners
-    out["listener_discovery"] = None if lr is None else lr.discovery
-    out["listeners"] = [] if lr is None else [_listener_json(x, now) for x in lr.results]
-    if r is None:
-        return out
-    out["last_probe"] = {
-        "ended": r.ended,
-        "age_seconds": max(0.0, now - r.ended),
-        "duration_seconds": r.duration,
-        "failure": None if r.failure is None else {
-            "stage": r.failure.stage, "reason": r.failure.reason, "message": r.failure.message},
-        "steps": [{"step": step, "seconds": sec} for step, sec in r.steps],
-        "calls": [_call_json(c) for c in r.calls],
-        "databases": r.databases,
-        "tls": None if r.tls_version is None else {"version": r.tls_version, "cipher": r.tls_cipher},
-        "server": _server_json(r.server),
-        "peer_address": r.peer_address,
-        "certificates": [_cert_json(c, now) for c in r.certs],
-        "session_leaked": r.session_leaked,
-    }
-    return out
-
-
-def _listener_json(x: ListenerResult, now: float) -> Dict[str, Any]:
-    return {
-        "listener": x.listener.name, "port": x.listener.port, "protocol": x.listener.protocol,
-        "up": x.up, "reason": x.reason, "message": x.message or None, "checked": x.ended,
-        "age_seconds": max(0.0, now - x.ended), "tls_version": x.tls_version,
-        "certificates": [_cert_json(c, now) for c in x.certs],
-    }
+    return target_doc(t.name, t.endpoint, t.latest, t.listeners, now, state=t.state, since=t.since,
+                      server=t.server, server_seen=t.server_seen)
 
 
 def status_json(snap: StatusSnapshot) -> Dict[str, Any]:
+    doc = document([_target_json(t, snap.now) for t in snap.targets], snap.now)
+    doc["summary"]["reload_successful"] = snap.reload.successful
     return {
+        "schema": doc.pop("schema"),
         "fcmon": {"version": snap.version, "started": snap.started, "uptime_seconds": snap.uptime},
-        "now": snap.now,
-        "targets_up": snap.targets_up,
-        "targets_total": len(snap.targets),
+        **doc,
         "reload": {
             "successful": snap.reload.successful,
             "last_attempt": snap.reload.last_attempt,
             "last_success": snap.reload.last_success,
             "error": snap.reload.error,
+            "runbook": None if snap.reload.successful else runbook.alert_url(runbook.RELOAD_FAILED_ALERT),
         },
-        "cert_thresholds_days": {"warning": CERT_WARN_DAYS, "critical": CERT_CRIT_DAYS},
-        "targets": [_target_json(t, snap.now) for t in snap.targets],
         "events": [{"time": ev.time, "target": ev.target, "kind": ev.kind, "text": ev.text} for ev in snap.events],
     }
 
@@ -199,48 +125,104 @@ body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0
 header{background:#1d2b3a;color:#fff;padding:.8em 1.2em}
 header h1{margin:0 0 .2em;font-size:1.3em}
 header a{color:#bcd7ff}
-header .facts span{margin-right:1.4em;white-space:nowrap}
+header .facts{display:flex;flex-wrap:wrap;gap:.2em 1.4em}
+header .facts span{white-space:nowrap}
+ul.summary{list-style:none;margin:.6em 0 0;padding:0;display:flex;flex-wrap:wrap;gap:.4em}
+ul.summary li{padding:.25em .6em;border-radius:3px;background:#2c3e51;color:#d6dde5;white-space:nowrap}
+ul.summary li.bad{background:#b3261e;color:#fff;font-weight:700}
+ul.summary li.crit{background:#c4541a;color:#fff;font-weight:700}
+ul.summary li.warn{background:#fff4d6;color:#5c3c00;font-weight:700}
+ul.summary li.good{background:#e3f5ea;color:#11693a}
 main{padding:1em 1.2em}
 h2{font-size:1.1em;margin:1.2em 0 .5em}
 table{border-collapse:collapse;width:100%;background:#fff}
-th,td{border:1px solid #d8dde3;padding:.35em .5em;vertical-align:top;text-align:left}
+th,td{border:1px solid #d8dde3;padding:.35em .5em;vertical-align:top;text-align:left;overflow-wrap:break-word}
 th{background:#e9edf2;font-weight:600}
 .state{font-weight:700;white-space:nowrap}
 tr.up .state{color:#11693a;background:#e3f5ea}
 tr.down .state{color:#fff;background:#b3261e}
 tr.not_probed .state{color:#5b6570;background:#eceff2}
+.level{display:inline-block;margin-top:.2em;font-weight:700;padding:0 .25em;white-space:nowrap}
+.level-critical{color:#fff;background:#c4541a}
+.level-warning{color:#5c3c00;background:#fff4d6;outline:1px solid #d9a400}
+tr.down td:first-child{box-shadow:inset 6px 0 #b3261e}
+tr.row-critical td:first-child{box-shadow:inset 6px 0 #c4541a}
+tr.row-warning td:first-child{box-shadow:inset 6px 0 #d9a400}
+tr.target td:first-child{padding-left:.9em}
 tr.listener td{background:#fafbfc;font-size:.95em}
 tr.listener td:first-child{padding-left:1.6em}
 .muted{color:#5b6570}
 .msg{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;word-break:break-word}
+.first-check{margin:.2em 0;padding:.15em .4em;border-left:3px solid #c4541a;background:#fdf3ec}
 ul.plain{list-style:none;margin:0;padding:0}
 ul.steps li,.age,.took,.for{white-space:nowrap}
 ul.certs li{margin-bottom:.15em}
 .role{font-weight:600}
+a.alert{text-decoration:none}
 .cert-ok{color:#11693a}
-.cert-warning{color:#8a5a00;background:#fff4d6}
+.cert-warning{color:#5c3c00;background:#fff4d6;outline:1px solid #d9a400}
 .cert-critical{color:#fff;background:#c4541a}
 .cert-expired{color:#fff;background:#b3261e}
 .days{font-weight:600;padding:0 .25em;white-space:nowrap}
 .banner{padding:.5em .8em;margin:.5em 0 0}
 .banner.fail{background:#b3261e;color:#fff}
+.banner.fail a{color:#fff}
 .banner.ok{color:#bde5c8}
-ol.events{background:#fff;border:1px solid #d8dde3;margin:0;padding:.4em .4em .4em 2.4em}
+ol.events{background:#fff;border:1px solid #d8dde3;margin:0;padding:.4em .4em .4em 2.4em;overflow-wrap:anywhere}
 ol.events li{padding:.15em 0}
 .ev-up{color:#11693a}.ev-down,.ev-failure{color:#b3261e}
+@media (max-width:1100px){
+table,tbody,tr,td{display:block}
+thead{display:none}
+tr.target,tr.listener{display:flex;flex-wrap:wrap;border:1px solid #d8dde3;margin:.8em 0 0;background:#fff}
+tr.listener{margin:0 0 0 1em;border-top:0}
+tr.down{border-left:6px solid #b3261e}
+tr.row-critical{border-left:6px solid #c4541a}
+tr.row-warning{border-left:6px solid #d9a400}
+tr td:first-child,tr.target td:first-child{box-shadow:none;padding-left:.5em}
+td{flex:1 1 11em;min-width:0;border:0;border-top:1px solid #eef0f3;overflow-wrap:anywhere}
+td.c-target,td.c-failure{flex-basis:100%}
+td.c-certificates{flex:2 1 18em;order:1}
+td.c-steps,td.c-server{order:2}
+td.c-failure.none{display:none}
+td::before{content:attr(data-label);display:block;font-size:.8em;color:#5b6570}
+td.c-target::before{content:none}
+main{padding:.6em}
+header{padding:.6em}
+}
 """
+
+_COLUMNS = ("target", "state", "last probe", "failure", "steps", "server", "certificates")
 
 
 def _ago(now: float, ts: float) -> str:
     return f"{duration_text(now - ts)} ago"
 
 
-def _cert_html(c: CertInfo, now: float) -> str:
+def _link(href: str, text: str, cls: str, title: str = "") -> str:
+    t = f' title="{_e(title)}"' if title else ""
+    return f'<a class="{cls}" href="{_e(href)}"{t}>{text}</a>'
+
+
+def _cert_html(c: CertInfo, now: float, listener: bool = False) -> str:
     d = days_left(c, now)
     level = cert_level(d)
-    return (f'<li><span class="days cert-{level}" data-level="{level}" title="{level}">'
-            f"{_CERT_SYMBOL[level]}{_e(days_text(d))}</span> "
-            f'<span class="role">{_e(c.role)}</span> <span class="subject">{_e(c.subject)}</span></li>')
+    badge = (f'<span class="days cert-{level}" data-level="{level}" title="{level}">'
+             f"{_CERT_LABEL[level]}{_e(days_text(d))}</span>")
+    alert = runbook.cert_alert(c.role, level, listener)
+    if alert is not None:
+        badge = _link(runbook.alert_url(alert), badge, "alert", f"{alert}: what to do (runbook)")
+    return f'<li>{badge} <span class="role">{_e(c.role)}</span> <span class="subject">{_e(c.subject)}</span></li>'
+
+
+def _reason_html(reason: str, message: str) -> str:
+    """The reason, linked to its runbook section, the first thing to check, the message."""
+    first = runbook.first_check(reason)
+    out = _link(runbook.reason_url(reason), f'<strong class="reason">{_e(reason)}</strong>', "runbook",
+                f"runbook: {reason}")
+    if first:
+        out += f'<div class="first-check">First check: {_e(first)}</div>'
+    return out + f'<div class="msg message">{_e(message)}</div>'
 
 
 def _calls_html(calls: Sequence[CallResult], failure_message: str) -> str:
@@ -278,13 +260,29 @@ def _server_facts(t: TargetStatus, now: float) -> List[str]:
     return facts
 
 
-def _target_html(t: TargetStatus, now: float) -> str:
+_NONE = '<span class="muted">none</span>'
+
+
+def _row(cls: str, attrs: str, cells: Sequence[str]) -> str:
+    # a cell that says only "none" is left out of the stacked layout (narrow screens)
+    tds = "".join(f'<td class="c-{name.replace(" ", "-")}{" none" if c == _NONE else ""}" data-label="{name}">{c}</td>'
+                  for name, c in zip(_COLUMNS, cells))
+    return f'<tr class="{cls}" {attrs}>{tds}</tr>'
+
+
+def _level_html(j: Judgement, state: str) -> str:
+    """For a target that is not down: how bad it is, in symbol and word."""
+    if state == DOWN or j.level not in _LEVEL_LABEL:
+        return ""
+    return f'<br><span class="level level-{j.level}" title="{_e(j.why)}">{_LEVEL_LABEL[j.level]}</span>'
+
+
+def _target_html(t: TargetStatus, j: Judgement, now: float) -> str:
     r = t.latest
     cells: List[str] = []
-    name = (f'<strong class="name">{_e(t.name)}</strong><br><span class="muted endpoint">{_e(t.endpoint)}</span>'
-            f'<br><a class="debug" href="{_e(debug_probe_url(t.name))}">debug probe</a>')
-    cells.append(name)
-    cells.append(f'<span class="state">{_e(_STATE_LABEL[t.state])}</span><br>'
+    cells.append(f'<strong class="name">{_e(t.name)}</strong><br><span class="muted endpoint">{_e(t.endpoint)}</span>'
+                 f'<br><a class="debug" href="{_e(debug_probe_url(t.name))}">debug probe</a>')
+    cells.append(f'<span class="state">{_e(_STATE_LABEL[t.state])}</span>{_level_html(j, t.state)}<br>'
                  f'<span class="for">for {_e(duration_text(now - t.since))}</span><br>'
                  f'<span class="muted since">since {_e(clock_text(t.since))}</span>')
     if r is None:
@@ -295,13 +293,14 @@ def _target_html(t: TargetStatus, now: float) -> str:
                      f'<br><span class="muted took">took {_e(ms_text(r.duration))}</span>')
         if r.failure is not None:
             f = r.failure
-            problem = (f'<span class="stage">{_e(f.stage)}</span>: <strong class="reason">{_e(f.reason)}</strong>'
-                       f'<div class="msg message">{_e(f.message)}</div>')
+            problem = f'<span class="stage">{_e(f.stage)}</span>: ' + _reason_html(f.reason, f.message)
         else:
-            problem = '<span class="muted">none</span>'
+            problem = _NONE
         problem += _calls_html(r.calls, r.failure.message if r.failure is not None else "")
         if r.session_leaked:
-            problem += '<div class="leak">\u26a0 a session could not be deleted</div>'
+            problem += ('<div class="leak">\u26a0 a session could not be deleted ('
+                        + _link(runbook.alert_url(runbook.SESSIONS_LEAKING_ALERT), "runbook", "runbook")
+                        + ")</div>")
         cells.append(problem)
         steps = "".join(f"<li>{_e(step)} {_e(ms_text(sec))}</li>" for step, sec in r.steps)
         cells.append(f'<ul class="plain steps">{steps}</ul>')
@@ -316,8 +315,7 @@ def _target_html(t: TargetStatus, now: float) -> str:
         cells.append("<br>".join(facts) or '<span class="muted">unknown</span>')
         certs = "".join(_cert_html(c, now) for c in r.certs)
         cells.append(f'<ul class="plain certs">{certs}</ul>' if certs else '<span class="muted">none</span>')
-    tds = "".join(f"<td>{c}</td>" for c in cells)
-    row = f'<tr class="target {t.state}" data-target="{_e(t.name)}">{tds}</tr>'
+    row = _row(f"target {t.state} row-{j.level}", f'data-target="{_e(t.name)}" data-level="{j.level}"', cells)
     if t.listeners is not None:
         row += "".join(_listener_html(t.name, x, now) for x in t.listeners.results)
     return row
@@ -326,25 +324,70 @@ def _target_html(t: TargetStatus, now: float) -> str:
 def _listener_html(target: str, x: ListenerResult, now: float) -> str:
     """A row under its target: the listener's handshake and certificates."""
     state = UP if x.up else DOWN
+    certs = "".join(_cert_html(c, now, listener=True) for c in x.certs)
     cells = [
-        f'<span class="muted">↳ listener</span> <strong class="listener">{_e(x.listener.name)}</strong><br>'
+        f'<span class="muted">\u21b3 listener</span> <strong class="listener">{_e(x.listener.name)}</strong><br>'
         f'<span class="muted">{_e(x.listener.protocol)}, port <span class="port">{_e(x.listener.port)}</span></span>',
         f'<span class="state">{_e(_STATE_LABEL[state])}</span>',
         f'<span class="age" title="{_e(clock_text(x.ended))}">{_e(_ago(now, x.ended))}</span>'
         f'<br><span class="muted took">took {_e(ms_text(x.duration))}</span>',
-        ('<span class="muted">none</span>' if x.up else
-         f'<strong class="reason">{_e(x.reason)}</strong><div class="msg message">{_e(x.message)}</div>'),
+        (_NONE if x.up else
+         _reason_html(x.reason or "", x.message)
+         + f'<div>{_link(runbook.alert_url(runbook.LISTENER_DOWN_ALERT), "listener down: runbook", "runbook")}</div>'),
         '<span class="muted">TLS handshake</span>',
         f'<span class="tls">{_e(x.tls_version)}</span>' if x.tls_version else '<span class="muted">unknown</span>',
+        f'<ul class="plain certs">{certs}</ul>' if certs else '<span class="muted">none</span>',
     ]
-    certs = "".join(_cert_html(c, now) for c in x.certs)
-    cells.append(f'<ul class="plain certs">{certs}</ul>' if certs else '<span class="muted">none</span>')
-    tds = "".join(f"<td>{c}</td>" for c in cells)
-    return (f'<tr class="listener {state}" data-target="{_e(target)}" '
-            f'data-listener="{_e(x.listener.name)}">{tds}</tr>')
+    return _row(f"listener {state}", f'data-target="{_e(target)}" data-listener="{_e(x.listener.name)}"', cells)
 
 
-def _header_html(snap: StatusSnapshot) -> str:
+def judged(snap: StatusSnapshot) -> List[Tuple[TargetStatus, Judgement]]:
+    """Every target with its judgement, worst first (the JSON's order: fcmon/levels.py)."""
+    pairs = [(t, judge(t.latest, t.listeners, snap.now)) for t in snap.targets]
+    return sorted(pairs, key=lambda p: rank(p[0].state, p[1].level))
+
+
+def _plural(n: int, word: str, many: str = "") -> str:
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def _summary_items(snap: StatusSnapshot, pairs: Sequence[Tuple[TargetStatus, Judgement]]) -> List[Tuple[str, str, str]]:
+    """(class, kind, text) for the summary line and the tab title."""
+    down = sum(1 for t, _ in pairs if t.state == DOWN)
+    levels = {"expired": 0, "critical": 0, "warning": 0}
+    listeners_down = 0
+    for t, _ in pairs:
+        certs = list(t.latest.certs) if t.latest is not None else []
+        if t.listeners is not None:
+            listeners_down += sum(1 for x in t.listeners.results if not x.up)
+            certs += [c for x in t.listeners.results for c in x.certs]
+        for c in certs:
+            level = cert_level(days_left(c, snap.now))
+            if level in levels:
+                levels[level] += 1
+    critical = levels["critical"] + levels["expired"]
+    expired = f" ({levels['expired']} expired)" if levels["expired"] else ""
+    return [
+        ("bad" if down else "good", "down", f"\u2716 {down} down" if down else "\u2714 0 down"),
+        ("crit" if critical else "good", "cert-critical",
+         f"\u203c {_plural(critical, 'certificate')} critical{expired}"),
+        ("warn" if levels["warning"] else "good", "cert-warning",
+         f"\u26a0 {_plural(levels['warning'], 'certificate')} warning"),
+        ("bad" if listeners_down else "good", "listeners-down",
+         f"\u2716 {_plural(listeners_down, 'listener')} down" if listeners_down else "\u2714 0 listeners down"),
+        ("good", "reload", "\u2714 config loaded") if snap.reload.successful
+        else ("bad", "reload", "\u2716 config reload failed"),
+    ]
+
+
+def _title(snap: StatusSnapshot, items: Sequence[Tuple[str, str, str]]) -> str:
+    """The tab: what is wrong first (a tab is narrow), then up / total."""
+    wrong = [text.split(" ", 1)[1] for cls, kind, text in items if cls != "good"]
+    up = f"{snap.targets_up}/{len(snap.targets)} up"
+    return f"fcmon: {', '.join(wrong)} \u00b7 {up}" if wrong else f"fcmon: {up}"
+
+
+def _header_html(snap: StatusSnapshot, items: Sequence[Tuple[str, str, str]]) -> str:
     reload = snap.reload
     if reload.successful:
         when = "at start" if reload.last_attempt is None else _ago(snap.now, reload.last_attempt)
@@ -354,7 +397,9 @@ def _header_html(snap: StatusSnapshot) -> str:
         banner = (f'<p class="banner fail reload" role="alert">\u2716 config reload failed '
                   f'{_e(_ago(snap.now, reload.last_attempt))}, running the config loaded '
                   f'{_e(_ago(snap.now, reload.last_success))}: <span class="msg reload-error">'
-                  f"{_e(reload.error)}</span></p>")
+                  f"{_e(reload.error)}</span> "
+                  + _link(runbook.alert_url(runbook.RELOAD_FAILED_ALERT), "runbook", "runbook") + "</p>")
+    summary = "".join(f'<li class="{cls} sum-{kind}">{_e(text)}</li>' for cls, kind, text in items)
     return (
         '<header><h1>fcmon status</h1><div class="facts">'
         f'<span>fcmon <span class="version">{_e(snap.version)}</span></span>'
@@ -362,7 +407,7 @@ def _header_html(snap: StatusSnapshot) -> str:
         f'<span>targets up: <strong class="targets-up">{snap.targets_up} / {len(snap.targets)}</strong></span>'
         '<span><a href="/metrics">/metrics</a> <a href="/-/ready">/-/ready</a> '
         '<a href="/-/healthy">/-/healthy</a> <a href="/api/v1/status">/api/v1/status</a></span>'
-        f"</div>{banner}</header>"
+        f'</div><ul class="summary" aria-label="summary">{summary}</ul>{banner}</header>'
     )
 
 
@@ -378,26 +423,29 @@ def _events_html(snap: StatusSnapshot) -> str:
 
 
 def render_html(snap: StatusSnapshot) -> bytes:
-    rows = "".join(_target_html(t, snap.now) for t in snap.targets)
+    """The page: a pure function of the snapshot."""
+    pairs = judged(snap)
+    items = _summary_items(snap, pairs)
+    rows = "".join(_target_html(t, j, snap.now) for t, j in pairs)
     if not rows:
         rows = '<tr><td colspan="7" class="muted">No target configured.</td></tr>'
+    head = "".join(f"<th>{name}</th>" for name in _COLUMNS)
     page = (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>fcmon: {snap.targets_up}/{len(snap.targets)} up</title>"
+        f"<title>{_e(_title(snap, items))}</title>"
         f"<style>{_CSS}</style></head><body>"
-        + _header_html(snap)
-        + "<main><h2>Targets</h2><table><thead><tr>"
-        "<th>target</th><th>state</th><th>last probe</th><th>failure</th><th>steps</th>"
-        "<th>server</th><th>certificates</th></tr></thead><tbody>"
+        + _header_html(snap, items)
+        + f"<main><h2>Targets <span class=\"muted\">(worst first)</span></h2><table><thead><tr>{head}</tr></thead><tbody>"
         + rows
         + "</tbody></table>"
         + f'<h2>Events <span class="muted">(the last {MAX_EVENTS} state changes and failures, newest first)</span></h2>'
         + _events_html(snap)
-        + f'<p class="muted">Certificates: \u26a0 under {CERT_WARN_DAYS:g} days (warning), '
-          f"under {CERT_CRIT_DAYS:g} days (critical), as the alert rules. "
+        + f'<p class="muted legend">Certificates: \u203c critical under {CERT_CRIT_DAYS:g} days, '
+          f"\u26a0 warning under {CERT_WARN_DAYS:g} days (at exactly {CERT_CRIT_DAYS:g} days: warning), "
+          "as the alert rules; days left are whole days, rounded down. "
           f"This page refreshes every {REFRESH_SECONDS} s; rendered {_e(clock_text(snap.now))}.</p>"
         + "</main></body></html>\n"
     )

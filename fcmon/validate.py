@@ -21,6 +21,7 @@ from cryptography import x509
 
 from . import certs
 from .config import Config, ConfigError, load_config, redacted_summary
+from .levels import whole_days
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +178,9 @@ def _expiry_warnings(
 
 
 def _when(moment: dt.datetime, now: dt.datetime) -> str:
+    # whole days for people, rounded down, as everywhere (fcmon/levels.py)
     days = (moment - now).total_seconds() / 86400
-    rel = f"in {days:.1f} days" if days >= 0 else f"{-days:.1f} days ago"
+    n = whole_days(abs(days))
+    count = "less than a day" if n == 0 else f"{n} day{'s' if n != 1 else ''}"
+    rel = f"in {count}" if days >= 0 else f"{count} ago"
     return f"{moment:%Y-%m-%d %H:%M} UTC ({rel})"

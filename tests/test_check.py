@@ -41,7 +41,7 @@ def test_certificate_inside_crit_days_is_critical(test_pki: PKI, emulator: Emula
     proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--warn-days", "500", "--crit-days", "400")
     assert proc.returncode == 2, proc.stdout
     assert proc.stdout.startswith("CRITICAL")
-    assert "expires in" in proc.stdout
+    assert "days left" in proc.stdout and "expires in" not in proc.stdout  # whole days, the people rule
 
 
 def test_certificate_inside_warn_days_is_warning(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -59,16 +59,19 @@ def test_unreachable_is_critical_with_reason_in_json(test_pki: PKI, emulator: Em
     doc = json.loads(proc.stdout)
     assert doc["status"] == "CRITICAL" and doc["exit_code"] == 2
     (t,) = doc["targets"]
-    assert (t["target"], t["up"], t["stage"], t["reason"]) == ("prod", False, "connect", "connect_refused")
-    assert {c["cert"] for c in t["certs"]} == {"client", "ca"}
-    assert t["databases"] is None and t["database_names"] == []
+    last = t["last_probe"]
+    assert (t["name"], t["state"], t["level"]) == ("prod", "down", "critical")
+    assert {k: last["failure"][k] for k in ("stage", "reason")} == {"stage": "connect", "reason": "connect_refused"}
+    assert last["failure"]["runbook"].endswith("/docs/runbook.md#connect_refused")
+    assert {c["role"] for c in last["certificates"]} == {"client", "ca"}
+    assert last["databases"] is None and last["database_names"] == []
 
 
 def test_json_lists_databases(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
     proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--format", "json")
     assert proc.returncode == 0
     (t,) = json.loads(proc.stdout)["targets"]
-    assert t["databases"] == 2 and t["database_names"] == ["ctreeSQL", "faircom"]
+    assert t["last_probe"]["databases"] == 2 and t["last_probe"]["database_names"] == ["ctreeSQL", "faircom"]
 
 
 def test_prometheus_format_and_textfile(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -126,7 +129,7 @@ def test_invalid_config_in_json_and_prometheus(tmp_path) -> None:  # type: ignor
     assert proc.returncode == 3
     doc = json.loads(proc.stdout)
     assert doc["status"] == "UNKNOWN" and doc["exit_code"] == 3 and doc["targets"] == []
-    assert doc["summary"].startswith("invalid config: ")
+    assert doc["message"].startswith("invalid config: ") and doc["schema"] == 1
     assert [p.split(": ", 1)[1] for p in doc["problems"]] == [
         "[fcmon] timout: unknown key, did you mean timeout?",
         "[target:a] endpiont: unknown key, did you mean endpoint?"]
@@ -151,7 +154,7 @@ def test_unknown_target_in_json_is_json(test_pki: PKI, emulator: Emulator, tmp_p
     proc = run_check(healthy_config(tmp_path, test_pki, emulator), "--target", "nope", "--format", "json")
     assert proc.returncode == 3
     doc = json.loads(proc.stdout)
-    assert doc["status"] == "UNKNOWN" and "nope" in doc["summary"]
+    assert doc["status"] == "UNKNOWN" and "nope" in doc["message"]
 
 
 # Nagios plugin guidelines: 'label'=value[UOM];[warn];[crit];[min];[max], space
@@ -194,11 +197,15 @@ def test_perfdata_parses_and_has_days_left_per_certificate(test_pki: PKI, emulat
     perf = parse_perfdata(proc.stdout.splitlines()[0])
     assert {"prod_connect", "prod_list_databases", "prod_databases"} <= set(perf)
     certs = {k: v for k, v in perf.items() if "_cert_" in k}
-    assert len(t["certs"]) >= 3  # server, client, ca
-    assert len(certs) == len(t["certs"])
-    for c in t["certs"]:
-        field = certs[f"prod_cert_{c['cert']}_{c['serial']}_days"]
-        assert abs(float(field["value"]) - c["days_left"]) < 0.1
+    listed = t["last_probe"]["certificates"]
+    roles = {c["role"] for c in listed}
+    assert roles >= {"server", "client", "ca"}
+    # one label per role, never a serial: a renewal continues the same series
+    assert set(certs) == {f"prod_cert_{role}_days" for role in roles}
+    for role in roles:
+        field = certs[f"prod_cert_{role}_days"]
+        soonest = min(c["days_left"] for c in listed if c["role"] == role)
+        assert abs(float(field["value"]) - soonest) < 0.1
         # Nagios ranges: alert when days left fall below the threshold.
         assert (field["warn"], field["crit"]) == ("45:", "10.5:")
         assert "uom" not in field

