@@ -73,7 +73,8 @@ class Daemon:
         self.board = StatusBoard(__version__)
         self.board.set_targets(config.targets)
         self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_now, config.web,
-                       status=self.board.snapshot, debug_probe=self.debug_probe)
+                       status=self.board.snapshot, debug_probe=self.debug_probe,
+                       on_auth_failure=self.store.record_auth_failure)
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
                              server_ssl_context(config.web), connection_cap(fd_reserve(config)),
                              self.store.record_connection_rejected)

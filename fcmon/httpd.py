@@ -279,13 +279,17 @@ class Server:
                  max_connections: int = MAX_CONNECTIONS,
                  on_rejected: Callable[[str], None] = lambda reason: None,
                  slow_paths: Tuple[str, ...] = ("/probe",),
-                 max_per_client: int = MAX_PER_CLIENT):
+                 max_per_client: int = MAX_PER_CLIENT,
+                 admit: Callable[[str], Optional[float]] = lambda key: 0.0):
         self.app = app
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.max_per_client = max_per_client
         self.on_rejected = on_rejected
         self.slow_paths = slow_paths
+        # Seconds a request from a client_key waits before the app sees it
+        # (spent here, on the loop), or None: answer 429 (fcmon/authguard.py).
+        self.admit = admit
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # Not socket.create_server: it rewrites the error's strerror.
         self._listener = socket.socket(family, socket.SOCK_STREAM)
@@ -527,6 +531,18 @@ class Server:
                 ("Allow", "GET, HEAD")], keep=False) + body)
             await conn.drain(WRITE_DEADLINE)
             return False
+        wait = self.admit(conn.key)
+        if wait is None:
+            body = b"too many failed authentications from this address, retry later\n"
+            transport.write(_head("429 Too Many Requests", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                ("Retry-After", "10")], keep=False) + body)
+            await conn.drain(WRITE_DEADLINE)
+            return False
+        if wait > 0:
+            await asyncio.sleep(wait)
+            if conn.closed:
+                return False
         environ = self._environ(method, target, version, fields, conn.addr)
         pool = self._probe_pool if environ["PATH_INFO"] in self.slow_paths else self._app_pool
         try:

@@ -126,6 +126,7 @@ class MetricsStore:
         self._lateness_sum = 0.0
         self._probe_requests_rejected = 0
         self._connections_rejected: Dict[str, int] = {reason: 0 for reason in REJECT_REASONS}
+        self._auth_failures = 0
 
     def set_targets(self, targets: Sequence[TargetConfig]) -> None:
         """Make the store hold exactly these targets; a removed target's series vanish."""
@@ -241,6 +242,11 @@ class MetricsStore:
         with self._lock:
             self._connections_rejected[reason] = self._connections_rejected.get(reason, 0) + 1
 
+    def record_auth_failure(self) -> None:
+        """A request to the HTTP endpoint had wrong or missing basic-auth credentials."""
+        with self._lock:
+            self._auth_failures += 1
+
     def record_reload(self, ok: bool, when: float) -> None:
         with self._lock:
             self._reload_ok = ok
@@ -267,7 +273,8 @@ class MetricsStore:
     def _snapshot(self, targets: Dict[str, _TargetState]) -> "Snapshot":
         return Snapshot(targets, self._reload_ok, self._reload_ok_at,
                         (tuple(self._lateness_counts), self._lateness_sum),
-                        self._probe_requests_rejected, dict(self._connections_rejected))
+                        self._probe_requests_rejected, dict(self._connections_rejected),
+                        self._auth_failures)
 
 
 @dataclass(frozen=True)
@@ -279,6 +286,7 @@ class Snapshot:
     start_lateness: Tuple[Tuple[int, ...], float] = ((), 0.0)
     probe_requests_rejected: int = 0
     connections_rejected: Dict[str, int] = field(default_factory=dict)  # reason -> count
+    auth_failures: int = 0
 
 
 @dataclass(frozen=True)
@@ -496,3 +504,7 @@ def _global_families(snap: Snapshot) -> Iterable[Metric]:
     for reason, count in sorted(snap.connections_rejected.items()):
         rejected.add_metric([reason], count)
     yield rejected
+    yield CounterMetricFamily(
+        "fcmon_http_auth_failures",
+        "Requests to the HTTP endpoint with wrong or missing basic-auth credentials",
+        value=snap.auth_failures)

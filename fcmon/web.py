@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from . import httpd, statuspage
+from .authguard import AuthGuard
 from .config import WebConfig
 from .flight import Busy
 from .status import StatusSnapshot
@@ -76,6 +77,7 @@ class App:
         web: WebConfig,
         status: Optional[Callable[[], StatusSnapshot]] = None,
         debug_probe: Optional[Callable[[str], Optional[bytes]]] = None,
+        on_auth_failure: Callable[[], None] = lambda: None,
     ):
         self._metrics = metrics
         self._status = status
@@ -84,9 +86,12 @@ class App:
         self._probe_target = probe_target
         self._debug_probe = debug_probe
         self.web = web
+        # Failed basic auth per client address: logged, counted, slowed
+        # (the front door asks `auth_guard.admit` before each request).
+        self.auth_guard = AuthGuard(on_auth_failure)
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
-        if not self._authorized(environ):
+        if not self._check_auth(environ):
             return _reply(start_response, "401 Unauthorized", b"Unauthorized\n",
                           [("WWW-Authenticate", 'Basic realm="fcmon"')])
         path = environ.get("PATH_INFO", "/")
@@ -125,6 +130,16 @@ class App:
             return _page(environ, start_response, statuspage.render_json(self._status()),
                          [("Content-Type", statuspage.JSON_CONTENT_TYPE), ("Cache-Control", "no-store")])
         return _reply(start_response, "404 Not Found", b"not found\n")
+
+    def _check_auth(self, environ: dict) -> bool:
+        if self.web.basic_auth_username is None or self.web.basic_auth_password is None:
+            return True
+        key = httpd.client_key(str(environ.get("REMOTE_ADDR", "")))
+        if self._authorized(environ):
+            self.auth_guard.succeeded(key)
+            return True
+        self.auth_guard.failed(key)
+        return False
 
     def _authorized(self, environ: dict) -> bool:
         user, password = self.web.basic_auth_username, self.web.basic_auth_password
@@ -222,7 +237,8 @@ class WebServer:
                  on_rejected: Callable[[str], None] = lambda reason: None):
         try:
             self._server = httpd.Server(app, host, port, ssl_context, max_connections, on_rejected,
-                                        max_per_client=app.web.max_connections_per_client)
+                                        max_per_client=app.web.max_connections_per_client,
+                                        admit=app.auth_guard.admit)
         except OSError as exc:  # includes socket.gaierror for a host name that does not resolve
             raise listen_error(host, port, exc) from None
         self._app = app
