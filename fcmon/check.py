@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
@@ -100,8 +101,11 @@ def _worst_days_by_role(certs: Sequence[CertInfo], now: float) -> Dict[str, floa
 
 def _days_perf(label: str, days: float, warn_days: float, crit_days: float) -> str:
     # Nagios ranges: `30:` alerts below 30, as levels.cert_level does (at
-    # exactly 30 days: ok; at exactly 7: warning).
-    return f"{label}={days:.2f};{_days(warn_days)}:;{_days(crit_days)}:"
+    # exactly 30 days: ok; at exactly 7: warning). The value is rounded
+    # down to 0.01, never up: 6.999 days is critical, and as "7.00" Nagios
+    # would have read it as fine.
+    value = math.floor(days * 100) / 100
+    return f"{label}={value:.2f};{_days(warn_days)}:;{_days(crit_days)}:"
 
 
 def cert_perfdata(result: ProbeResult, warn_days: float, crit_days: float, now: float) -> List[str]:

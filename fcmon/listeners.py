@@ -444,18 +444,32 @@ class ListenerChecker:
         client = ApiClient(plan, ctx if plan.tls else None)
         deadline = time.monotonic() + target.timeout
         handle = self._prober.deadlines.at(deadline, client.cut)
+        connected = False
         try:
-            response = client.call(LIST_SERVICES, target.timeout)
+            # Connect on its own first, classified as the probe classifies
+            # its connect (connect_refused, tls_verify, ...): left to the
+            # call, a refused connection read as bad_response.
+            try:
+                client.connect(max(0.001, deadline - time.monotonic()))
+            except Exception as exc:
+                err = classify_connect_error(exc, target.client_cert_file is not None)
+                if time.monotonic() >= deadline and err.reason != "internal":
+                    err = ProbeError("connect_timeout", "TCP connect and TLS handshake did not finish within the timeout")
+                raise err from None
+            connected = True
+            response = client.call(LIST_SERVICES, max(0.001, deadline - time.monotonic()))
             found: Optional[Tuple[Listener, ...]] = tuple(parse_listeners(response.body, plan.port))
             unsupported = ""
         except DiscoveryUnsupported as exc:
             found, unsupported = None, str(exc)
         except ProbeError as exc:
-            reason = "timeout" if time.monotonic() >= deadline else exc.reason
+            reason = "timeout" if connected and time.monotonic() >= deadline else exc.reason
             # The server could not be asked: keep what it said last, so its
             # listeners show as down rather than vanish.
             message = f"listServices failed: {reason}: {exc.message}"
-            self._say(target.name, "warning", message)
+            # A server that cannot be reached is the probe's failure, logged
+            # by the probe with the same reason: not a second warning here.
+            self._say(target.name, "warning" if connected else "debug", message)
             return False, message, known
         finally:
             self._prober.deadlines.cancel(handle)

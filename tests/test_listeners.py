@@ -303,6 +303,34 @@ def test_discovery_failure_keeps_the_listeners_named_last(test_pki: PKI, emu: Em
     assert set(by_name(first)) == set(by_name(second))  # type: ignore[arg-type]
 
 
+def test_discovery_names_the_probes_reason_and_leaves_the_warning_to_it(  # type: ignore[no-untyped-def]
+        test_pki: PKI, emu: Emulator, tmp_path: Path, caplog) -> None:
+    """A server that is down or untrusted: discovery says what the probe says
+    (it once said bad_response for a refused connection, tls_handshake for an
+    expired certificate) and logs no warning of its own: the probe's is enough."""
+    from support import free_port
+
+    expired = pki.make_server(test_pki.ca, days=1,
+                              not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=5))
+    files = expired.write(tmp_path, "expired")
+    prober = Prober()
+    checker = ListenerChecker(prober)
+    with Emulator(files.cert, files.key, client_ca_file=test_pki.ca_file) as old:
+        for endpoint, reason in ((f"https://localhost:{free_port()}/api", "connect_refused"),
+                                 (old.url, "tls_verify")):
+            target = make_target(test_pki, emu, endpoint=endpoint, timeout=2.0)
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="fcmon.listeners"):
+                round_ = checker.run(target)
+            probe = prober.probe(target)
+            assert probe.failure is not None and probe.failure.reason == reason
+            assert round_ is not None and round_.discovery is False
+            assert round_.discovery_message.startswith(f"listServices failed: {reason}: "), round_.discovery_message
+            said = [r for r in caplog.records if "listServices" in r.getMessage()]
+            assert said and all(r.levelno == logging.DEBUG for r in said), [r.getMessage() for r in said]
+        assert old.open_sessions() == 0
+
+
 def test_one_round_per_target_at_a_time(test_pki: PKI, emu: Emulator) -> None:
     target = make_target(test_pki, emu, timeout=1.0, listeners_mode="list", listeners_discover=False,
                          listeners=(("hang", emu.listener("hang").port),))

@@ -7,6 +7,7 @@ against a running daemon.
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 import json
 import re
@@ -412,3 +413,105 @@ def test_reload_error_line_holds_no_secret(tmp_path) -> None:  # type: ignore[no
     line = one_line(err.value.problems)
     assert "\n" not in line and "duplicate key" in line and "timout" in line
     assert secret not in line
+
+
+# -- one rule at the thresholds, for check, page, perfdata and the JSON
+
+
+@pytest.mark.parametrize("days, level, nagios", [
+    (30.0, "ok", "OK"), (29.999, "warning", "WARNING"), (7.0, "warning", "WARNING"),
+    (6.999, "critical", "CRITICAL"), (0.0, "critical", "CRITICAL"), (-0.001, "expired", "CRITICAL"),
+])
+def test_the_threshold_boundary_is_the_same_everywhere(days: float, level: str, nagios: str) -> None:
+    from fcmon import check
+
+    now = 1_800_000_000.0
+    cert = CertInfo("server", "CN=db1", "aa", now + days * DAY)
+    r = ProbeResult("t", now - 1, now, 0.01, None, certs=(cert,), databases=1)
+    assert cert_level(days) == level
+    assert check.STATUS_NAMES[check.judge(r, CERT_WARN_DAYS, CERT_CRIT_DAYS, now).status] == nagios
+    # perfdata: `7:` alerts below 7, as the level does
+    (perf,) = check.cert_perfdata(r, CERT_WARN_DAYS, CERT_CRIT_DAYS, now)
+    value = float(perf.split("=")[1].split(";")[0])
+    assert perf == f"'t_cert_server_days'={value:.2f};30:;7:" and value <= days < value + 0.01
+    # what Nagios makes of the value agrees with the plugin's own status
+    assert (value < 30, value < 7) == (level != "ok", level in ("critical", "expired"))
+    # the page's badge and the JSON's level
+    board, clock = board_with("t", clock=Clock(now))
+    board.record(r)
+    page = parse(statuspage.render_html(board.snapshot()))
+    assert [a.get("data-level") for t, a in page.tags if t == "span" and a.get("data-level")] == [level]
+    doc = json.loads(statuspage.render_json(board.snapshot()))
+    assert doc["targets"][0]["last_probe"]["certificates"][0]["level"] == level
+
+
+@pytest.mark.parametrize("days, text, level", [
+    (7.0, "7 days left", "warning"), (6.99, "6 days left", "critical"), (29.99, "29 days left", "warning"),
+    (30.0, "30 days left", "ok"),
+])
+def test_whole_days_never_cross_a_threshold_the_level_did_not(days: float, text: str, level: str) -> None:
+    assert (statuspage.days_text(days), cert_level(days)) == (text, level)
+
+
+def summary_board() -> Tuple[StatusBoard, Clock]:
+    """Config order: ok, warning, down, critical (listener down), not probed."""
+    from test_schema import _listener_round
+
+    board, clock = board_with("fine", "renewal", "gone", "mqtt", "fresh")
+    now = clock.now
+    board.record(up("fine", now - 1, certs=(CertInfo("server", "CN=a", "1", now + 100 * DAY),)))
+    board.record(up("renewal", now - 1, certs=(CertInfo("server", "CN=b", "2", now + 20 * DAY),)))
+    board.record(down("gone", now - 1, certs=(CertInfo("client", "CN=c", "3", now - 2 * DAY),)))
+    board.record(up("mqtt", now - 1))
+    board.record_listeners(_listener_round("mqtt", now))
+    return board, clock
+
+
+def test_rows_are_worst_first_on_the_page_and_in_the_json() -> None:
+    board, _ = summary_board()
+    snap = board.snapshot()
+    page = parse(statuspage.render_html(snap))
+    rows = [a["data-target"] for t, a in page.tags if t == "tr" and "target" in (a.get("class") or "").split()]
+    order = ["gone", "mqtt", "renewal", "fresh", "fine"]
+    assert rows == order
+    assert [t["name"] for t in json.loads(statuspage.render_json(snap))["targets"]] == order
+    levels = {a["data-target"]: a["data-level"] for t, a in page.tags
+              if t == "tr" and "target" in (a.get("class") or "").split()}
+    assert levels == {"gone": "critical", "mqtt": "critical", "renewal": "warning", "fresh": "unknown",
+                      "fine": "ok"}
+
+
+def test_summary_and_title_say_what_is_wrong() -> None:
+    board, clock = summary_board()
+    board.record_reload(False, "[fcmon] timout: unknown key")
+    page = parse(statuspage.render_html(board.snapshot()))
+    text = " ".join(" ".join(page.text).split())
+    items = [a["class"] for t, a in page.tags if t == "li" and "sum-" in (a.get("class") or "")]
+    assert items == ["bad sum-down", "crit sum-cert-critical", "warn sum-cert-warning", "bad sum-listeners-down",
+                     "bad sum-reload"]
+    # the listener's certificate has 3 days left, the client's expired 2 days ago
+    for said in ("\u2716 1 down", "\u203c 2 certificates critical (1 expired)", "\u26a0 1 certificate warning",
+                 "\u2716 1 listener down", "\u2716 config reload failed"):
+        assert said in text
+    title = re.search(r"<title>(.*)</title>", statuspage.render_html(board.snapshot()).decode()).group(1)
+    assert html.unescape(title) == ("fcmon: 1 down, 2 certificates critical (1 expired), 1 certificate warning, "
+                     "1 listener down, config reload failed \u00b7 3/5 up")
+    all_good, _ = board_with("a")
+    all_good.record(up("a", clock.now))
+    assert "<title>fcmon: 1/1 up</title>" in statuspage.render_html(all_good.snapshot()).decode()
+
+
+def test_failures_and_alerts_link_to_their_runbook_sections() -> None:
+    board, _ = summary_board()
+    page = parse(statuspage.render_html(board.snapshot()))
+    links = [a["href"] for t, a in page.tags if t == "a" and a.get("class") in ("runbook", "alert")]
+    base = runbook.RUNBOOK_URL
+    assert f"{base}#connect_refused" in links  # gone's reason and mqtt's listener wss9002
+    assert f"{base}#fcmonclientcertexpired" in links  # gone's client certificate
+    assert f"{base}#fcmonservercertexpiringsoon" in links  # renewal's server certificate, 20 days
+    assert f"{base}#fcmonlistenercertexpiringcritical" in links  # mqtt's listener, 3 days
+    assert f"{base}#fcmonlistenerdown" in links
+    text = " ".join(" ".join(page.text).split())
+    assert f"First check: {runbook.FIRST_CHECK['connect_refused']}" in text
+    # critical and warning differ by symbol and word, not only colour
+    assert "\u203c critical" in text and "\u26a0 warning" in text
