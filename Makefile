@@ -14,7 +14,7 @@ DIST ?= dist
 # WHEELHOUSE_ARGS="--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux_2_28_x86_64 --pip-arg=--platform=manylinux2014_x86_64"
 WHEELHOUSE_ARGS ?=
 
-.PHONY: demo test test-fast chaos bench screenshot dist wheelhouse lint clean
+.PHONY: demo test test-fast chaos bench screenshot dist wheelhouse image deb packages test-packages lint clean
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,38 @@ dist: $(TOOLS)
 # without internet: pip install --no-index --find-links wheelhouse/ fcmon
 wheelhouse: dist
 	$(BIN)/python tools/release.py wheelhouse $(DIST) $(WHEELHOUSE_ARGS)
+
+# The version every artefact carries (fcmon/__init__.py).
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' fcmon/__init__.py)
+
+# The OCI image, from the Containerfile and the wheelhouse (no network):
+# buildah, as root, tags $(IMAGE):$(VERSION) and saves it as
+# $(DIST)/fcmon-VERSION-image.tar (docker-archive). BASE: any image with
+# python3 and its venv module; by default a Debian bookworm base that
+# packaging/base-image.sh builds with mmdebstrap (no image registry needed).
+IMAGE ?= localhost/fcmon
+BASE ?= localhost/fcmon-base:bookworm
+image: wheelhouse
+	IMAGE=$(IMAGE) BASE=$(BASE) packaging/build-image.sh $(VERSION) $(DIST)
+
+# The Debian package $(DIST)/fcmon_VERSION-1_ARCH.deb: a venv of this
+# host's /usr/bin/python3 in /opt/fcmon, from the wheelhouse, with dpkg-deb.
+deb: wheelhouse
+	$(BIN)/python packaging/build_deb.py $(VERSION) $(DIST)
+
+packages: image deb
+
+# Both built, then exercised (tests/test_packages.py, as root): the image
+# run with buildah against the emulator until fcmon_up 1; the package
+# lintian-checked, installed with dpkg -i into a fresh Debian root
+# (mmdebstrap), validated, its unit verified, removed and purged.
+DEB_TEST_ROOT := build/deb-test-root.tar
+$(DEB_TEST_ROOT):
+	packaging/base-image.sh $@ --packages python3,procps,systemd
+test-packages: packages $(DEB_TEST_ROOT) $(TOOLS)
+	DIST=$(DIST) IMAGE=$(IMAGE) DEB_TEST_ROOT=$(DEB_TEST_ROOT) \
+		$(BIN)/python -m pytest -q -p no:cacheprovider -m package tests/test_packages.py $(PYTEST_ARGS)
+	$(BIN)/python tools/release.py check $(DIST)
 
 clean:
 	rm -rf $(VENV) .venv-* build dist *.egg-info .pytest_cache

@@ -12,6 +12,18 @@ from fcmon.emulator import Emulator
 from support import PKI, Dists, release_tools, require_module
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: "list[pytest.Item]") -> None:
+    """Tests marked `package` exercise the built image and Debian package (as
+    root, minutes): only a run that asks for them (`-m package`, which
+    `make test-packages` passes) collects them; `make test` leaves them out."""
+    if "package" in (config.option.markexpr or ""):
+        return
+    skipped = [item for item in items if item.get_closest_marker("package") is not None]
+    if skipped:
+        config.hook.pytest_deselected(items=skipped)
+        items[:] = [item for item in items if item.get_closest_marker("package") is None]
+
+
 @pytest.fixture(scope="session")
 def test_pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     d = tmp_path_factory.mktemp("pki")

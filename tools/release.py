@@ -2,7 +2,8 @@
 
     python tools/release.py dist OUTDIR        sdist + wheel (isolated build), twine check, contents check
     python tools/release.py wheelhouse OUTDIR  the wheel in OUTDIR and every dependency's wheel, in OUTDIR/wheelhouse
-    python tools/release.py check OUTDIR       the contents check alone
+    python tools/release.py check OUTDIR       the contents check alone (and of the
+                                               image archive and .deb when OUTDIR has them)
 
 The tests (tests/test_release.py) use the same functions, so what `make dist`
 checks and what CI checks cannot differ. Needs `build` and `twine` in the
@@ -128,6 +129,10 @@ def sdist_problems(sdist: Path, root: Path = ROOT) -> List[str]:
     wanted += [p.relative_to(root).as_posix() for p in sorted((root / "docs").glob("**/*")) if p.is_file()]
     wanted += _assetfiles(root).collect(root)
     wanted += [p.name for p in root.glob("LICEN[CS]E*")]
+    # What `make image` and `make deb` build from, and the Kubernetes example.
+    wanted += ["Containerfile", ".containerignore"]
+    wanted += [p.relative_to(root).as_posix() for d in ("packaging", "deploy")
+               for p in sorted((root / d).glob("**/*")) if p.is_file() and not _CACHE.search(p.as_posix())]
     for w in wanted:
         if w not in rel:
             problems.append(f"sdist: {w} missing")
@@ -135,8 +140,142 @@ def sdist_problems(sdist: Path, root: Path = ROOT) -> List[str]:
 
 
 def check(outdir: Path, root: Path = ROOT) -> List[str]:
-    sdist, wheel = artefacts(outdir, version(root))
-    return sdist_problems(sdist, root) + wheel_problems(wheel, root)
+    ver = version(root)
+    sdist, wheel = artefacts(outdir, ver)
+    problems = sdist_problems(sdist, root) + wheel_problems(wheel, root)
+    # `make image` and `make deb` (root, buildah): checked when they were built.
+    image = image_archive(outdir, ver)
+    if image.is_file():
+        problems += image_problems(image, ver)
+    for deb in sorted(outdir.glob(f"{NAME}_{ver}-*.deb")):
+        problems += deb_problems(deb, ver, root)
+    return problems
+
+
+def image_archive(outdir: Path, ver: str) -> Path:
+    return outdir / f"{NAME}-{ver}-image.tar"
+
+
+RUN_COMMAND = ["/opt/fcmon/bin/fcmon", "run", "-c", "/etc/fcmon/config.ini"]
+
+
+def image_problems(archive: Path, ver: str) -> List[str]:
+    """What is wrong with the image archive (docker-archive, `make image`): its
+    tag, labels, user, port, entry point or healthcheck."""
+    import json
+
+    where = f"image {archive.name}"
+    try:
+        with tarfile.open(archive) as t:
+            manifest = json.load(t.extractfile("manifest.json"))  # type: ignore[arg-type]
+            config = json.load(t.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+    except (OSError, KeyError, IndexError, ValueError, tarfile.TarError) as e:
+        return [f"{where}: not a docker-archive with one image ({e})"]
+    problems = []
+    tags = manifest[0].get("RepoTags") or []
+    if not any(tag.endswith(f"/{NAME}:{ver}") for tag in tags):
+        problems.append(f"{where}: no {NAME}:{ver} tag (has {tags})")
+    c = config.get("config") or {}
+    labels = c.get("Labels") or {}
+    if labels.get("org.opencontainers.image.version") != ver:
+        problems.append(f"{where}: label org.opencontainers.image.version is "
+                        f"{labels.get('org.opencontainers.image.version')!r}, not {ver!r}")
+    if not (labels.get("org.opencontainers.image.source") or "").strip():
+        problems.append(f"{where}: no org.opencontainers.image.source label")
+    user = (c.get("User") or "").split(":")[0]
+    if user in ("", "0", "root"):
+        problems.append(f"{where}: runs as root (User {c.get('User')!r})")
+    if "9731/tcp" not in (c.get("ExposedPorts") or {}):
+        problems.append(f"{where}: does not expose 9731/tcp")
+    if (c.get("Entrypoint") or []) + (c.get("Cmd") or []) != RUN_COMMAND:
+        problems.append(f"{where}: runs {c.get('Entrypoint')} {c.get('Cmd')}, not {' '.join(RUN_COMMAND)}")
+    test = (c.get("Healthcheck") or {}).get("Test") or []
+    if not test or test[0] not in ("CMD", "CMD-SHELL"):
+        problems.append(f"{where}: no HEALTHCHECK (built with --format oci?)")
+    return problems
+
+
+def _ar_members(path: Path) -> "dict[str, bytes]":
+    """The members of an ar archive (a .deb)."""
+    data = path.read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise ValueError("not an ar archive")
+    members, pos = {}, 8
+    while pos + 60 <= len(data):
+        header = data[pos:pos + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        members[name] = data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size % 2)
+    return members
+
+
+def _tar_of(members: "dict[str, bytes]", stem: str) -> "dict[str, tarfile.TarInfo | bytes]":
+    import io
+
+    name = next((n for n in members if n.startswith(stem + ".tar")), None)
+    if name is None:
+        raise ValueError(f"no {stem}.tar.* member")
+    files: "dict[str, tarfile.TarInfo | bytes]" = {}
+    with tarfile.open(fileobj=io.BytesIO(members[name])) as t:
+        for m in t.getmembers():
+            path = "/" + m.name.lstrip("./") if m.name not in (".", "./") else "/"
+            if m.isfile():
+                files[path] = t.extractfile(m).read()  # type: ignore[union-attr]
+            else:
+                files[path] = m
+    return files
+
+
+# Repository file -> where the .deb installs it.
+DEB_PLACES = {"config.ini": "/etc/fcmon/config.ini", "systemd/fcmon.service": "/lib/systemd/system/fcmon.service"}
+
+
+def deb_problems(deb: Path, ver: str, root: Path = ROOT) -> List[str]:
+    """What is wrong with the Debian package (`make deb`): its version, the
+    venv and the command on the PATH, the conffile, and the deployable files,
+    which must be byte-identical to the repository's."""
+    where = f"deb {deb.name}"
+    try:
+        members = _ar_members(deb)
+        control = _tar_of(members, "control")
+        data = _tar_of(members, "data")
+    except (OSError, ValueError, tarfile.TarError) as e:
+        return [f"{where}: not a Debian package ({e})"]
+    problems = []
+    fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", control.get("/control", b"").decode(), re.M))  # type: ignore[union-attr]
+    if fields.get("Package") != NAME:
+        problems.append(f"{where}: Package is {fields.get('Package')!r}")
+    if not (fields.get("Version") or "").startswith(f"{ver}-"):
+        problems.append(f"{where}: Version {fields.get('Version')!r} is not {ver}-REVISION")
+    if "python3 (" not in fields.get("Depends", ""):
+        problems.append(f"{where}: Depends does not name python3: {fields.get('Depends')!r}")
+    if control.get("/conffiles") != b"/etc/fcmon/config.ini\n":
+        problems.append(f"{where}: conffiles should be /etc/fcmon/config.ini alone, is {control.get('/conffiles')!r}")
+    expected = dict(DEB_PLACES)
+    for name in _assetfiles(root).collect(root):
+        if name.startswith(("prometheus/", "grafana/")):
+            expected[name] = f"/usr/share/fcmon/{name}"
+    for src, dest in sorted(expected.items()):
+        if dest not in data:
+            problems.append(f"{where}: {dest} missing")
+        elif data[dest] != (root / src).read_bytes():
+            problems.append(f"{where}: {dest} differs from the repository's {src}")
+    fcmon = data.get("/opt/fcmon/bin/fcmon")
+    if not isinstance(fcmon, bytes) or not fcmon.startswith(b"#!/opt/fcmon/bin/python"):
+        problems.append(f"{where}: /opt/fcmon/bin/fcmon is not a script of the venv's python")
+    link = data.get("/usr/bin/fcmon")
+    if not isinstance(link, tarfile.TarInfo) or not link.issym() or link.linkname != "/opt/fcmon/bin/fcmon":
+        problems.append(f"{where}: /usr/bin/fcmon is not a link to /opt/fcmon/bin/fcmon")
+    unit = data.get("/lib/systemd/system/fcmon.service")
+    if isinstance(unit, bytes):
+        for binary in re.findall(rb"^ExecStart=(\S+)", unit, re.M):
+            if binary.decode() not in data:
+                problems.append(f"{where}: the unit's ExecStart {binary.decode()} is not in the package")
+    if not any(re.fullmatch(rf"/opt/fcmon/lib/python3\.\d+/site-packages/{NAME}-{re.escape(ver)}\.dist-info/METADATA", p)
+               for p in data):
+        problems.append(f"{where}: no {NAME} {ver} installed in /opt/fcmon")
+    return problems
 
 
 def wheelhouse(outdir: Path, wheel: Path, pip_args: Sequence[str] = ()) -> Path:
