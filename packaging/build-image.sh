@@ -44,4 +44,6 @@ built=$(date +%s)
 archive="$dist/fcmon-$version-image.tar"
 rm -f "$archive"
 buildah push --quiet "$image:$version" "docker-archive:$archive:$image:$version" >/dev/null
+# The previous build of this tag, now untagged, and the build stage.
+buildah rmi --prune >/dev/null 2>&1 || true
 echo "$image:$version built in $((built - start)) s; $archive: $(du -m "$archive" | cut -f1) MB"

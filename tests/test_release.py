@@ -178,3 +178,115 @@ def test_assets_help_says_what_ships() -> None:
     text = " ".join(out.stdout.split())
     assert "--force" in text and "never overwritten without --force" in text
     assert "assets" in subprocess.run(fcmon_command("--help"), capture_output=True, text=True).stdout
+
+
+# --- the image archive and the Debian package: what the contents check sees --
+# (tests/test_packages.py runs it on the real ones; here, on small stand-ins,
+# that it names each mistake.)
+
+import io  # noqa: E402
+import json  # noqa: E402
+import tarfile  # noqa: E402
+
+from support import release_tools, require_tool  # noqa: E402
+
+
+def _image_config(**changes: object) -> dict:
+    config = {
+        "User": "10001:10001",
+        "ExposedPorts": {"9731/tcp": {}},
+        "Entrypoint": ["/opt/fcmon/bin/fcmon"],
+        "Cmd": ["run", "-c", "/etc/fcmon/config.ini"],
+        "Healthcheck": {"Test": ["CMD", "/opt/fcmon/bin/python", "-c", "..."]},
+        "Labels": {"org.opencontainers.image.version": fcmon.__version__,
+                   "org.opencontainers.image.source": "https://example.org/fcmon"},
+    }
+    config.update(changes)
+    return config
+
+
+def _image_archive(path: Path, config: dict, tag: str = f"localhost/fcmon:{fcmon.__version__}") -> Path:
+    def add(t: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+
+    with tarfile.open(path, "w") as t:
+        add(t, "cfg.json", json.dumps({"config": config}).encode())
+        add(t, "manifest.json", json.dumps([{"Config": "cfg.json", "RepoTags": [tag], "Layers": []}]).encode())
+    return path
+
+
+@pytest.mark.parametrize("changes, problem", [
+    ({}, None),
+    ({"User": "0:0"}, "runs as root"),
+    ({"User": ""}, "runs as root"),
+    ({"Labels": {"org.opencontainers.image.source": "x"}}, "org.opencontainers.image.version is None"),
+    ({"Labels": {"org.opencontainers.image.version": fcmon.__version__}}, "no org.opencontainers.image.source"),
+    ({"Healthcheck": None}, "no HEALTHCHECK"),
+    ({"ExposedPorts": {}}, "does not expose 9731/tcp"),
+    ({"Cmd": ["demo"]}, "not /opt/fcmon/bin/fcmon run -c /etc/fcmon/config.ini"),
+])
+def test_image_check_names_each_mistake(tmp_path: Path, changes: dict, problem: "str | None") -> None:
+    problems = release_tools().image_problems(_image_archive(tmp_path / "i.tar", _image_config(**changes)),
+                                              fcmon.__version__)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0], problems
+
+
+def test_image_check_wants_this_versions_tag(tmp_path: Path) -> None:
+    archive = _image_archive(tmp_path / "i.tar", _image_config(), tag="localhost/fcmon:0.0.1")
+    assert ["no fcmon:" in p for p in release_tools().image_problems(archive, fcmon.__version__)] == [True]
+
+
+def _deb(tmp_path: Path, mutate: str = "") -> Path:
+    """A stand-in for `make deb`'s package, with one thing wrong (mutate)."""
+    dpkg_deb = require_tool("dpkg-deb")
+    ver = fcmon.__version__
+    stage = tmp_path / "stage"
+    files = {"/etc/fcmon/config.ini": (ROOT / "config.ini").read_bytes(),
+             "/lib/systemd/system/fcmon.service": (ROOT / "systemd/fcmon.service").read_bytes(),
+             "/opt/fcmon/bin/fcmon": b"#!/opt/fcmon/bin/python\n",
+             f"/opt/fcmon/lib/python3.11/site-packages/fcmon-{ver}.dist-info/METADATA": b"Name: fcmon\n"}
+    for name in assetfiles.collect(ROOT):
+        if name.startswith(("prometheus/", "grafana/")):
+            files[f"/usr/share/fcmon/{name}"] = (ROOT / name).read_bytes()
+    if mutate == "config":
+        files["/etc/fcmon/config.ini"] += b"; edited\n"
+    if mutate == "dashboard":
+        del files["/usr/share/fcmon/grafana/fcmon-dashboard.json"]
+    for name, data in files.items():
+        path = stage / name.lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    if mutate != "link":
+        (stage / "usr/bin").mkdir(parents=True)
+        (stage / "usr/bin/fcmon").symlink_to("/opt/fcmon/bin/fcmon")
+    (stage / "DEBIAN").mkdir()
+    version = "0.0.1-1" if mutate == "version" else f"{ver}-1"
+    (stage / "DEBIAN/control").write_text(
+        f"Package: fcmon\nVersion: {version}\nArchitecture: all\nMaintainer: x <x@example.org>\n"
+        "Depends: python3 (>= 3.11), python3 (<< 3.12)\nDescription: test\n test\n")
+    (stage / "DEBIAN/conffiles").write_text("" if mutate == "conffiles" else "/etc/fcmon/config.ini\n")
+    out = tmp_path / f"fcmon_{ver}-1_all.deb"
+    subprocess.run([dpkg_deb, "--root-owner-group", "--build", str(stage), str(out)], check=True,
+                   capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("mutate, problem", [
+    ("", None),
+    ("config", "/etc/fcmon/config.ini differs from the repository's config.ini"),
+    ("dashboard", "/usr/share/fcmon/grafana/fcmon-dashboard.json missing"),
+    ("link", "/usr/bin/fcmon is not a link to /opt/fcmon/bin/fcmon"),
+    ("version", "Version '0.0.1-1' is not"),
+    ("conffiles", "conffiles should be /etc/fcmon/config.ini alone"),
+])
+def test_deb_check_names_each_mistake(tmp_path: Path, mutate: str, problem: "str | None") -> None:
+    problems = release_tools().deb_problems(_deb(tmp_path, mutate), fcmon.__version__)
+    if problem is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and problem in problems[0], problems

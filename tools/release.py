@@ -322,8 +322,10 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     if problems:
         return 1
     sdist, wheel = artefacts(args.outdir, ver)
-    for p in (sdist, wheel):
-        print(f"{p}: {p.stat().st_size / 1024:.0f} KiB, contents OK")
+    built = [sdist, wheel, image_archive(args.outdir, ver), *sorted(args.outdir.glob(f"{NAME}_{ver}-*.deb"))]
+    for p in built:
+        if p.is_file():
+            print(f"{p}: {p.stat().st_size / 1024:.0f} KiB, contents OK")
     return 0
 
 
