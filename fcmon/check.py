@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,7 +55,18 @@ def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
         return flights.run(target, prober.probe)[0]
 
     with ThreadPoolExecutor(max_workers=min(32, max(1, len(targets)))) as pool:
-        return list(pool.map(one, targets))
+        try:
+            return list(pool.map(one, targets))
+        except KeyboardInterrupt:
+            # Leaving the `with` waits for the probes in flight: each ends
+            # within its timeout and deletes its session. Say so, or Ctrl-C
+            # looks ignored.
+            longest = max((t.timeout for t in targets), default=0.0)
+            sys.stderr.write(f"fcmon check: interrupted; letting the probes in flight end and delete "
+                             f"their sessions (at most {longest:g} s); Ctrl-C again quits at once and "
+                             "may leave a session open until its idle timeout\n")
+            sys.stderr.flush()
+            raise
 
 
 def check_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,

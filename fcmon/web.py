@@ -101,6 +101,11 @@ class App:
             query = parse_qs(environ.get("QUERY_STRING", ""))
             names = query.get("target", [])
             debug = query.get("debug", [""])[-1].lower() in ("true", "1", "yes")
+            if len(names) != 1 or not names[0]:
+                # As blackbox_exporter: a missing parameter is the caller's mistake, named.
+                return _reply(start_response, "400 Bad Request",
+                              b"the 'target' parameter is missing (or given twice): /probe?target=NAME, "
+                              b"NAME a [target:NAME] of the config\n")
             try:
                 if debug and self._debug_probe is not None:
                     text = self._debug_probe(names[0]) if len(names) == 1 else None

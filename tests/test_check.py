@@ -254,3 +254,29 @@ def test_server_text_with_a_pipe_cannot_start_perfdata(test_pki: PKI, emulator: 
     assert {"a_connect", "b_connect"} <= set(parse_perfdata(first))
     assert "bad / worse next" in first  # the server's message, made plugin-safe
     assert rest and not [line for line in rest if "|" in line]
+
+
+def test_ctrl_c_says_it_lets_the_probe_delete_its_session(test_pki: PKI, emulator: Emulator, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import signal
+
+    from fcmon.emulator import Fault
+
+    from support import wait_for
+
+    emulator.set_fault("listDatabases", Fault(delay=2.0))
+    config = tmp_path / "config.ini"
+    config.write_text("[fcmon]\ntimeout = 8\n" + target_section(test_pki, emulator))
+    proc = subprocess.Popen(fcmon_command("check", "-c", str(config)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: emulator.open_sessions() == 1, 20)  # createSession done, listDatabases held
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, (out, err)
+    assert "interrupted; letting the probes in flight end and delete their sessions (at most 8 s)" in err
+    assert "Traceback" not in err
+    assert emulator.open_sessions() == 0  # the probe deleted its session before the exit
