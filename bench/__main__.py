@@ -1,4 +1,4 @@
-"""`python -m bench [--only cpu,fidelity,startup,scale,memory,scrape,hostile,listeners] [--quick]` (or `make bench`).
+"""`python -m bench [--only cpu,fidelity,startup,scale,memory,scrape,hostile,listeners,starve] [--quick]` (or `make bench`).
 
 Writes bench/results/latest.json and latest.md. Every process it starts is
 stopped on the way out, also after an error or Ctrl-C.
@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 from . import report, suites
 from .procs import ROOT, Procs, machine_facts, make_pki
 
-SUITES = ("cpu", "fidelity", "startup", "scale", "memory", "scrape", "hostile", "listeners")
+SUITES = ("cpu", "fidelity", "startup", "scale", "memory", "scrape", "hostile", "listeners", "starve")
 
 
 def _load() -> str:
@@ -76,6 +76,7 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
                 ("startup", "startup" in only, lambda: suites.suite_startup(ctx)),
                 ("hostile", "hostile" in only, lambda: suites.suite_hostile(ctx)),
                 ("listeners", "listeners" in only, lambda: suites.suite_listeners(ctx)),
+                ("starve", "starve" in only, lambda: suites.suite_starve(ctx)),
             ]
             for name, wanted, fn in runs:
                 if not wanted:

@@ -866,3 +866,94 @@ def suite_listeners(ctx: Ctx, n: int = 300) -> Dict[str, Any]:
             ctx.procs.stop(f.proc, 30)
         ctx.procs.stop(emu.proc)
     return out
+
+
+def suite_starve(ctx: Ctx, hanging: int = 2000, healthy: int = 100, interval: float = 10.0,
+                 timeout: float = 2.0, duration: float = 100.0) -> Dict[str, Any]:
+    """Issue 15's measured case: `hanging` targets pointing at a server that
+    accepts and never answers and `healthy` targets at the emulator, all on
+    the host name `localhost` (two ports), fcmon's default per-server cap.
+
+    /metrics is read every interval; each window counts the healthy targets
+    whose fcmon_probes_total grew in it (each is due once per interval).
+    Due probes over the run follow the schedule (runs_due), counted from
+    when /-/healthy first answered, up to 3 s before the last scrape.
+    """
+    emu = ctx.fresh_emulator("emulator-starve")
+    hang_port = ctx.hang_port()
+    healthy_url = emu.url.replace(LOOPBACK, "localhost")
+    hang_url = f"https://localhost:{hang_port}/api"
+    n = hanging + healthy
+    every = n // healthy
+    targets: List[Tuple[str, str]] = []
+    good: List[Tuple[str, int]] = []
+    for i in range(n):
+        if i % every == every - 1 and len(good) < healthy:
+            name = f"ok{i:04d}"
+            targets.append((name, healthy_url))
+            good.append((name, i))
+        else:
+            targets.append((f"hang{i:04d}", hang_url))
+    port = free_port()
+    cfg = fcmon_config(ctx.work / "starve.ini", ctx.pki, port, targets, interval, timeout)
+    # The default per-server cap (8): what the case is about.
+    cfg.write_text(cfg.read_text().replace("max_connections_per_host = 10000\n", ""))
+    out: Dict[str, Any] = {"hanging": hanging, "healthy": healthy, "interval_s": interval, "timeout_s": timeout,
+                           "duration_s": duration, "host": "localhost"}
+    f = FcmonProc(ctx.procs, cfg, port, name="fcmon-starve")
+    wall0 = time.time()
+    try:
+        listening = f.wait_listening(60)
+        t_listen_wall = wall0 + listening
+        windows: List[Dict[str, Any]] = []
+        names = {name for name, _ in good}
+        prev: Optional[Dict[str, float]] = None
+        ready_at: Optional[float] = None
+        t_next = time.monotonic()
+        text = ""
+        while time.monotonic() - f.t_start < duration:
+            t_next += interval
+            time.sleep(max(0.0, t_next - time.monotonic()))
+            text = f.metrics()
+            if ready_at is None and http_get(port, "/-/ready", 5)[0] == 200:
+                ready_at = time.monotonic() - f.t_start
+            probes = {s.labels["target"]: s.value for s in samples(text, ["fcmon_probes_total"])
+                      if s.labels["target"] in names}
+            if prev is not None:
+                grew = sum(1 for k in names if probes.get(k, 0) > prev.get(k, 0))
+                windows.append({"t_s": round(time.monotonic() - f.t_start, 1), "healthy_probed": grew})
+            prev = probes
+        wall_e = time.time()
+        skipped: Dict[str, float] = {}
+        for s in samples(text, ["fcmon_probes_skipped_total"]):
+            reason = s.labels.get("reason", "(no reason label)")
+            kind = "healthy" if s.labels["target"] in names else "hanging"
+            skipped[f"{kind}:{reason}"] = skipped.get(f"{kind}:{reason}", 0) + s.value
+        probes = {s.labels["target"]: s.value for s in samples(text, ["fcmon_probes_total"])}
+        horizon = wall_e - 3.0 - t_listen_wall
+        due = got = 0
+        for name, i in good:
+            offset = interval * i / n
+            d = runs_due(min(offset, first_round_offset(i)), offset, interval, horizon)
+            due += d
+            got += min(d, int(probes.get(name, 0)))
+        out.update({
+            "windows": windows,
+            # the first window holds the compressed first round (2,100 first probes take 21 s)
+            "min_healthy_probed_per_window_after_30s": min(
+                (w["healthy_probed"] for w in windows if w["t_s"] >= 30), default=None),
+            "healthy_ever_probed": sum(1 for name in names if probes.get(name, 0) > 0),
+            "healthy_due": due, "healthy_done": got, "healthy_done_fraction": got / max(1, due),
+            "skipped_by_kind_and_reason": skipped,
+            "ready_s": ready_at,
+            "hanging_probes": sum(v for k, v in probes.items() if k not in names),
+        })
+        ctx.log(f"starve: healthy {got}/{due} due probes done, {out['healthy_ever_probed']}/{healthy} ever "
+                f"probed, per window {[w['healthy_probed'] for w in windows]}, skipped {skipped}, ready {ready_at}")
+    finally:
+        t0 = time.monotonic()
+        out["exit_code"] = ctx.procs.stop(f.proc, 60)
+        out["stop_s"] = time.monotonic() - t0
+        out["fcmon_stderr_lines"] = f.proc.err_count
+        ctx.procs.stop(emu.proc)
+    return out

@@ -45,6 +45,8 @@ from urllib3.util.wait import wait_for_read
 
 from .certs import CertFileError, der_cert_info, file_stamp, load_private_key
 from .config import TargetConfig
+from .resolver import DEFAULT as DEFAULT_RESOLVER
+from .resolver import Resolver
 from .result import CertInfo
 
 log = logging.getLogger(__name__)
@@ -196,6 +198,7 @@ class _Tracked:
         self._socks: List[socket.socket] = []
         self.cut = False
         self.deadline: Optional[float] = None
+        self.resolver: Resolver = DEFAULT_RESOLVER
 
     def add(self, sock: Optional[socket.socket]) -> None:
         if sock is None:
@@ -329,12 +332,14 @@ class _WireIO(http.client.HTTPConnection):
 
 
 def _connect_within(tracked: _Tracked, host: str, port: int, options: Any) -> socket.socket:
-    """A connected TCP socket to (host, port), each address tried with the
-    time left before the deadline (as urllib3's create_connection otherwise)."""
+    """A connected TCP socket to (host, port): the name resolved within the
+    time left before the deadline (fcmon.resolver), each address tried with
+    the time then left (urllib3's create_connection gives each the whole)."""
     if host.startswith("["):
         host = host.strip("[]")
     err: Optional[OSError] = None
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, allowed_gai_family(), socket.SOCK_STREAM):
+    addresses = tracked.resolver.resolve(host, port, allowed_gai_family(), socket.SOCK_STREAM, tracked.left(None))
+    for family, kind, proto, _, address in addresses:
         sock = None
         try:
             sock = socket.socket(family, kind, proto)
@@ -672,7 +677,7 @@ def peer_info(sock: Any) -> PeerInfo:
     return PeerInfo(tuple(infos), sock.version(), cipher[0] if cipher else None, address)
 
 
-def fetch_peer_unverified(host: str, port: int, timeout: float) -> PeerInfo:
+def fetch_peer_unverified(host: str, port: int, timeout: float, resolver: Optional[Resolver] = None) -> PeerInfo:
     """A second handshake that verifies nothing, to report a certificate that failed.
 
     Reporting only: no client certificate is presented and no byte of HTTP
@@ -684,6 +689,8 @@ def fetch_peer_unverified(host: str, port: int, timeout: float) -> PeerInfo:
     # `timeout` for the whole: connect (each address) and handshake share it.
     within = _Tracked()
     within.deadline = time.monotonic() + max(timeout, 0.05)
+    if resolver is not None:
+        within.resolver = resolver
     with _connect_within(within, host, port, None) as raw:
         raw.settimeout(within.left(None))
         with ctx.wrap_socket(raw, server_hostname=host) as sock:
@@ -806,6 +813,9 @@ def classify_connect_error(exc: BaseException, has_client_cert: bool = True) -> 
         if isinstance(e, socket.gaierror):
             return ProbeError("dns", f"cannot resolve host: {e.strerror or e}")
         if isinstance(e, urllib3.exceptions.NameResolutionError):
+            cause = e.__cause__
+            if isinstance(cause, socket.gaierror) and cause.strerror:
+                return ProbeError("dns", f"cannot resolve host: {cause.strerror}")
             return ProbeError("dns", "cannot resolve host")
         if isinstance(e, ConnectionRefusedError):
             return ProbeError("connect_refused", "connection refused")
@@ -939,13 +949,16 @@ class ApiClient:
     (the deadline) and makes every blocked read return at once.
     """
 
-    def __init__(self, plan: RequestPlan, ssl_context: Optional[ssl.SSLContext]):
+    def __init__(self, plan: RequestPlan, ssl_context: Optional[ssl.SSLContext],
+                 resolver: Optional[Resolver] = None):
         self.plan = plan
         self.host = plan.host
         self.port = plan.port
         self.ssl_context = ssl_context
         self.wire = Wire(plan.max_response_bytes)
         self._tracked = _Tracked()
+        if resolver is not None:
+            self._tracked.resolver = resolver
         pool: HTTPConnectionPool
         if plan.tls:
             pool = _HTTPSPool(
@@ -969,7 +982,7 @@ class ApiClient:
 
     def fresh(self) -> "ApiClient":
         """A new client with its own connection to the same endpoint."""
-        return ApiClient(self.plan, self.ssl_context)
+        return ApiClient(self.plan, self.ssl_context, self._tracked.resolver)
 
     @property
     def connects(self) -> int:

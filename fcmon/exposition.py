@@ -150,7 +150,9 @@ def render_target(name: str, s: _TargetState) -> Fragment:
     p[_INDEX["fcmon_target_info"]] = (
         f'fcmon_target_info{{{t},endpoint="{_escape(s.endpoint)}",username="{_escape(s.username)}"}} 1.0\n')
     p[_INDEX["fcmon_probes"]] = f"fcmon_probes_total{{{t}}} {_value(s.probes)}\n"
-    p[_INDEX["fcmon_probes_skipped"]] = f"fcmon_probes_skipped_total{{{t}}} {_value(s.skipped)}\n"
+    p[_INDEX["fcmon_probes_skipped"]] = "".join([
+        f'fcmon_probes_skipped_total{{{t},reason="{_escape(reason)}"}} {_value(n)}\n'
+        for reason, n in sorted(s.skipped.items())])
     p[_INDEX["fcmon_session_leaks"]] = f"fcmon_session_leaks_total{{{t}}} {_value(s.leaks)}\n"
     if s.failures:
         p[_INDEX["fcmon_probe_failures"]] = "".join([

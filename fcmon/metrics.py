@@ -34,6 +34,7 @@ from prometheus_client.registry import Collector
 from . import __version__
 from .config import TargetConfig
 from .httpd import REJECT_REASONS
+from .flight import SKIP_REASONS
 from .listeners import ListenerResult, ListenerRound
 from .result import CertInfo, ProbeResult, ServerInfo
 
@@ -82,7 +83,8 @@ class _TargetState:
     last_success: Optional[float] = None
     databases: Optional[int] = None
     probes: int = 0
-    skipped: int = 0
+    # reason -> skipped runs; every reason is exported, zero or not
+    skipped: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
     leaks: int = 0
     failures: Dict[Tuple[str, str], int] = field(default_factory=dict)
     api_errors: Dict[Tuple[str, int], int] = field(default_factory=dict)
@@ -101,6 +103,7 @@ class _TargetState:
         # ProbeResults are frozen; only the small mutable parts are copied.
         out = copy.copy(self)
         out.failures = dict(self.failures)
+        out.skipped = dict(self.skipped)
         out.api_errors = dict(self.api_errors)
         out.last_error_code = dict(self.last_error_code)
         out.requests = {a: _Histogram(list(h.counts), h.total) for a, h in self.requests.items()}
@@ -213,11 +216,11 @@ class MetricsStore:
             self._changed(round_.target, state)
             self._targets[round_.target] = state
 
-    def record_skipped(self, target: str) -> None:
+    def record_skipped(self, target: str, reason: str) -> None:
         with self._lock:
             state = self._targets.get(target)
             if state is not None:
-                state.skipped += 1
+                state.skipped[reason] = state.skipped.get(reason, 0) + 1
                 self._changed(target, state)
 
     def record_lateness(self, seconds: float) -> None:
@@ -318,7 +321,8 @@ FAMILIES = (
     Family("fcmon_session_leaks", "counter",
            "Sessions created, or possibly created (createSession sent, no usable answer), whose deleteSession did not succeed"),
     Family("fcmon_probes_skipped", "counter",
-           "Scheduled runs skipped: previous run still running, or missed"),
+           "Scheduled runs not started, by reason: still_running (previous run not ended), "
+           "missed (not started within its grace time), server_busy (no slot on its FairCom server in time)"),
     Family("fcmon_target_info", "gauge", "Configured target"),
     Family("fcmon_listener_up", "gauge", "1 if the last TLS handshake with the listener verified"),
     Family("fcmon_listener_cert_not_after_timestamp_seconds", "gauge", "Listener certificate expiry (Unix time)"),
@@ -346,7 +350,8 @@ def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
 
     add("fcmon_target_info", "fcmon_target_info", (("endpoint", s.endpoint), ("username", s.username)), 1)
     add("fcmon_probes", "fcmon_probes_total", (), s.probes)
-    add("fcmon_probes_skipped", "fcmon_probes_skipped_total", (), s.skipped)
+    for reason, n in sorted(s.skipped.items()):
+        add("fcmon_probes_skipped", "fcmon_probes_skipped_total", (("reason", reason),), n)
     add("fcmon_session_leaks", "fcmon_session_leaks_total", (), s.leaks)
     for (stage, reason), n in sorted(s.failures.items()):
         add("fcmon_probe_failures", "fcmon_probe_failures_total", (("stage", stage), ("reason", reason)), n)

@@ -28,6 +28,8 @@ from .client import (
 from .codes import describe
 from .config import TargetConfig
 from .deadlines import DeadlineWatcher
+from .resolver import DEFAULT as DEFAULT_RESOLVER
+from .resolver import Resolver
 from .result import ERROR_MESSAGE_MAX, CallResult, Failure, ProbeResult, ServerInfo
 
 log = logging.getLogger(__name__)
@@ -114,10 +116,13 @@ class Prober:
         file_certs: Optional[FileCertCache] = None,
         wall_clock: Callable[[], float] = time.time,
         deadlines: Optional[DeadlineWatcher] = None,
+        resolver: Optional[Resolver] = None,
     ):
         self.contexts = contexts or TLSContextCache()
         self.file_certs = file_certs or FileCertCache()
         self.deadlines = deadlines or DeadlineWatcher()
+        # name resolution within each probe's deadline (bounded threads)
+        self.resolver = resolver or DEFAULT_RESOLVER
         self._wall = wall_clock
         self._plans: Dict[str, Tuple[TargetConfig, RequestPlan]] = {}
         self._plans_lock = threading.Lock()
@@ -154,10 +159,13 @@ class Prober:
             self._plans[target.name] = (target, plan)
         return plan
 
-    def probe(self, target: TargetConfig) -> ProbeResult:
+    def probe(self, target: TargetConfig, deadline: Optional[float] = None) -> ProbeResult:
+        """Probe `target`; it ends by `deadline` (monotonic; default: its
+        timeout from now), deleteSession by CLEANUP_GRACE later. A caller
+        that waited for a slot passes the deadline its wait counted against."""
         probe: Optional[_Probe] = None
         try:
-            probe = _Probe(self, target)
+            probe = _Probe(self, target, deadline)
             return probe.run()
         except Exception as exc:  # the boundary: a bug must not kill the scheduler
             stage = probe.stage if probe is not None else "connect"
@@ -187,9 +195,10 @@ def _log_internal(target: str, stage: str, err: ProbeError, exc: BaseException, 
 
 
 class _Probe:
-    def __init__(self, prober: Prober, target: TargetConfig):
+    def __init__(self, prober: Prober, target: TargetConfig, deadline: Optional[float] = None):
         self.prober = prober
         self.target = target
+        self.deadline = deadline
         self.secrets: List[str] = [target.password or ""]
         self.steps: List[Tuple[str, float]] = []
         self.calls: List[CallResult] = []
@@ -220,7 +229,8 @@ class _Probe:
         target = self.target
         started = self.prober._wall()
         t0 = self.t0 = time.monotonic()
-        main = _Deadline(t0 + target.timeout, self.prober.deadlines)
+        end = t0 + target.timeout if self.deadline is None else min(self.deadline, t0 + target.timeout)
+        main = _Deadline(end, self.prober.deadlines)
         client: Optional[ApiClient] = None
         try:
             client = self._client()
@@ -233,7 +243,7 @@ class _Probe:
             try:
                 if self.token is not None:
                     self.stage = "delete_session"
-                    self._delete(client, main, _Deadline(t0 + target.timeout + CLEANUP_GRACE, self.prober.deadlines))
+                    self._delete(client, main, _Deadline(end + CLEANUP_GRACE, self.prober.deadlines))
             except Exception as exc:
                 self.leaked = True
                 self.internal("delete_session", exc)
@@ -292,7 +302,7 @@ class _Probe:
             except CertFileError as exc:
                 self.fail("connect", "tls_handshake", f"cannot set up TLS: {exc}")
                 return None
-        return ApiClient(self.prober.plan(target), ctx)
+        return ApiClient(self.prober.plan(target), ctx, self.prober.resolver)
 
     def _main(self, client: ApiClient, deadline: _Deadline) -> None:
         if not self._connect(client, deadline):
@@ -347,7 +357,7 @@ class _Probe:
             if err.reason == "internal":
                 self.internal("connect", exc)
                 return False
-            if deadline.fired:
+            if deadline.fired and err.reason != "dns":
                 err = ProbeError("connect_timeout", "TCP connect and TLS handshake did not finish within the timeout")
             self.fail("connect", err.reason, err.message)
             if err.reason == "tls_verify":
@@ -359,7 +369,7 @@ class _Probe:
     def _fetch_unverified(self, client: ApiClient, deadline: _Deadline) -> None:
         try:
             self.peer = fetch_peer_unverified(
-                client.host, client.port, min(deadline.remaining(), UNVERIFIED_FETCH_TIMEOUT)
+                client.host, client.port, min(deadline.remaining(), UNVERIFIED_FETCH_TIMEOUT), self.prober.resolver
             )
         except Exception as exc:  # reporting only: the failure is already named
             log.debug("%s: could not fetch the unverified server certificate: %s", self.target.name, exc)

@@ -27,13 +27,20 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
 from .config import TargetConfig
-from .flight import Flights
+from .flight import SKIP_MISSED, SKIP_STILL_RUNNING, Flights, Skipped
 from .probe import Prober
 from .result import ProbeResult
 
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 256
+# A scheduled probe may wait this share of its timeout for a slot on its
+# FairCom server; the wait counts against its deadline, so a probe that
+# starts still has at least the rest. No slot by then: skipped (server_busy).
+MAX_SLOT_WAIT_SHARE = 0.5
+# Skips of one target are logged at most once per this many seconds (the
+# counter has every one).
+SKIP_LOG_EVERY = 60.0
 # Gaps between first probes at start-up (and of targets a reload adds): the
 # first FIRST_ROUND_BURST 5 ms apart, the rest 10 ms apart (100 a second,
 # the steady rate of 3,000 targets at 30 s). Faster would pile up hung
@@ -132,7 +139,7 @@ class ProbeScheduler:
         self,
         prober: Prober,
         on_result: Callable[[ProbeResult], None],
-        on_skip: Callable[[str], None],
+        on_skip: Callable[[str, str], None],
         on_lateness: Callable[[float], None] = lambda seconds: None,
         flights: Optional[Flights] = None,
         check_listeners: Optional[Callable[[TargetConfig], Any]] = None,
@@ -161,6 +168,9 @@ class ProbeScheduler:
         self._targets: Dict[str, TargetConfig] = {}
         self._pending_first: set = set()
         self._workers = 0
+        self._stopping = False
+        # target -> (monotonic time of the last skip logged, skips not logged since)
+        self._skip_logged: Dict[str, Tuple[float, int]] = {}
         self.last_completion: Optional[float] = None  # monotonic
         self._scheduler = BackgroundScheduler(timezone=dt.timezone.utc)
         self._scheduler.add_listener(self._skipped, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
@@ -202,6 +212,7 @@ class ProbeScheduler:
                 self._scheduler.remove_job(name)
                 with self._lock:
                     self._anchors.pop(name, None)
+                    self._skip_logged.pop(name, None)
         fresh = [name for name, target in wanted.items() if current.get(name) != target]
         for name, (first_s, phase_s) in plan(targets, fresh).items():
             target = wanted[name]
@@ -264,7 +275,9 @@ class ProbeScheduler:
             self._on_listener_due(target.name, first.timestamp())
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop scheduling; with `wait`, return once in-flight probes have finished."""
+        """Stop scheduling; with `wait`, return once in-flight probes have
+        finished. Runs still queued in the pools return at once."""
+        self._stopping = True
         if self._scheduler.running:
             self._scheduler.shutdown(wait=wait)
 
@@ -287,20 +300,36 @@ class ProbeScheduler:
 
     def _run(self, target: TargetConfig) -> None:
         # Lateness is taken when the probe starts, after any wait for a slot
-        # on its FairCom host (or when it joins a probe already in flight).
-        _, ran = self._flights.run(
-            target, self._prober.probe,
-            on_start=lambda: self._record_lateness(target.name, time.time()),
-            on_result=lambda result: self._record(target, result))
+        # on its FairCom server (or when it joins a probe already in flight).
+        # The wait counts against the probe's deadline.
+        if self._stopping:
+            return
+        asked = time.monotonic()
+        deadline = asked + target.timeout
+        try:
+            _, ran = self._flights.run(
+                target, lambda t: self._prober.probe(t, deadline),
+                on_start=lambda: self._record_lateness(target.name, time.time()),
+                on_result=lambda result: self._record(target, result),
+                wait_until=asked + target.timeout * MAX_SLOT_WAIT_SHARE)
+        except Skipped as skip:
+            # Tried, and its server is busy: readiness does not wait for it
+            # (a dead server's 2,000 targets would hold /-/ready for minutes).
+            self._completed(target, result=False)
+            self._skip(target.name, skip.reason, skip.message)
+            return
         if not ran:
             self._completed(target)  # a /probe caller ran it and recorded it
 
-    def _completed(self, target: TargetConfig) -> bool:
+    def _completed(self, target: TargetConfig, result: bool = True) -> bool:
+        """The target's first round is done (a result, or a skip); with a
+        `result`, a probe completed. False: reconfigured or removed meanwhile."""
         with self._lock:
             if self._targets.get(target.name) != target:
-                return False  # reconfigured or removed while it ran
+                return False
             self._pending_first.discard(target.name)
-        self.last_completion = time.monotonic()
+        if result:
+            self.last_completion = time.monotonic()
         return True
 
     def _record(self, target: TargetConfig, result: ProbeResult) -> None:
@@ -312,6 +341,8 @@ class ProbeScheduler:
             log.exception("handling the result of %s failed", target.name)
 
     def _run_listeners(self, target: TargetConfig) -> None:
+        if self._stopping:
+            return
         with self._lock:
             if self._targets.get(target.name) != target:
                 return  # reconfigured or removed before it started
@@ -361,6 +392,22 @@ class ProbeScheduler:
             log.warning("listener check of %s skipped: %s", event.job_id[len(LISTENER_JOB_PREFIX):],
                         "previous round still running" if event.code == EVENT_JOB_MAX_INSTANCES else "run missed")
             return
-        log.warning("probe of %s skipped: %s", event.job_id,
-                    "previous run still running" if event.code == EVENT_JOB_MAX_INSTANCES else "run missed")
-        self._on_skip(event.job_id)
+        if event.code == EVENT_JOB_MAX_INSTANCES:
+            self._skip(event.job_id, SKIP_STILL_RUNNING, "previous run still running")
+        else:
+            self._skip(event.job_id, SKIP_MISSED, "run missed (not started within its grace time)")
+
+    def _skip(self, name: str, reason: str, message: str) -> None:
+        """Count every skip; log the first of a target, then at most one a SKIP_LOG_EVERY."""
+        now = time.monotonic()
+        with self._lock:
+            last, unlogged = self._skip_logged.get(name, (-math.inf, 0))
+            due = now - last >= SKIP_LOG_EVERY
+            self._skip_logged[name] = (now, 0) if due else (last, unlogged + 1)
+        if due:
+            more = f" (and {unlogged} more skips since the last message)" if unlogged else ""
+            log.warning("probe of %s skipped (%s): %s%s", name, reason, message, more)
+        try:
+            self._on_skip(name, reason)
+        except Exception:  # the boundary: never kill the worker
+            log.exception("counting a skipped probe of %s failed", name)

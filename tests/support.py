@@ -266,3 +266,63 @@ class Dists:
     sdist: Path
     wheel: Path
     house: Path
+
+
+class Blackhole:
+    """A TCP server on 127.0.0.1 that accepts every connection and never
+    sends a byte (a TLS client waits in its handshake until its deadline).
+    One thread, poll(): thousands of held connections cost little."""
+
+    def __init__(self) -> None:
+        import selectors
+        import threading
+
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(4096)
+        self._listener.setblocking(False)
+        self.port = int(self._listener.getsockname()[1])
+        self.accepted = 0
+        self._stop = threading.Event()
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, daemon=True, name="blackhole")
+        self._thread.start()
+
+    def _run(self) -> None:
+        import selectors
+
+        while not self._stop.is_set():
+            for key, _ in self._sel.select(timeout=0.2):
+                if key.data is None:
+                    try:
+                        conn, _ = self._listener.accept()
+                    except OSError:
+                        continue
+                    conn.setblocking(False)
+                    self._sel.register(conn, selectors.EVENT_READ, "conn")
+                    self.accepted += 1
+                    continue
+                conn = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = conn.recv(65536)  # type: ignore[union-attr]
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self._sel.unregister(conn)
+                    conn.close()  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for key in list(self._sel.get_map().values()):
+            key.fileobj.close()  # type: ignore[union-attr]
+        self._sel.close()
+
+    def __enter__(self) -> "Blackhole":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

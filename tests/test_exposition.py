@@ -41,7 +41,7 @@ def make_store() -> MetricsStore:
     store.record(healthy("a"))
     store.record(failed("b"))
     store.record(healthy("b", NOW - 30))
-    store.record_skipped("c")
+    store.record_skipped("c", "still_running")
     store.record_listeners(listener_round("a"))
     store.record_listeners(listener_round('we"ird\\name', discovery=None))
     store.record_reload(True, NOW - 100)
@@ -91,7 +91,7 @@ def test_each_change_renders_its_own_target_only() -> None:
     store.set_renderer(lambda name, state: seen.append(name) or render(name, state))
     seen.clear()
     store.record(healthy("c"))
-    store.record_skipped("a")
+    store.record_skipped("a", "still_running")
     store.record_lateness(0.2)
     store.record_reload(True, NOW)
     assert seen == ["c", "a"]
@@ -116,7 +116,7 @@ def test_a_scrape_in_progress_does_not_block_record() -> None:
 
     def probe_finishes() -> None:
         store.record(failed("a"))
-        store.record_skipped("b")
+        store.record_skipped("b", "still_running")
         done.set()
 
     thread = threading.Thread(target=probe_finishes, daemon=True)
@@ -215,7 +215,7 @@ def test_renderer_matches_collector_on_varied_states() -> None:
                              calls=(CallResult("createSession", 0.001 * k, k % 3),
                                     CallResult("listDatabases", 3.0 * k, 451 if k % 4 else 0))))
     store.record(replace(healthy("ünïcode"), databases=0, tls_cipher=None))
-    store.record_skipped("skipped-only")
+    store.record_skipped("skipped-only", "still_running")
     store.record_listeners(listener_round("plain"))
     store.record_listeners(listener_round("plain", gone=True))
     store.record_listeners(listener_round('q"uote', discovery=False))

@@ -17,11 +17,11 @@ from fcmon.check import probe_all
 from fcmon.config import load_config
 from fcmon.daemon import Daemon
 from fcmon.emulator import Emulator, Fault
-from fcmon.flight import Busy, Flights, Slots, host_of
+from fcmon.flight import SKIP_SERVER_BUSY, WAITERS_PER_SLOT, Busy, Flights, Skipped, Slots, host_of, server_of
 from fcmon.probe import Prober
 from fcmon.scheduler import ProbeScheduler
 
-from support import PKI, make_target, sample, target_section, wait_for
+from support import PKI, Blackhole, make_target, sample, target_section, wait_for
 
 
 @pytest.fixture
@@ -33,6 +33,90 @@ def quiet(emulator: Emulator) -> Iterator[Emulator]:
 
 def test_host_of_is_the_endpoint_host_name(test_pki: PKI, emulator: Emulator) -> None:
     assert host_of(make_target(test_pki, emulator, endpoint="https://DB1.example.com:8443/api")) == "db1.example.com"
+
+
+def test_the_cap_is_keyed_by_the_server_host_and_port(test_pki: PKI, emulator: Emulator) -> None:
+    def server(endpoint: str):  # type: ignore[no-untyped-def]
+        return server_of(make_target(test_pki, emulator, endpoint=endpoint))
+
+    assert server("https://DB1.example.com:8443/api") == ("db1.example.com", 8443)
+    assert server("https://db1.example.com/api") == ("db1.example.com", 443)
+    assert server("http://db1.example.com/api") == ("db1.example.com", 80)
+    assert server("https://[::1]:8443/api") == ("::1", 8443)
+    # two servers on one host do not share a cap
+    assert server("https://db1:8443/api") != server("https://db1:9443/api")
+
+
+def test_waiters_get_slots_in_arrival_order(test_pki: PKI, quiet: Emulator) -> None:
+    """A freed slot goes to the oldest waiter: with one slot and a probe
+    holding it, probes asked for one after the other start in that order."""
+    quiet.set_fault("listDatabases", Fault(delay=0.3))
+    targets = [make_target(test_pki, quiet, name=f"t{i}", timeout=10.0) for i in range(6)]
+    flights, prober = Flights(per_host=1), Prober()
+    order: List[str] = []
+    lock = threading.Lock()
+    key = server_of(targets[0])
+
+    def call(target):  # type: ignore[no-untyped-def]
+        def started() -> None:
+            with lock:
+                order.append(target.name)
+        return flights.run(target, prober.probe, on_start=started)[0]
+
+    threads = []
+    for i, target in enumerate(targets):
+        t = threading.Thread(target=call, args=(target,))
+        t.start()
+        threads.append(t)
+        # each asks once the one before is running or queued
+        wait_for(lambda: flights.in_flight(key) + flights.waiting(key) == i + 1)
+    for t in threads:
+        t.join(30)
+    assert order == [t.name for t in targets]
+    assert quiet.peak_sessions() == 1
+
+
+def test_a_wait_for_a_slot_ends_at_its_deadline_as_server_busy(test_pki: PKI, emulator: Emulator) -> None:
+    """A dead server holds its slots until each probe's deadline: a probe
+    that cannot start by its own deadline is not started (Skipped,
+    server_busy), after waiting in turn; a queue longer than the cap allows
+    turns callers away at once; the same host on another port is another
+    server and starts at once."""
+    import time
+
+    with Blackhole() as hole:
+        dead = [make_target(test_pki, emulator, name=f"d{i}", endpoint=f"https://localhost:{hole.port}/api",
+                            timeout=1.0) for i in range(2 + 2 * WAITERS_PER_SLOT + 1)]
+        healthy = make_target(test_pki, emulator, name="ok", endpoint=emulator.url.replace("127.0.0.1", "localhost"))
+        flights, prober = Flights(per_host=2), Prober()
+        key = server_of(dead[0])
+        with ThreadPoolExecutor(2) as pool:
+            holders = [pool.submit(flights.run, t, prober.probe) for t in dead[:2]]
+            wait_for(lambda: flights.in_flight(key) == 2)
+            t0 = time.monotonic()
+            with pytest.raises(Skipped) as skipped:
+                flights.run(dead[2], prober.probe, wait_until=t0 + 0.3)
+            waited = time.monotonic() - t0
+            assert 0.29 <= waited < 0.95  # the holders end at 1 s
+            assert skipped.value.reason == SKIP_SERVER_BUSY
+            assert "busy" in skipped.value.message and str(hole.port) in skipped.value.message
+            # the healthy server on the same host name is not behind the dead one
+            result, ran = flights.run(healthy, prober.probe, wait_until=time.monotonic() + 0.5)
+            assert ran and result.up
+            assert all(not r.result()[0].up for r in holders)
+        with ThreadPoolExecutor(2 * WAITERS_PER_SLOT + 2) as pool:
+            holders = [pool.submit(flights.run, t, prober.probe) for t in dead[:2]]
+            wait_for(lambda: flights.in_flight(key) == 2)
+            queued = [pool.submit(flights.run, t, prober.probe, wait_until=time.monotonic() + 30)
+                      for t in dead[2:2 + 2 * WAITERS_PER_SLOT]]
+            wait_for(lambda: flights.waiting(key) == 2 * WAITERS_PER_SLOT)
+            t0 = time.monotonic()
+            with pytest.raises(Skipped):
+                flights.run(dead[-1], prober.probe, wait_until=t0 + 30)
+            assert time.monotonic() - t0 < 1.0  # turned away, not queued
+            for f in holders + queued:
+                f.result()
+        assert flights.in_flight() == 0 and flights.waiting(key) == 0
 
 
 def test_concurrent_callers_share_one_probe(test_pki: PKI, quiet: Emulator) -> None:
@@ -71,7 +155,7 @@ def test_scheduled_probes_wait_for_a_host_slot_and_count_it_as_lateness(test_pki
     targets = [make_target(test_pki, quiet, name=f"t{i}", interval=60.0, timeout=5.0) for i in range(3)]
     lateness: List[float] = []
     results: List[object] = []
-    scheduler = ProbeScheduler(Prober(), results.append, lambda name: None, lateness.append, Flights(1))
+    scheduler = ProbeScheduler(Prober(), results.append, lambda name, reason: None, lateness.append, Flights(1))
     scheduler.start(targets)
     try:
         wait_for(lambda: len(results) == 3, timeout=30)

@@ -399,7 +399,7 @@ def test_hung_listener_rounds_never_delay_probes(test_pki: PKI, emu: Emulator) -
 
     prober = Prober()
     dues: list = []
-    sched = ProbeScheduler(prober, on_result, skipped.append, check_listeners=ListenerChecker(prober).run,
+    sched = ProbeScheduler(prober, on_result, lambda name, reason: skipped.append(name), check_listeners=ListenerChecker(prober).run,
                            on_listener_round=rounds.append, on_listener_due=lambda name, due: dues.append(due))
     sched.start(targets)
     try:

@@ -107,7 +107,7 @@ def test_failure_series_and_counters() -> None:
     store.set_targets([target("a")])
     store.record(healthy("a", NOW - 60))
     store.record(failed("a"))
-    store.record_skipped("a")
+    store.record_skipped("a", "still_running")
     reg = registry_for(store)
     v = reg.get_sample_value
     assert v("fcmon_up", {"target": "a"}) == 0
@@ -118,7 +118,7 @@ def test_failure_series_and_counters() -> None:
     assert v("fcmon_api_error_code", {"target": "a", "action": "deleteSession"}) is None
     assert v("fcmon_session_leaks_total", {"target": "a"}) == 1
     assert v("fcmon_probes_total", {"target": "a"}) == 2
-    assert v("fcmon_probes_skipped_total", {"target": "a"}) == 1
+    assert v("fcmon_probes_skipped_total", {"target": "a", "reason": "still_running"}) == 1
     assert v("fcmon_last_success_timestamp_seconds", {"target": "a"}) == NOW - 60
     # The databases gauge keeps the last successful listing.
     assert v("fcmon_databases", {"target": "a"}) == 3

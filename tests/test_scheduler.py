@@ -24,7 +24,7 @@ from fcmon.scheduler import (
     pool_size,
 )
 
-from support import PKI, make_target, wait_for
+from support import PKI, Blackhole, make_target, wait_for
 
 
 def test_pool_size_covers_every_target_hanging() -> None:
@@ -111,14 +111,16 @@ class Collect:
         self.lock = threading.Lock()
         self.results: list = []
         self.skipped: Counter = Counter()
+        self.reasons: Counter = Counter()
 
     def result(self, r) -> None:  # type: ignore[no-untyped-def]
         with self.lock:
             self.results.append(r)
 
-    def skip(self, name: str) -> None:
+    def skip(self, name: str, reason: str) -> None:
         with self.lock:
             self.skipped[name] += 1
+            self.reasons[reason] += 1
 
     def count(self, name: str) -> int:
         with self.lock:
@@ -178,9 +180,7 @@ def test_many_targets_first_round_counts_every_result(test_pki: PKI, emulator: E
     with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
                   client_ca_file=test_pki.ca_file, max_sessions_per_user=1024,
                   max_sessions_per_ip=1024) as server:
-        # A long interval: a second run (which a loaded 2-core machine may
-        # have to skip) is not what this test is about.
-        targets = [make_target(test_pki, server, name=f"t{i:03d}", interval=60.0, timeout=3.0) for i in range(200)]
+        targets = [make_target(test_pki, server, name=f"t{i:03d}", interval=4.0, timeout=3.0) for i in range(200)]
         collect = Collect()
         sched = ProbeScheduler(Prober(), collect.result, collect.skip, flights=Flights(per_host=1024))
         sched.start(targets)
@@ -221,3 +221,43 @@ def test_first_round_done_within_seconds_although_the_interval_is_long(
         assert len(collect.results) == len(targets)
     finally:
         sched.shutdown(wait=True)
+
+
+def test_a_healthy_target_is_probed_every_interval_whatever_its_dead_neighbours_do(
+        test_pki: PKI, emulator: Emulator) -> None:
+    """200 targets on the host name `localhost` at a port that accepts and
+    never answers, 5 healthy ones on `localhost` at the emulator: the
+    healthy ones are probed every interval (gap bound: the first gap may be
+    1.5 intervals, PhasedTrigger; plus the timeout and a second for a loaded
+    machine), never skipped, and the dead ones' skips are counted with
+    their reason. Before the cap was keyed by server and served in turn,
+    the healthy targets waited behind the dead ones' slots."""
+    interval, timeout = 2.0, 1.0
+    with Blackhole() as hole:
+        dead = [make_target(test_pki, emulator, name=f"dead{i:03d}", endpoint=f"https://localhost:{hole.port}/api",
+                            interval=interval, timeout=timeout) for i in range(200)]
+        url = emulator.url.replace("127.0.0.1", "localhost")
+        healthy = [make_target(test_pki, emulator, name=f"ok{i}", endpoint=url, interval=interval, timeout=timeout)
+                   for i in range(5)]
+        fleet = dead[:100] + healthy + dead[100:]
+        collect = Collect()
+        sched = ProbeScheduler(Prober(), collect.result, collect.skip, flights=Flights(per_host=8))
+        t0 = time.monotonic()
+        sched.start(fleet)
+        try:
+            time.sleep(4 * interval + 1.0)
+        finally:
+            sched.shutdown(wait=True)
+        took = time.monotonic() - t0
+    bound = 1.5 * interval + timeout + 1.0
+    for t in healthy:
+        starts = sorted(r.started for r in collect.results if r.target == t.name)
+        assert all(r.up for r in collect.results if r.target == t.name)
+        assert len(starts) >= 4, (t.name, len(starts), took)
+        gaps = [b - a for a, b in zip(starts, starts[1:])]
+        assert max(gaps) <= bound, (t.name, gaps)
+        assert collect.skipped[t.name] == 0
+    # the dead server's probes beyond its slots were skipped, each counted with its reason
+    assert collect.reasons["server_busy"] > 0
+    assert set(collect.reasons) <= {"server_busy", "still_running", "missed"}
+    assert sum(collect.skipped[t.name] for t in dead) == sum(collect.reasons.values())
