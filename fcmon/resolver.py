@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 RESOLVER_THREADS = 16
 IDLE_SECONDS = 30.0
 STUCK_LOG_EVERY = 60.0
+THREAD_NAME = "fcmon-resolver"
 
 AddrInfo = Tuple[Any, ...]
 _Key = Tuple[str, Any, int, int]
@@ -117,7 +118,7 @@ class Resolver:
                     self._cond.notify()
                 elif self._threads < self._max:
                     self._threads += 1
-                    threading.Thread(target=self._work, name="fcmon-resolver", daemon=True).start()
+                    threading.Thread(target=self._work, name=THREAD_NAME, daemon=True).start()
             lookup.waiters += 1
         finished = lookup.done.wait(None if timeout is None else max(0.0, timeout))
         with self._cond:

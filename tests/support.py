@@ -326,3 +326,16 @@ class Blackhole:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def threads_besides_resolver() -> int:
+    """Threads alive, not counting fcmon's resolver pool: its threads
+    (bounded by Resolver.max_threads) outlive a probe by design, idle for
+    fcmon.resolver.IDLE_SECONDS, so a probe's baseline leaves them out."""
+    import threading
+
+    from fcmon import resolver
+
+    pool = [t for t in threading.enumerate() if t.name == resolver.THREAD_NAME]
+    assert len(pool) <= resolver.DEFAULT.max_threads
+    return threading.active_count() - len(pool)

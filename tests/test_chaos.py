@@ -19,7 +19,6 @@ import gc
 import logging
 import os
 import resource
-import threading
 import time
 import warnings
 from typing import Iterator, List, Optional
@@ -35,7 +34,7 @@ from fcmon.probe import Prober
 from fcmon.result import REASONS, STAGES, ProbeResult
 
 from chaos import ACTIONS, BODY, CONNECTION_HOW, CONNECTION_WHERE, EXTRA, FRAMING, HOW, WHERE, ChaosServer, Fault
-from support import PKI
+from support import PKI, threads_besides_resolver
 
 TIMEOUT = 1.0
 PASSWORD = "Chaos-pa55-word-never-logged"
@@ -80,7 +79,7 @@ def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: O
     root.addHandler(lines)
     level = own.level
     own.setLevel(logging.DEBUG)
-    threads, fds = threading.active_count(), open_fds()
+    threads, fds = threads_besides_resolver(), open_fds()
     server.arm(fault)
     started = time.monotonic()
     try:
@@ -94,7 +93,7 @@ def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: O
             if open_fds() != fds:
                 time.sleep(0.2)  # a thread of the server may still be closing its end
             assert open_fds() == fds, (open_fds(), fds, result.failure)
-            assert threading.active_count() == threads
+            assert threads_besides_resolver() == threads
             gc.collect()
     finally:
         root.removeHandler(lines)
