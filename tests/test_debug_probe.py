@@ -141,7 +141,8 @@ def test_debug_probe_of_a_refused_login_and_unknown_target(daemon, emu: Emulator
     assert "server: serverVersion" not in log and "deleteSession" not in log  # no session, no delete
     assert PASSWORD not in text
     assert _get(f"{base}/probe?target=nope&debug=true").status_code == 404
-    assert _get(f"{base}/probe?debug=true").status_code == 404
+    missing = _get(f"{base}/probe?debug=true")  # no target: the parameter is named
+    assert missing.status_code == 400 and "'target' parameter" in missing.text
     # without debug, /probe is unchanged: the exposition alone
     plain = _get(f"{base}/probe?target=prod")
     assert plain.status_code == 200 and plain.text.startswith("# HELP")
