@@ -129,9 +129,11 @@ def test_schedule_off_probes_only_on_request(test_pki: PKI, emulator: Emulator, 
 
         s = requests.Session()
         s.trust_env = False
-        for bad in ("three", "localhost:8443", ""):
+        for bad in ("three", "localhost:8443"):
             assert s.get(base + "/probe", params={"target": bad}, timeout=10).status_code == 404
-        assert s.get(base + "/probe", timeout=10).status_code == 404
+        # no target at all: the caller's mistake, the parameter named
+        assert s.get(base + "/probe", params={"target": ""}, timeout=10).status_code == 400
+        assert s.get(base + "/probe", timeout=10).status_code == 400
         assert emulator.sessions_created() == created + 1
         assert fc.stop() == 0
     assert emulator.open_sessions() == 0
