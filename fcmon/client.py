@@ -43,7 +43,7 @@ from urllib3.util.timeout import Timeout
 from urllib3.util.connection import allowed_gai_family
 from urllib3.util.wait import wait_for_read
 
-from .certs import CertFileError, der_cert_info, file_stamp, load_private_key
+from .certs import CertFileError, der_cert_info, file_stamp, load_private_key, path_from_leaf
 from .config import TargetConfig
 from .resolver import DEFAULT as DEFAULT_RESOLVER
 from .resolver import Resolver
@@ -626,6 +626,13 @@ class PeerInfo:
     address: Optional[str] = None  # "host:port" connected to ("[v6]:port")
 
 
+def _der(item: Any) -> bytes:
+    if isinstance(item, (bytes, bytearray)):
+        return bytes(item)
+    # ssl's Certificate objects give PEM by default; the DER constant is private.
+    return ssl.PEM_cert_to_DER_cert(item.public_bytes())
+
+
 def _chain_der(sock: ssl.SSLSocket) -> List[bytes]:
     """The certificates the server presented, leaf first, as DER.
 
@@ -638,19 +645,44 @@ def _chain_der(sock: ssl.SSLSocket) -> List[bytes]:
         getter = getattr(sslobj, "get_unverified_chain", None)
     if getter is not None:
         try:
-            chain = getter() or []
-            out = []
-            for item in chain:
-                if isinstance(item, (bytes, bytearray)):
-                    out.append(bytes(item))
-                else:
-                    out.append(item.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
+            out = [_der(item) for item in getter() or []]
             if out:
                 return out
         except Exception:  # a private API: never let it break a probe
             log.debug("could not read the peer chain", exc_info=True)
     leaf = sock.getpeercert(binary_form=True)
     return [leaf] if leaf else []
+
+
+def _verified_der(sock: ssl.SSLSocket) -> Optional[List[bytes]]:
+    """Python 3.13's verified chain (leaf first, the trust anchor last), or
+    None where there is none (older Pythons, an unverified connection)."""
+    getter = getattr(sock, "get_verified_chain", None)
+    if getter is None:
+        return None
+    try:
+        return [_der(item) for item in getter() or []] or None
+    except Exception:
+        log.debug("could not read the verified chain", exc_info=True)
+        return None
+
+
+def verified_path(sock: ssl.SSLSocket, presented: List[bytes], anchors: Optional[Sequence[bytes]]) -> Tuple[bytes, ...]:
+    """The chain certificates to report: those on the verified path between
+    the leaf and the trust anchor, both excluded
+    (docs/design-notes.md#only-the-verified-path-is-the-chain).
+
+    A verified connection on Python 3.13: `get_verified_chain()`. Before
+    3.13, or after a failed verification (the unverified fetch, where
+    `anchors` are the target's CA certificates): the path built from the
+    presented certificates by names and signatures (`path_from_leaf`)."""
+    if sock.context.verify_mode != ssl.CERT_NONE:
+        chain = _verified_der(sock)
+        if chain is not None:
+            return tuple(chain[1:-1])
+        if anchors is None:
+            anchors = sock.context.get_ca_certs(binary_form=True)
+    return path_from_leaf(presented, anchors or (), time.time())
 
 
 def _peer_address(sock: Any) -> Optional[str]:
@@ -664,24 +696,33 @@ def _peer_address(sock: Any) -> Optional[str]:
     return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
 
 
-def peer_info(sock: Any) -> PeerInfo:
+def peer_info(sock: Any, anchors: Optional[Sequence[bytes]] = None) -> PeerInfo:
+    """What the connection shows of the peer: its certificate (`server`),
+    the chain on the verified path (`chain`), TLS version and cipher.
+    `anchors`: the trust anchors to build the path to when the connection
+    itself verified nothing (DER; default: the connection context's CAs)."""
     address = _peer_address(sock)
     if not isinstance(sock, ssl.SSLSocket):
         return PeerInfo((), None, None, address)
     infos = []
-    for i, der in enumerate(_chain_der(sock)):
-        info = der_cert_info(der, "server" if i == 0 else "chain")
-        if info is not None:
-            infos.append(info)
+    presented = _chain_der(sock)
+    if presented:
+        for role, der in [("server", presented[0])] + [("chain", d) for d in verified_path(sock, presented, anchors)]:
+            info = der_cert_info(der, role)
+            if info is not None:
+                infos.append(info)
     cipher = sock.cipher()
     return PeerInfo(tuple(infos), sock.version(), cipher[0] if cipher else None, address)
 
 
-def fetch_peer_unverified(host: str, port: int, timeout: float, resolver: Optional[Resolver] = None) -> PeerInfo:
+def fetch_peer_unverified(host: str, port: int, timeout: float, resolver: Optional[Resolver] = None,
+                          anchors: Sequence[bytes] = ()) -> PeerInfo:
     """A second handshake that verifies nothing, to report a certificate that failed.
 
     Reporting only: no client certificate is presented and no byte of HTTP
-    (let alone credentials) is sent over this connection.
+    (let alone credentials) is sent over this connection. The chain is the
+    path from the leaf towards `anchors` (the target's CA certificates, DER)
+    by names and signatures, dates ignored: nothing on it was verified.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -694,7 +735,7 @@ def fetch_peer_unverified(host: str, port: int, timeout: float, resolver: Option
     with _connect_within(within, host, port, None) as raw:
         raw.settimeout(within.left(None))
         with ctx.wrap_socket(raw, server_hostname=host) as sock:
-            return peer_info(sock)
+            return peer_info(sock, anchors)
 
 
 # ---------------------------------------------------------------- errors

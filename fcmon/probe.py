@@ -368,8 +368,11 @@ class _Probe:
 
     def _fetch_unverified(self, client: ApiClient, deadline: _Deadline) -> None:
         try:
+            ctx = client.ssl_context
+            anchors = ctx.get_ca_certs(binary_form=True) if ctx is not None else []
             self.peer = fetch_peer_unverified(
-                client.host, client.port, min(deadline.remaining(), UNVERIFIED_FETCH_TIMEOUT), self.prober.resolver
+                client.host, client.port, min(deadline.remaining(), UNVERIFIED_FETCH_TIMEOUT), self.prober.resolver,
+                anchors,
             )
         except Exception as exc:  # reporting only: the failure is already named
             log.debug("%s: could not fetch the unverified server certificate: %s", self.target.name, exc)

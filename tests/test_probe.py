@@ -353,7 +353,7 @@ def test_targets_with_the_same_files_share_one_context(test_pki: PKI, emulator: 
 
 
 def test_intermediate_the_server_sends_is_reported_where_python_can_read_it(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    # docs/design-notes.md#peer-chain-by-python-version
+    # docs/design-notes.md#only-the-verified-path-is-the-chain
     intermediate = pki.make_ca("fcmon test intermediate", issuer=test_pki.ca)
     leaf = pki.make_server(intermediate)
     files = leaf.write(tmp_path, "leaf")
