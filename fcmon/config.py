@@ -45,6 +45,9 @@ class WebConfig:
     basic_auth_password: Optional[str] = field(default=None, repr=False)
     # Connections one client address (an IPv6 /64) may hold open at once.
     max_connections_per_client: int = 1024
+    # Host header names served besides IP literals and localhost names;
+    # None: the machine's host name, or any name when basic auth is set.
+    allowed_hosts: Optional[Tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ WEB_KEYS = (
     "basic_auth_username",
     "basic_auth_password_file",
     "max_connections_per_client",
+    "allowed_hosts",
 )
 TARGET_KEYS = (
     "endpoint",
@@ -809,6 +813,8 @@ def _parse_web(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str]
             values[key] = _secret_from_file(ctx, WEB, key, value)
         elif key == "max_connections_per_client":
             values[key] = _integer(ctx, WEB, key, value, 1)
+        elif key == "allowed_hosts":
+            values[key] = _host_patterns(ctx, value)
         else:
             values[key] = _path(ctx, WEB, key, value)
     guessed = _mark_unknown(values, [k for k, _ in items], [k for k in meant if k in WEB_KEYS])
@@ -830,7 +836,21 @@ def _parse_web(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str]
         basic_auth_username=get("basic_auth_username"),
         basic_auth_password=get("basic_auth_password_file"),
         max_connections_per_client=get("max_connections_per_client") or WebConfig.max_connections_per_client,
+        allowed_hosts=get("allowed_hosts"),
     )
+
+
+_HOST_PATTERN = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)")
+
+
+def _host_patterns(ctx: _Context, value: str) -> Any:
+    """`allowed_hosts`: names, `*.suffix` or `*`, separated by commas or spaces."""
+    items = [v for v in re.split(r"[,\s]+", value.strip().lower()) if v]
+    bad = [v for v in items if not _HOST_PATTERN.fullmatch(v.rstrip("."))]
+    if not items or bad:
+        ctx.problems.add(WEB, "allowed_hosts", f'expected host names, "*.domain" or "*", got "{value}"')
+        return INVALID
+    return tuple(v.rstrip(".") for v in items)
 
 
 def _require_together(

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 import logging
+import socket
 import ssl
 import zlib
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Protocol, Tuple, Union
+from typing import Any, Callable, FrozenSet, Iterable, Iterator, List, Optional, Protocol, Tuple, Union
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
@@ -89,8 +91,12 @@ class App:
         # Failed basic auth per client address: logged, counted, slowed
         # (the front door asks `auth_guard.admit` before each request).
         self.auth_guard = AuthGuard(on_auth_failure)
+        self._own_names = own_host_names()
 
     def __call__(self, environ: dict, start_response: StartResponse) -> Iterable[bytes]:
+        if not host_allowed(environ.get("HTTP_HOST"), self.web, self._own_names):
+            return _reply(start_response, "421 Misdirected Request",
+                          b"this host name is not served here ([web] allowed_hosts)\n")
         if not self._check_auth(environ):
             return _reply(start_response, "401 Unauthorized", b"Unauthorized\n",
                           [("WWW-Authenticate", 'Basic realm="fcmon"')])
@@ -162,6 +168,45 @@ class App:
         ok_user = hmac.compare_digest(given_user.encode(), user.encode())
         ok_password = hmac.compare_digest(given_password.encode(), password.encode())
         return ok_user and ok_password
+
+
+def own_host_names() -> FrozenSet[str]:
+    """The machine's own names, as `hostname` gives them (no DNS lookup:
+    a hung resolver must not hold the start)."""
+    name = socket.gethostname().lower().rstrip(".")
+    return frozenset(n for n in (name, name.split(".")[0]) if n)
+
+
+def host_allowed(host: Optional[str], web: WebConfig, own_names: FrozenSet[str]) -> bool:
+    """Whether a request's Host header may be served: the defence against DNS
+    rebinding, where a web page in an operator's browser reaches fcmon under
+    the page's own name. Always: no Host (browsers always send one), an IP
+    address, `localhost` and `*.localhost`. Then `[web] allowed_hosts` if
+    set (names, `*.domain`, `*`); if not, the machine's own names, or any
+    name when basic auth is set (a rebinding page does not have the
+    credentials)."""
+    if host is None:
+        return True
+    name = host.strip().lower()
+    if name.startswith("["):  # [IPv6]:port
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    name = name.rstrip(".")
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        pass
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    patterns = web.allowed_hosts
+    if patterns is None:
+        return name in own_names or web.basic_auth_username is not None
+    for pattern in patterns:
+        if pattern == "*" or pattern == name or (pattern.startswith("*.") and name.endswith(pattern[1:])):
+            return True
+    return False
 
 
 def accepts_gzip(accept_encoding: str) -> bool:

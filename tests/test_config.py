@@ -946,3 +946,17 @@ def test_summary_redacts_every_secret(tmp_path: Path) -> None:
     assert "  password: <none>" in summary  # certonly
     assert "[target:certonly]" in summary
     assert f"  endpoint: {ENDPOINT}" in summary
+
+
+def test_web_connection_keys(tmp_path: Path) -> None:
+    config = parse(tmp_path, "[web]\nmax_connections_per_client = 50\n"
+                             "allowed_hosts = fcmon.example.com, *.mon.example.com FCMON2.example.com.\n" + TARGET)
+    assert config.web.max_connections_per_client == 50
+    assert config.web.allowed_hosts == ("fcmon.example.com", "*.mon.example.com", "fcmon2.example.com")
+    default = parse(tmp_path, TARGET)
+    assert default.web.max_connections_per_client == 1024 and default.web.allowed_hosts is None
+    only(tmp_path, "[web]\nmax_connections_per_client = 0\n" + TARGET, "web", "max_connections_per_client",
+         "at least 1")
+    only(tmp_path, "[web]\nallowed_hosts = fcmon.example.com, bad/name\n" + TARGET, "web", "allowed_hosts",
+         "expected host names")
+    only(tmp_path, "[web]\nalowed_hosts = x\n" + TARGET, "web", "alowed_hosts", "allowed_hosts")

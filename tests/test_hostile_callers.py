@@ -308,7 +308,7 @@ def test_slow_readers_hold_little_and_memory_comes_back(tmp_path: Path, test_pki
             s = socket.socket()
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: fcmon must wait
             s.connect(("127.0.0.1", port))
-            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
             readers.append(s)
         peak = 0
         for _ in range(5):

@@ -79,7 +79,7 @@ def test_methods_other_than_get_and_head_are_405(server: WebServer, method: str)
 
 
 def test_head_has_the_length_but_no_body(server: WebServer) -> None:
-    head = _raw(server.port, b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head = _raw(server.port, b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200 ")
     assert f"Content-Length: {len(BODY)}".encode() in head
     assert head.endswith(b"\r\n\r\n")  # nothing after the head
@@ -97,7 +97,7 @@ def test_keep_alive_serves_several_requests(server: WebServer) -> None:
 
 
 def test_long_request_line_is_414(server: WebServer) -> None:
-    answer = _raw(server.port, b"GET /metrics?" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = _raw(server.port, b"GET /metrics?" + b"a" * 20000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 414 ")
 
 
@@ -141,7 +141,7 @@ def test_malformed_heads_are_answered_at_once(server: WebServer, request_head: b
 
 
 def test_well_formed_heads_still_pass(server: WebServer) -> None:
-    answer = _raw(server.port, b"\r\nGET /metrics HTTP/1.0\r\nHost: x\r\nX-Tab:\tv\t\r\n"
+    answer = _raw(server.port, b"\r\nGET /metrics HTTP/1.0\r\nHost: localhost:9731\r\nX-Tab:\tv\t\r\n"
                                b"Accept: */*\r\nX_Under.Score~: 1\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 ")
 
@@ -334,3 +334,33 @@ time.sleep(30)
         holder.kill()
         holder.wait()
         web.stop()
+
+
+@pytest.mark.parametrize("host, web, allowed", [
+    (None, WebConfig(), True),
+    ("127.0.0.1:9731", WebConfig(), True),
+    ("[::1]:9731", WebConfig(), True),
+    ("10.1.2.3", WebConfig(), True),
+    ("localhost:9731", WebConfig(), True),
+    ("app.localhost", WebConfig(), True),
+    ("monitor-7", WebConfig(), True),  # the machine's own name
+    ("monitor-7.example.com.", WebConfig(), False),  # not its name as `hostname` gives it
+    ("evil.example.com", WebConfig(), False),  # DNS rebinding: the attacker's page's name
+    ("evil.example.com", WebConfig(basic_auth_username="p", basic_auth_password="x"), True),
+    ("fcmon.example.com:9731", WebConfig(allowed_hosts=("fcmon.example.com",)), True),
+    ("a.example.com", WebConfig(allowed_hosts=("*.example.com",)), True),
+    ("example.com", WebConfig(allowed_hosts=("*.example.com",)), False),
+    ("evil.example.com", WebConfig(allowed_hosts=("fcmon.example.com",),
+                                   basic_auth_username="p", basic_auth_password="x"), False),
+    ("anything", WebConfig(allowed_hosts=("*",)), True),
+])
+def test_host_names_served(host: Optional[str], web: WebConfig, allowed: bool) -> None:
+    from fcmon.web import host_allowed
+
+    assert host_allowed(host, web, frozenset({"monitor-7"})) is allowed
+
+
+def test_unknown_host_is_421(server: WebServer) -> None:
+    answer = _raw(server.port, b"GET /api/v1/status HTTP/1.1\r\nHost: rebound.example.com:9731\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 421 ")
+    assert _raw(server.port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9731\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
