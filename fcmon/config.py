@@ -658,24 +658,31 @@ def _endpoint(ctx: _Context, section: str, value: str) -> Any:
     return value
 
 
-def _path(ctx: _Context, section: str, key: str, value: str) -> Any:
-    """Resolve a path (credentials dir, relative to the config) and check it can be opened."""
+def resolve_path(value: str, base_dir: Path, environ: Mapping[str, str]) -> Optional[Path]:
+    """A path as the config means it: `$CREDENTIALS_DIRECTORY/...` in that
+    directory (None when it is not set), relative ones from the config's."""
     m = _CREDENTIALS_RE.match(value)
     if m:
-        creds = ctx.environ.get("CREDENTIALS_DIRECTORY")
+        creds = environ.get("CREDENTIALS_DIRECTORY")
         if not creds:
-            ctx.problems.add(
-                section,
-                key,
-                f"{value}: $CREDENTIALS_DIRECTORY is not set "
-                "(systemd sets it for LoadCredential=; outside systemd use a plain path)",
-            )
-            return INVALID
+            return None
         path = Path(creds) / value[m.end():]
     else:
         path = Path(value)
-    if not path.is_absolute():
-        path = ctx.base_dir / path
+    return path if path.is_absolute() else base_dir / path
+
+
+def _path(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """Resolve a path (credentials dir, relative to the config) and check it can be opened."""
+    path = resolve_path(value, ctx.base_dir, ctx.environ)
+    if path is None:
+        ctx.problems.add(
+            section,
+            key,
+            f"{value}: $CREDENTIALS_DIRECTORY is not set "
+            "(systemd sets it for LoadCredential=; outside systemd use a plain path)",
+        )
+        return INVALID
     try:
         # Opening, not os.access(): root passes access() for unreadable files
         # and directories, and the errno text is what the operator needs.

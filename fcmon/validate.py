@@ -10,9 +10,11 @@ the certificate needs renewing, and the daemon is what reports that.
 
 from __future__ import annotations
 
+import configparser
 import datetime as dt
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
@@ -20,7 +22,7 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Uni
 from cryptography import x509
 
 from . import certs
-from .config import Config, ConfigError, load_config, redacted_summary
+from .config import Config, ConfigError, load_config, redacted_summary, resolve_path
 from .levels import whole_days
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def validate(
     except ConfigError as exc:
         return [f"config: {os.path.abspath(os.fspath(path))}"], exc.problems
     found = _inspect(config)
+    _secret_file_warnings(config, environ, found)
     summary = redacted_summary(config)
     if found.info:
         summary.append("certificates:")
@@ -147,9 +150,51 @@ def _check_pair(check: _Check, where: str, now: dt.datetime, found: _Findings, p
             f"{prefix}{where} {key_key}: {key_path}: does not match the certificate "
             f"in {cert_key} {cert_path} (a key from another certificate?)"
         )
+    if private_key is not None:
+        _private_file_warning(key_path, f"{where} {key_key}", found)
     note = "; key matches" if matches else ""
     found.info.append(f"{where} {cert_key}: {cert_path}: {_describe(chain[:1], now)}{note}")
     _expiry_warnings(chain, f"{where} {cert_key}: {cert_path}", now, found)
+
+
+def _private_file_warning(path: Path, where: str, found: _Findings) -> None:
+    """A key or password file any user of the host can read: a warning (it works, but it should not)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # loading it already said what is wrong
+    if mode & stat.S_IROTH:
+        found.warnings.append(
+            f"{where}: {path} is readable by every user of this host (mode {stat.S_IMODE(mode):04o}): "
+            "chmod 600 (or 640 with fcmon's group), or pass it with LoadCredential= (README)")
+
+
+# Keys naming a file that holds a secret, and where their sections are.
+_SECRET_FILE_KEYS = ("password_file", "client_key_password_file", "basic_auth_password_file")
+
+
+def _secret_file_warnings(config: Config, environ: Mapping[str, str], found: _Findings) -> None:
+    """World-readable password files. The config keeps the secrets, not their
+    files' names, so the file is read again for the names (it loaded: no
+    problem to report here), resolved as config.py resolves them."""
+    if config.path is None:
+        return
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read(config.path, encoding="utf-8")
+    except (configparser.Error, OSError, UnicodeDecodeError):
+        return
+    seen = set()
+    for section in parser.sections():
+        for key in _SECRET_FILE_KEYS:
+            value = parser.get(section, key, fallback=None)
+            if not value:
+                continue
+            path = resolve_path(value.strip(), config.path.parent, environ)
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            _private_file_warning(path, f"[{section}] {key}", found)
 
 
 def _describe(chain: Sequence[x509.Certificate], now: dt.datetime) -> str:

@@ -63,6 +63,8 @@ def pkidir(tmp_path: Path, demo: pki.DemoPKI) -> Path:
         (demo.server.key, "server.key"),
     ):
         (tmp_path / name).write_bytes(src.read_bytes())
+        if name.endswith(".key"):
+            (tmp_path / name).chmod(0o600)  # as an operator keeps them (a readable one is a warning)
     return tmp_path
 
 
@@ -73,6 +75,7 @@ def test_valid_config_has_no_problems(pkidir: Path) -> None:
         "basic_auth_password_file = web.pw\n"
     )
     (pkidir / "web.pw").write_text("web-" + PASSWORD + "\n")
+    (pkidir / "web.pw").chmod(0o600)
     summary, problems = run(pkidir, web + target())
     assert problems == []
     text = "\n".join(summary)
@@ -240,3 +243,24 @@ def test_summary_and_problems_never_hold_passwords(pkidir: Path) -> None:
     assert PASSWORD not in everything
     assert KEY_PASSWORD not in everything
     assert "<redacted>" in everything
+
+
+def test_key_and_password_files_readable_by_every_user_are_warnings(pkidir: Path) -> None:
+    (pkidir / "db.password").write_text(PASSWORD + "\n")
+    (pkidir / "db.password").chmod(0o644)
+    (pkidir / "client.key").chmod(0o644)
+    body = target().replace("password_env = DB_PASSWORD\n", "password_file = db.password\n")
+    summary, problems = run(pkidir, body)
+    assert problems == []  # it works; it should not be so
+    warnings = [line for line in summary if line.startswith("warning:")]
+    assert len(warnings) == 2, summary
+    key, password = sorted(warnings)
+    assert key.startswith(f"warning: [target:prod] client_key_file: {pkidir / 'client.key'} is readable by "
+                          "every user of this host (mode 0644): chmod 600")
+    assert password.startswith(f"warning: [target:prod] password_file: {pkidir / 'db.password'} is readable by "
+                               "every user")
+    assert PASSWORD not in "\n".join(summary)
+    for name in ("db.password", "client.key"):
+        (pkidir / name).chmod(0o640)
+    summary, problems = run(pkidir, body)
+    assert problems == [] and not [line for line in summary if line.startswith("warning:")], summary
