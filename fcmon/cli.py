@@ -183,7 +183,11 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     except ListenError as exc:
         # Under systemd, <3> makes it an error-priority journal entry.
         prefix = "<3>" if stream_is_journal(environ, sys.stderr) else ""
-        print(f"{prefix}fcmon: {exc}", file=sys.stderr)
+        if args.command == "demo":
+            hint = "choose another address with --listen HOST:PORT (e.g. fcmon demo --listen 127.0.0.1:9732)"
+        else:
+            hint = f"set another address with `listen = HOST:PORT` in [fcmon] of {args.config}"
+        print(f"{prefix}fcmon: {exc}; {hint}", file=sys.stderr)
         return 1
 
 

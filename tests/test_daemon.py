@@ -106,7 +106,8 @@ def test_taken_listen_port_is_one_line_and_exit_1(test_pki: PKI, emulator: Emula
         config.write_text(HEAD.replace("127.0.0.1:0", f"127.0.0.1:{port}") + target_section(test_pki, emulator))
         proc = run_fcmon("run", "-c", str(config))
     assert proc.returncode == 1, proc.stderr
-    assert proc.stderr == f"fcmon: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    assert proc.stderr == (f"fcmon: cannot listen on 127.0.0.1:{port}: address already in use; "
+                           f"set another address with `listen = HOST:PORT` in [fcmon] of {config}\n")
     assert emulator.open_sessions() == 0
 
 

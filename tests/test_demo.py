@@ -49,4 +49,6 @@ def test_demo_on_a_taken_port_is_one_line_and_exit_1() -> None:
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     # The emulator it started logs its stop; the last word is the reason.
-    assert proc.stderr.splitlines()[-1] == f"fcmon: cannot listen on 127.0.0.1:{port}: address already in use"
+    assert proc.stderr.splitlines()[-1] == (f"fcmon: cannot listen on 127.0.0.1:{port}: address already in use; "
+                                            "choose another address with --listen HOST:PORT "
+                                            "(e.g. fcmon demo --listen 127.0.0.1:9732)")
