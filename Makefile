@@ -16,6 +16,22 @@ WHEELHOUSE_ARGS ?=
 
 .PHONY: demo test test-fast chaos bench screenshot dist wheelhouse image deb packages test-packages lint clean
 
+# A $(VENV) of another Python than the PYTHON= given is rebuilt, and said so
+# (it used to be reused silently). Only when PYTHON is given: without it,
+# whatever venv is there is used.
+ifneq ($(filter command line environment,$(origin PYTHON)),)
+WANT_PYTHON := $(shell $(PYTHON) -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)
+HAVE_PYTHON := $(shell [ -x $(BIN)/python ] && $(BIN)/python -c 'import sys; print(sys.version.split()[0])' 2>/dev/null)
+ifneq ($(WANT_PYTHON),)
+ifneq ($(HAVE_PYTHON),)
+ifneq ($(HAVE_PYTHON),$(WANT_PYTHON))
+$(info $(VENV) is Python $(HAVE_PYTHON), PYTHON=$(PYTHON) is Python $(WANT_PYTHON): rebuilding $(VENV))
+$(shell rm -rf $(VENV))
+endif
+endif
+endif
+endif
+
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -26,15 +42,18 @@ $(TOOLS): $(STAMP)
 	$(BIN)/python -m pip install -q 'build>=1.2' 'twine>=5'
 	touch $(TOOLS)
 
+# DEMO_ARGS go to `fcmon demo`, e.g. DEMO_ARGS="--listen 0.0.0.0:9731".
+DEMO_ARGS ?=
 demo: $(STAMP)
-	$(BIN)/fcmon demo
+	$(BIN)/fcmon demo $(DEMO_ARGS)
 
+# -rs: the summary names each skipped test and why (a tool not installed).
 test: $(STAMP) $(TOOLS)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 # The fast subset CI also runs on Python 3.9 and 3.13.
 test-fast: $(STAMP)
-	FCMON_CONSTRAINTS=$(CONSTRAINTS) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	FCMON_CONSTRAINTS=$(CONSTRAINTS) $(BIN)/python -m pytest -q -rs -m "not slow" $(PYTEST_ARGS)
 
 # docs/status-page-{1400,1000,412}.png, the README's screenshots at three
 # widths (desktop, laptop, phone): taken by the status page's browser test

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Dict, List, Tuple
+
+import pytest
 
 from fcmon.config import WebConfig
 from fcmon.web import App
+
+from support import ROOT
 
 
 def _call(app: App, path: str, query: str) -> Tuple[str, bytes]:
@@ -29,3 +37,35 @@ def test_probe_without_target_is_400_naming_the_parameter() -> None:
     assert asked == []  # nothing probed
     assert _call(app, "/probe", "target=nope")[0] == "404 Not Found"  # a name, unknown: as before
     assert asked == ["nope"]
+
+
+def _fake_venv(root: Path, version: str) -> Path:
+    venv = root / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(f"#!/bin/sh\necho {version}\n")
+    python.chmod(0o755)
+    return venv
+
+
+def _make_n(venv: Path) -> subprocess.CompletedProcess:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    return subprocess.run([make, "-n", "demo", f"PYTHON={sys.executable}", f"VENV={venv}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_make_rebuilds_a_venv_of_another_python_and_says_so(tmp_path: Path) -> None:
+    venv = _fake_venv(tmp_path, "3.0.1")
+    proc = _make_n(venv)
+    want = sys.version.split()[0]
+    assert f"{venv} is Python 3.0.1, PYTHON={sys.executable} is Python {want}: rebuilding {venv}" in proc.stdout
+    assert not venv.exists()
+    assert f"-m venv {venv}" in proc.stdout
+
+
+def test_make_keeps_a_venv_of_the_same_python(tmp_path: Path) -> None:
+    venv = _fake_venv(tmp_path, sys.version.split()[0])
+    proc = _make_n(venv)
+    assert "rebuilding" not in proc.stdout and venv.exists()
