@@ -14,7 +14,7 @@ DIST ?= dist
 # WHEELHOUSE_ARGS="--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux_2_28_x86_64 --pip-arg=--platform=manylinux2014_x86_64"
 WHEELHOUSE_ARGS ?=
 
-.PHONY: demo test test-fast chaos bench screenshot dist wheelhouse image deb packages test-packages lint clean
+.PHONY: demo test test-fast chaos chaos-callers bench screenshot dist wheelhouse image deb packages test-packages lint clean
 
 # A $(VENV) of another Python than the PYTHON= given is rebuilt, and said so
 # (it used to be reused silently). Only when PYTHON is given: without it,
@@ -71,6 +71,17 @@ chaos: $(STAMP)
 	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/test_chaos.py -k generated --hypothesis-seed=$$seed $(PYTEST_ARGS) \
 	|| { echo "chaos FAILED with seed $$seed: replay with make chaos CHAOS_SEED=$$seed CHAOS_EXAMPLES=$(CHAOS_EXAMPLES)"; exit 1; }
+
+# The generated caller mix at length (tests/test_callers.py): CALLER_EXAMPLES
+# random mixes (default 30, each `fcmon run` as a process for about 10 s)
+# from CALLER_SEED (default: a new one, printed); CALLER_MIX_SECONDS per mix.
+CALLER_EXAMPLES ?= 30
+chaos-callers: $(STAMP)
+	@seed=$${CALLER_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "chaos-callers: $(CALLER_EXAMPLES) mixes, seed $$seed"; \
+	CALLER_EXAMPLES=$(CALLER_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_callers.py --hypothesis-seed=$$seed $(PYTEST_ARGS) \
+	|| { echo "chaos-callers FAILED with seed $$seed: replay with make chaos-callers CALLER_SEED=$$seed CALLER_EXAMPLES=$(CALLER_EXAMPLES)"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
