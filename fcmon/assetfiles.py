@@ -1,7 +1,8 @@
 """The files an operator deploys beside fcmon, shipped inside the package.
 
 The repository's copies (systemd/, prometheus/, grafana/, config.ini,
-docs/runbook.md, CHANGELOG.md, README.md) are the only source. The wheel gets them at build time:
+docs/runbook.md and what the README links to, CHANGELOG.md, README.md)
+are the only source. The wheel gets them at build time:
 setup.py copies whatever `SOURCES` matches into `fcmon/assets/`, so the
 package never carries a second, hand-kept copy that could drift. At run
 time `fcmon assets` reads them from the installed package, or, in a source
@@ -26,6 +27,10 @@ SOURCES: Tuple[str, ...] = (
     "prometheus/*.yml",
     "grafana/*.json",
     "docs/runbook.md",
+    # what the README links to, so that its links work in an export too
+    "docs/design-notes.md",
+    "docs/status-page-*.png",
+    "LICENSE",
     "CHANGELOG.md",
     "README.md",
 )
@@ -41,6 +46,9 @@ _DESCRIPTIONS: Tuple[Tuple[str, str], ...] = (
     ("prometheus/", "Prometheus alert rules"),
     ("grafana/", "Grafana dashboard"),
     ("docs/runbook", "runbook: what each alert means, what to check first"),
+    ("docs/design-notes", "design notes: what bounds each shared resource, and why"),
+    ("docs/status-page", "the status page, as the README shows it"),
+    ("LICENSE", "the license"),
     ("CHANGELOG", "what changed in each version"),
     ("README", "the documentation: install steps, configuration, metrics, alerts"),
 )

@@ -87,7 +87,7 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     export = actions.add_parser(
         "export", help="write them under DIR",
         description="Write every asset under DIR (created if missing), in its folder: "
-        "config.ini, systemd/, prometheus/, grafana/, docs/, CHANGELOG.md, README.md. A file already there with the same "
+        "config.ini, systemd/, prometheus/, grafana/, docs/, LICENSE, CHANGELOG.md, README.md. A file already there with the same "
         "content is left alone; one with other content is never overwritten without --force: "
         "then nothing at all is written. Exit 0 when done; 1 when refused (nothing written) or "
         "when a write failed (the file is named).",

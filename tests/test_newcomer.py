@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -69,3 +70,32 @@ def test_make_keeps_a_venv_of_the_same_python(tmp_path: Path) -> None:
     venv = _fake_venv(tmp_path, sys.version.split()[0])
     proc = _make_n(venv)
     assert "rebuilding" not in proc.stdout and venv.exists()
+
+
+def test_examples_carry_the_current_version() -> None:
+    """A README or runbook example naming an older fcmon reads as if it were for another release."""
+    from fcmon import __version__
+
+    pattern = re.compile(r"(blob/v|localhost/fcmon:|fcmon-|\"fcmon\": \{\"version\": \")(\d+\.\d+\.\d+)")
+    seen = []
+    for path in ("README.md", "docs/runbook.md", "prometheus/fcmon-alerts.yml", "config.ini"):
+        for m in pattern.finditer((ROOT / path).read_text()):
+            seen.append((path, m.group(0)))
+            assert m.group(2) == __version__, f"{path}: {m.group(0)} (fcmon is {__version__})"
+    assert len(seen) >= 4, seen  # the runbook's and the rules' sed line, the README's image and JSON
+
+
+def test_the_exported_docs_link_only_to_exported_files() -> None:
+    """`fcmon assets export` writes README.md and the runbook: a link to a file left
+    behind in the repository would be broken on the host that reads them."""
+    from fcmon import assetfiles
+
+    exported = set(assetfiles.collect(ROOT))
+    for doc in ("README.md", "docs/runbook.md", "CHANGELOG.md"):
+        base = Path(doc).parent
+        for target in re.findall(r"\]\(([^)\s]+)\)", (ROOT / doc).read_text()):
+            path = target.split("#", 1)[0]
+            if not path or re.match(r"^[a-z]+:", path):
+                continue  # an anchor in the same file, or a URL
+            name = (base / path).as_posix()
+            assert name in exported, f"{doc} links to {target}, which `fcmon assets export` does not write"
