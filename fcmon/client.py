@@ -360,6 +360,17 @@ def _connect_within(tracked: _Tracked, host: str, port: int, options: Any) -> so
     raise OSError("getaddrinfo returned no address")
 
 
+def connect_tcp(host: str, port: int, deadline: float, resolver: Optional[Resolver] = None) -> socket.socket:
+    """A connected TCP socket to (host, port) by the monotonic `deadline`:
+    the name resolved within it (fcmon.resolver), each address given only
+    the time then left (socket.create_connection gives each the whole)."""
+    within = _Tracked()
+    within.deadline = deadline
+    if resolver is not None:
+        within.resolver = resolver
+    return _connect_within(within, host, port, None)
+
+
 class _WireMixin:
     """urllib3 connection methods of a probe connection (before urllib3's in the MRO)."""
 

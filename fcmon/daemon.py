@@ -30,7 +30,7 @@ from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping
 from .probe import Prober
 from .result import ProbeResult
 from .httpd import BASE_FD_RESERVE, connection_cap
-from .scheduler import ProbeScheduler, listener_pool_size, pool_size
+from .scheduler import MAX_SLOT_WAIT_SHARE, ProbeScheduler, listener_pool_size, pool_size
 from .status import StatusBoard, one_line
 from .web import App, WebServer, server_ssl_context
 
@@ -163,10 +163,14 @@ class Daemon:
         target = next((t for t in self.config.targets if t.name == name), None)
         if target is None:
             return None
+        # As a scheduled probe: the wait for a server slot counts against the
+        # deadline, so /probe answers within the target's timeout (+ cleanup).
+        asked = time.monotonic()
         try:
-            result, _ = self.flights.run(target, self.prober.probe, slots=self.probe_slots,
-                                         on_result=self._on_result)
-        except Busy:
+            result, _ = self.flights.run(target, lambda t: self.prober.probe(t, asked + t.timeout),
+                                         slots=self.probe_slots, on_result=self._on_result,
+                                         wait_until=asked + target.timeout * MAX_SLOT_WAIT_SHARE)
+        except Busy:  # Skipped (server_busy) included: 503 with Retry-After
             self.store.record_probe_request_rejected()
             raise
         if not self.config.schedule and target.checks_listeners and self.listeners.due(target):

@@ -43,6 +43,7 @@ from .client import (
     PeerInfo,
     ProbeError,
     classify_connect_error,
+    connect_tcp,
     fetch_peer_unverified,
     peer_info,
 )
@@ -211,7 +212,7 @@ class _Cut:
 
 def handshake(host: str, port: int, ctx: ssl.SSLContext, timeout: float,
               at: Callable[[float, Callable[[], None]], Any], cancel: Callable[[Any], None],
-              has_client_cert: bool) -> Tuple[PeerInfo, Optional[ProbeError]]:
+              has_client_cert: bool, resolver: Optional[Resolver] = None) -> Tuple[PeerInfo, Optional[ProbeError]]:
     """Connect, handshake, wait for the server's verdict (TLS 1.3), close.
 
     Sends no application byte. Raises ProbeError with a connect-stage reason
@@ -226,17 +227,19 @@ def handshake(host: str, port: int, ctx: ssl.SSLContext, timeout: float,
     sock: Optional[ssl.SSLSocket] = None
     try:
         try:
-            raw = socket.create_connection((host, port), timeout=max(timeout, 0.001))
+            # name resolution and each address inside the deadline
+            raw = connect_tcp(host, port, t0 + max(timeout, 0.001), resolver)
             cut.sock = raw
             if cut.fired:
                 raise socket.timeout("deadline")
             raw.settimeout(max(timeout - (time.monotonic() - t0), 0.001))
             sock = ctx.wrap_socket(raw, server_hostname=host)
         except Exception as exc:
-            if cut.fired:
+            err = classify_connect_error(exc, has_client_cert)
+            if cut.fired and err.reason != "dns":
                 raise ProbeError("connect_timeout", "TCP connect and TLS handshake did not finish "
                                  "within the timeout") from None
-            raise classify_connect_error(exc, has_client_cert) from None
+            raise err from None
         shook = time.monotonic() - t0
         peer = peer_info(sock)
         if sock.version() == "TLSv1.3":
@@ -441,7 +444,7 @@ class ListenerChecker:
             message = "listServices not asked: the TLS context cannot be set up"
             self._say(target.name, "warning", message)
             return False, message, known
-        client = ApiClient(plan, ctx if plan.tls else None)
+        client = ApiClient(plan, ctx if plan.tls else None, self._prober.resolver)
         deadline = time.monotonic() + target.timeout
         handle = self._prober.deadlines.at(deadline, client.cut)
         connected = False
@@ -519,7 +522,8 @@ class ListenerChecker:
             deadlines = self._prober.deadlines
             try:
                 peer, refused = handshake(host, listener.port, ctx, target.timeout, deadlines.at,
-                                          deadlines.cancel, target.client_cert_file is not None)
+                                          deadlines.cancel, target.client_cert_file is not None,
+                                          self._prober.resolver)
                 if refused is not None:
                     reason, message = refused.reason, refused.message
             except ProbeError as exc:
@@ -527,7 +531,8 @@ class ListenerChecker:
             if reason == "tls_verify":
                 left = t0 + target.timeout - time.monotonic()
                 try:
-                    peer = fetch_peer_unverified(host, listener.port, min(left, UNVERIFIED_FETCH_TIMEOUT))
+                    peer = fetch_peer_unverified(host, listener.port, min(left, UNVERIFIED_FETCH_TIMEOUT),
+                                                 self._prober.resolver)
                 except Exception as exc:  # reporting only: the failure is already named
                     log.debug("%s: %s: no unverified certificate: %s", target.name, listener.name, exc)
         duration = time.monotonic() - t0

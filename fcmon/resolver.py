@@ -18,7 +18,11 @@ Bounds:
   hold one thread, not 2,000), so one hung name cannot take the pool;
 - a lookup whose callers all gave up is stuck: `stats()` counts them and
   the first of each name is logged (warning, at most once a minute per
-  name); when it returns at last its thread is free again.
+  name); when it returns at last its thread is free again;
+- while every thread is busy (more hung names than threads), a name
+  resolved within the last STALE_FOR seconds is answered from its last
+  good answer instead of queueing, so names that resolve keep resolving
+  whatever the hung ones do (at most GOOD_ANSWERS names remembered).
 
 IP literals are converted at once (AI_NUMERICHOST) without a thread.
 """
@@ -39,6 +43,8 @@ RESOLVER_THREADS = 16
 IDLE_SECONDS = 30.0
 STUCK_LOG_EVERY = 60.0
 THREAD_NAME = "fcmon-resolver"
+STALE_FOR = 600.0
+GOOD_ANSWERS = 4096
 
 AddrInfo = Tuple[Any, ...]
 _Key = Tuple[str, Any, int, int]
@@ -94,6 +100,8 @@ class Resolver:
         self._busy = 0
         self._stuck = 0
         self._stuck_logged: Dict[str, float] = {}
+        # key -> (monotonic time, answer) of the last lookup that succeeded, oldest first
+        self._good: Dict[_Key, Tuple[float, List[AddrInfo]]] = {}
 
     def stats(self) -> ResolverStats:
         with self._cond:
@@ -111,6 +119,10 @@ class Resolver:
         key: _Key = (host.lower(), port, family, kind)
         with self._cond:
             lookup = self._pending.get(key)
+            if (lookup is None or lookup.started is None) and not self._idle and self._threads >= self._max:
+                good = self._good.get(key)
+                if good is not None and time.monotonic() - good[0] <= STALE_FOR:
+                    return list(good[1])  # the pool is busy (hung names): the last good answer
             if lookup is None:
                 lookup = self._pending[key] = _Lookup(key)
                 self._queue.append(lookup)
@@ -189,6 +201,11 @@ class Resolver:
             except BaseException as exc:  # handed to the callers
                 lookup.error = exc
             with self._cond:
+                if lookup.result is not None:
+                    self._good.pop(lookup.key, None)
+                    self._good[lookup.key] = (time.monotonic(), lookup.result)
+                    if len(self._good) > GOOD_ANSWERS:
+                        del self._good[next(iter(self._good))]
                 self._busy -= 1
                 if lookup.stuck:
                     self._stuck -= 1

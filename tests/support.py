@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 import pytest
 
@@ -99,8 +99,10 @@ def write_config(path: Path, body: str) -> Path:
     return path
 
 
-def start_fcmon(*args: str, env: Optional[dict] = None, max_files: Optional[int] = None) -> subprocess.Popen:
-    """`max_files`: the process's RLIMIT_NOFILE (soft and hard)."""
+def start_fcmon(*args: str, env: Optional[dict] = None, max_files: Optional[int] = None,
+                prefix: Sequence[str] = ()) -> subprocess.Popen:
+    """`max_files`: the process's RLIMIT_NOFILE (soft and hard); `prefix`: a
+    command that execs the rest (e.g. `unshare -m ...`)."""
     environ = dict(os.environ)
     environ.update(env or {})
 
@@ -110,7 +112,7 @@ def start_fcmon(*args: str, env: Optional[dict] = None, max_files: Optional[int]
         resource.setrlimit(resource.RLIMIT_NOFILE, (max_files, max_files))
 
     return subprocess.Popen(
-        fcmon_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*prefix, *fcmon_command(*args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=environ, cwd=str(ROOT), preexec_fn=limit_files if max_files is not None else None,
     )
 
@@ -132,10 +134,11 @@ def taken_port() -> socket.socket:
 class FcmonProcess:
     """`python -m fcmon ARGS` as a real process, its stderr collected by a thread."""
 
-    def __init__(self, *args: str, env: Optional[dict] = None, max_files: Optional[int] = None):
+    def __init__(self, *args: str, env: Optional[dict] = None, max_files: Optional[int] = None,
+                 prefix: Sequence[str] = ()):
         import threading
 
-        self.proc = start_fcmon(*args, env=env, max_files=max_files)
+        self.proc = start_fcmon(*args, env=env, max_files=max_files, prefix=prefix)
         self.lines: list = []
         self._lock = threading.Lock()
         self._reader = threading.Thread(target=self._read, daemon=True)
