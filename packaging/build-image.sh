@@ -34,7 +34,8 @@ fi
 source=${IMAGE_SOURCE:-$(git remote get-url origin 2>/dev/null || echo "file://$PWD")}
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 start=$(date +%s)
-# --format docker: the OCI image format has no HEALTHCHECK (buildah drops it).
+# --format docker: the OCI image format has no HEALTHCHECK (buildah drops it;
+# docs/design-notes.md#buildah-healthcheck-entrypoint-and-read-only-roots).
 # --layers=false: one layer per stage's result, no cache kept between builds.
 buildah bud --quiet --isolation chroot --format docker --layers=false \
   --build-arg BASE="$base" --build-arg VERSION="$version" \

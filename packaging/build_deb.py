@@ -295,7 +295,8 @@ def build(version: str, dist: Path) -> Path:
         "Maintainer": MAINTAINER,
         "Installed-Size": str(size_kib),
         # The venv runs on /usr/bin/python3 and holds modules for its minor
-        # version; the unit's ExecReload runs /bin/kill (procps).
+        # version; the unit's ExecReload runs /bin/kill (procps):
+        # docs/design-notes.md#a-minimal-debian-root-has-no-binkill
         "Depends": f"python3 (>= {minor}), python3 (<< {nxt}), libc6 (>= {glibc_floor(venv)}), procps",
         "Section": "net",
         "Priority": "optional",
