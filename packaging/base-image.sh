@@ -51,6 +51,7 @@ done
 # essential + the packages: no apt, no documentation, no locales
 # (copyright files stay). About 100 s with a nearby mirror.
 mkdir -p "$(dirname "$out")"
+start=$(date +%s)
 mmdebstrap --quiet --format=tar --variant=essential --include="$packages" \
   --dpkgopt='path-exclude=/usr/share/man/*' \
   --dpkgopt='path-exclude=/usr/share/info/*' \
@@ -59,7 +60,7 @@ mmdebstrap --quiet --format=tar --variant=essential --include="$packages" \
   --dpkgopt='path-include=/usr/share/doc/*/copyright' \
   "$suite" "$out.partial" "${sources[@]}"
 mv "$out.partial" "$out"
-echo "$out: $(du -m "$out" | cut -f1) MB ($suite, from ${sources[*]})"
+echo "$out: $(du -m "$out" | cut -f1) MB in $(($(date +%s) - start)) s ($suite, from ${sources[*]})"
 
 if [ -n "$name" ]; then
   ctr=$(buildah from scratch)

@@ -308,6 +308,11 @@ def test_deb_installs_validates_verifies_and_purges(deb: Path, test_pki: PKI, tm
     # The unit as installed, by the systemd of the root it is installed in.
     verify = _chroot(root, "systemd-analyze", "verify", "/lib/systemd/system/fcmon.service", check=False)
     assert (verify.stdout + verify.stderr).strip() == "" and verify.returncode == 0, verify.stderr
+    # ... and that silence means something there: a misspelt key is reported.
+    unit = (root / "lib/systemd/system/fcmon.service").read_text()
+    (root / "tmp/fcmon-typo.service").write_text(unit.replace("WatchdogSec=", "WatchdogSecs="))
+    typo = _chroot(root, "systemd-analyze", "verify", "/tmp/fcmon-typo.service", check=False)
+    assert "WatchdogSecs" in typo.stdout + typo.stderr
 
     owned = _package_paths(deb)
     _chroot(root, "dpkg", "--remove", "fcmon")
