@@ -137,6 +137,23 @@ def _daemon(buildah_pid: int) -> int:
     return 0
 
 
+def _unused_listen_port() -> int:
+    """A port below the ephemeral range (where outgoing connections take
+    theirs) that can be bound on every address now."""
+    import random
+    import socket
+
+    for _ in range(100):
+        port = random.randint(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+                return port
+            except OSError:
+                continue
+    pytest.fail("no free port between 20000 and 32000")
+
+
 def _upper_files(container: str) -> List[str]:
     """Files the container wrote to its root file system (overlay's upper layer)."""
     merged = _run("buildah", "mount", container).stdout.strip()
@@ -158,40 +175,53 @@ def test_image_reaches_fcmon_up_against_the_emulator(image: Dict[str, Any], cont
     shutil.copy(test_pki.client.cert, etc / "certs" / "client.crt")
     shutil.copy(test_pki.client.key, secrets / "client.key")
     (secrets / "emulator.password").write_text("ADMIN\n")
-    port = free_port()
-    # The container shares the host's network here: a free loopback port,
-    # where a real deployment listens on 0.0.0.0:9731.
-    (etc / "config.ini").write_text(
-        "[fcmon]\n"
-        f"listen = 127.0.0.1:{port}\ninterval = 5\ntimeout = 3\n"
-        "[defaults]\nca_file = certs/ca.crt\nclient_cert_file = certs/client.crt\n"
-        "client_key_file = $CREDENTIALS_DIRECTORY/client.key\nlisteners = none\n"
-        "[target:emulator]\n"
-        f"endpoint = {session_emulator.url}\nusername = ADMIN\n"
-        "password_file = $CREDENTIALS_DIRECTORY/emulator.password\n")
     # Readable by the image's user, as a volume or Kubernetes Secret would be.
     for path in [etc, etc / "certs", secrets, *etc.rglob("*"), *secrets.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
-
     log = tmp_path / "fcmon.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            ["buildah", "run", "--isolation", "chroot", "--network", "host",
-             "-v", f"{etc}:/etc/fcmon:ro", "-v", f"{secrets}:/run/secrets/fcmon:ro",
-             container, "--", *image["Entrypoint"], *image["Cmd"]],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(port: int) -> "subprocess.Popen[bytes]":
+        # Every address, as the README says a container must listen; the
+        # container shares the host's network here, so a free port, not 9731.
+        (etc / "config.ini").write_text(
+            "[fcmon]\n"
+            f"listen = 0.0.0.0:{port}\ninterval = 5\ntimeout = 3\n"
+            "[defaults]\nca_file = certs/ca.crt\nclient_cert_file = certs/client.crt\n"
+            "client_key_file = $CREDENTIALS_DIRECTORY/client.key\nlisteners = none\n"
+            "[target:emulator]\n"
+            f"endpoint = {session_emulator.url}\nusername = ADMIN\n"
+            "password_file = $CREDENTIALS_DIRECTORY/emulator.password\n")
+        (etc / "config.ini").chmod(0o644)
+        with log.open("w") as out:
+            return subprocess.Popen(
+                ["buildah", "run", "--isolation", "chroot", "--network", "host",
+                 "-v", f"{etc}:/etc/fcmon:ro", "-v", f"{secrets}:/run/secrets/fcmon:ro",
+                 container, "--", *image["Entrypoint"], *image["Cmd"]],
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def up(proc: "subprocess.Popen[bytes]", url: str) -> "str | bool":
+        if proc.poll() is not None:
+            return "exited"
+        try:
+            return sample(scrape(url), "fcmon_up", target="emulator") == 1.0
+        except Exception:
+            return False
+
+    proc: "subprocess.Popen[bytes] | None" = None
     try:
-        url = f"http://127.0.0.1:{port}/metrics"
-
-        def up() -> bool:
-            if proc.poll() is not None:
+        # The host's network is shared with whatever else runs here: a port
+        # taken between the choice and fcmon's bind is retried on another.
+        for _attempt in range(3):
+            port = _unused_listen_port()
+            proc = start(port)
+            url = f"http://127.0.0.1:{port}/metrics"
+            if wait_for(lambda: up(proc, url), timeout=90, interval=0.5) != "exited":  # type: ignore[arg-type]
+                break
+            if "address already in use" not in log.read_text():
                 pytest.fail(f"the container's fcmon exited {proc.returncode}:\n{log.read_text()}")
-            try:
-                return sample(scrape(url), "fcmon_up", target="emulator") == 1.0
-            except Exception:
-                return False
-
-        wait_for(up, timeout=90, interval=0.5)
+        else:
+            pytest.fail(f"no free port for the container's fcmon in 3 tries:\n{log.read_text()}")
+        assert proc is not None
         daemon = wait_for(lambda: _daemon(proc.pid), timeout=10)
         assert _uid_of(daemon) == UID, "fcmon in the container runs as root"
 
@@ -205,13 +235,13 @@ def test_image_reaches_fcmon_up_against_the_emulator(image: Dict[str, Any], cont
                     "--", *health, check=False, timeout=60)
         assert dead.returncode != 0, "the HEALTHCHECK passes with nothing listening"
     finally:
-        if proc.poll() is None:
+        if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     text = log.read_text()
     assert "target emulator: up" in text, text
     assert "Traceback" not in text, text
