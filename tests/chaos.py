@@ -260,6 +260,35 @@ class _Conn:
             raise AssertionError(how)
 
 
+@dataclass(frozen=True)
+class Texts:
+    """What the server says in its own words, for one case: every server
+    field a renderer shows (tests/test_chaos.py draws them from a grammar of
+    lone surrogates, controls, bidi controls and very long text)."""
+
+    server_version: str = "FairCom chaos"
+    hostname: str = "chaos"
+    host_uuid: str = "u"
+    database_names: Tuple[str, ...] = ("faircom",)
+    error_message: str = ""
+    # the action answered with `error_code` and `error_message` (None: none)
+    fail_action: Optional[str] = None
+    error_code: int = 150
+    warning_message: str = ""  # deleteSession's answer carries a warning with this text
+    warning_code_keys: bool = False  # {warningCode, warningMessage} instead of {code, message}
+    service_name: str = "mqtts8883"
+    description: str = "MQTT"
+
+    def list_services(self) -> Dict[str, object]:
+        """A listServices answer naming a listener with these texts."""
+        return {"errorCode": 0, "errorMessage": self.error_message, "result": {"listeners": [
+            {"serviceName": self.service_name, "description": self.description, "enabled": True,
+             "port": "8883", "protocol": "mqtts"},
+            {"serviceName": self.service_name + "2", "description": self.description, "enabled": True,
+             "port": "9002", "protocol": "mqttwss"},
+        ]}}
+
+
 class ChaosServer:
     """The listener and its sessions. One fault is armed at a time (`arm`);
     it fires once, on the first call (or connection) it applies to."""
@@ -279,6 +308,7 @@ class ChaosServer:
         self._threads: List[threading.Thread] = []
         self._socks: Set[socket.socket] = set()
         self._fault: Optional[Fault] = None
+        self.texts = Texts(database_names=databases)
         self._fired = False
         self._conn_index = 0
         self.created: Set[str] = set()
@@ -291,9 +321,10 @@ class ChaosServer:
         self._accepter.start()
 
     # -- test interface
-    def arm(self, fault: Optional[Fault]) -> None:
+    def arm(self, fault: Optional[Fault], texts: Optional[Texts] = None) -> None:
         with self._lock:
             self._fault = fault
+            self.texts = texts or Texts(database_names=self.databases)
             self._fired = False
             self._conn_index = 0
             self.created.clear()
@@ -421,19 +452,33 @@ class ChaosServer:
             return "", {"errorCode": 4001, "errorMessage": "not JSON"}
         action = request.get("action", "")
         token = request.get("authToken")
+        texts = self.texts
         with self._lock:
             if action == "createSession":
+                if texts.fail_action == action:
+                    return action, {"errorCode": texts.error_code, "errorMessage": texts.error_message}
                 token = os.urandom(12).hex()
                 self.created.add(token)
                 self.tokens.append(token)
-                return action, {"errorCode": 0, "result": {"authToken": token}}
+                return action, {"errorCode": 0, "result": {
+                    "authToken": token, "serverVersion": texts.server_version, "hostname": texts.hostname,
+                    "hostUuid": texts.host_uuid}}
             live = token in self.created and token not in self.deleted
             if not live:
                 return action, {"errorCode": 12031, "errorMessage": "session not found"}
+            if texts.fail_action == action:
+                if action == "deleteSession" and texts.error_code == 12031:
+                    self.deleted.add(token)  # type: ignore[arg-type]  # gone, as the code says
+                return action, {"errorCode": texts.error_code, "errorMessage": texts.error_message}
             if action == "listDatabases":
-                return action, {"errorCode": 0, "result": {"data": [{"databaseName": d} for d in self.databases]}}
+                return action, {"errorCode": 0, "result": {"data": [{"databaseName": d}
+                                                                    for d in texts.database_names]}}
             if action == "deleteSession":
                 self.deleted.add(token)  # type: ignore[arg-type]
+                if texts.warning_message:
+                    keys = ("warningCode", "warningMessage") if texts.warning_code_keys else ("code", "message")
+                    return action, {"errorCode": 0, "debugInfo": {"warnings": [
+                        {keys[0]: 1001, keys[1]: texts.warning_message}]}}
                 return action, {"errorCode": 0}
         return action, {"errorCode": 4002, "errorMessage": "unknown action"}
 

@@ -16,6 +16,7 @@ run (CHAOS_EXAMPLES, CHAOS_SEED) that prints the seed of a failure.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import resource
@@ -28,12 +29,32 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from fcmon import check, debuglog, statuspage
+from fcmon.client import ApiClient
 from fcmon.config import TargetConfig
+from fcmon.exposition import TextRenderer
+from fcmon.listeners import ListenerResult, ListenerRound, parse_listeners
+from fcmon.logs import TEXT_FORMAT, JsonFormatter
 from fcmon.metrics import FcmonCollector, MetricsStore
 from fcmon.probe import Prober
 from fcmon.result import REASONS, STAGES, ProbeResult
+from fcmon.servertext import REPLACED, clean
+from fcmon.status import StatusBoard
 
-from chaos import ACTIONS, BODY, CONNECTION_HOW, CONNECTION_WHERE, EXTRA, FRAMING, HOW, WHERE, ChaosServer, Fault
+from chaos import (
+    ACTIONS,
+    BODY,
+    CONNECTION_HOW,
+    CONNECTION_WHERE,
+    EXTRA,
+    FRAMING,
+    HOW,
+    STAGE_OF,
+    WHERE,
+    ChaosServer,
+    Fault,
+    Texts,
+)
 from support import PKI, threads_besides_resolver
 
 TIMEOUT = 1.0
@@ -72,15 +93,16 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: Optional[Fault]) -> ProbeResult:
-    """One probe against `fault`, checked against every invariant."""
+def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: Optional[Fault],
+             texts: Optional[Texts] = None) -> ProbeResult:
+    """One probe against `fault` (and the server's `texts`), checked against every invariant."""
     lines = _Lines()
     root, own = logging.getLogger(), logging.getLogger("fcmon")
     root.addHandler(lines)
     level = own.level
     own.setLevel(logging.DEBUG)
     threads, fds = threads_besides_resolver(), open_fds()
-    server.arm(fault)
+    server.arm(fault, texts)
     started = time.monotonic()
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -105,7 +127,13 @@ def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: O
     if failure is not None:
         assert failure.reason in REASONS and failure.stage in STAGES, failure
         assert failure.reason != "internal", failure
-        assert fault is not None and fault.allows(failure.stage, failure.reason), (failure, fault)
+        if fault is not None:
+            assert fault.allows(failure.stage, failure.reason), (failure, fault)
+        else:  # only the server's own error answer may fail the probe
+            assert texts is not None and texts.fail_action is not None, failure
+            assert (failure.stage, failure.reason) == (STAGE_OF[texts.fail_action], "api_error"), failure
+    elif texts is not None and texts.fail_action is not None and fault is None:
+        assert texts.fail_action == "deleteSession" and texts.error_code == 12031 and result.session_gone
     # Every session the server created is deleted or counted as a leak, in
     # the result and in fcmon_session_leaks_total.
     if server.open_sessions():
@@ -126,7 +154,69 @@ def run_case(server: ChaosServer, prober: Prober, target: TargetConfig, fault: O
     for secret in [PASSWORD] + [t for t in server.tokens if len(t) < 1000]:
         assert secret not in text
     assert "Traceback" not in text
+    check_renderers(result, target, texts or Texts(), lines.records)
     return result
+
+
+def _raw(text: str) -> str:
+    """What clean() would have replaced, in `text` split into lines."""
+    return "".join(ch for line in text.split("\n") for ch in line if ord(ch) in REPLACED)
+
+
+def check_renderers(result: ProbeResult, target: TargetConfig, texts: Texts,
+                    records: List[logging.LogRecord]) -> None:
+    """Every renderer takes the result (and a listener round parsed from the
+    server's listServices in its words) without raising, and nothing it
+    renders holds a raw control, surrogate or bidi control; one log record
+    stays one line."""
+    now = time.time()
+    listed = ApiClient._parse(200, json.dumps(texts.list_services()).encode())
+    round_ = ListenerRound(target.name, True, texts.error_message, tuple(
+        ListenerResult(x, now, 0.01, reason="tls_verify", message=f"{x.name}: {texts.error_message}")
+        for x in parse_listeners(listed.body, 8443)), now)
+    assert round_.results and all(x.listener.name.startswith(clean(texts.service_name, 200)[:1])
+                                  for x in round_.results)
+    store = MetricsStore()
+    renderer = TextRenderer(store)
+    store.set_targets([target])
+    store.record(result)
+    store.record_listeners(round_)
+    board = StatusBoard("chaos")
+    board.set_targets([target])
+    board.record(result)
+    board.record_listeners(round_)
+    snap = board.snapshot()
+    verdict = check.judge(result, 30.0, 7.0, now, round_)
+    outputs = {
+        "exposition": b"".join(renderer.body()),
+        "status page": statuspage.render_html(snap),
+        "status json": statuspage.render_json(snap),
+        "check text": check.render_text([verdict], now=now),
+        "check json": check.render_json([verdict], now),
+        "check prometheus": check.render_prometheus([target], [result], rounds=[round_]),
+        "debug log": debuglog.render(result, target),
+        "debug summary": debuglog.summary(result),
+    }
+    f = result.failure
+    daemon_like = [  # what the daemon logs of a result
+        logging.makeLogRecord({"name": "fcmon.daemon", "levelno": logging.WARNING, "levelname": "WARNING",
+                               "msg": "target %s: probe failed at %s: %s (%s)",
+                               "args": (result.target, f.stage, f.reason, f.message) if f else ("", "", "", "")}),
+        logging.makeLogRecord({"name": "fcmon.daemon", "levelno": logging.INFO, "levelname": "INFO",
+                               "msg": "target %s: server version changed from %r to %r",
+                               "args": (result.target, "old", result.server.version if result.server else None)}),
+        logging.makeLogRecord({"name": "fcmon.daemon", "levelno": logging.DEBUG, "levelname": "DEBUG",
+                               "msg": "target %s: %s", "args": (result.target, debuglog.summary(result))}),
+    ]
+    for formatter in (logging.Formatter(TEXT_FORMAT), JsonFormatter()):
+        for record in [r for r in records if r.name.startswith("fcmon")] + daemon_like:
+            line = formatter.format(record)
+            assert "\n" not in line, line  # one record, one line
+            outputs[f"log {record.name}"] = line
+    for what, out in outputs.items():
+        text = out.decode("utf-8") if isinstance(out, bytes) else out
+        text.encode("utf-8")  # a lone surrogate cannot be encoded
+        assert _raw(text) == "", (what, [hex(ord(c)) for c in _raw(text)][:10])
 
 
 @pytest.fixture(scope="module")
@@ -398,3 +488,74 @@ else:
 @given(fault=faults())
 def test_generated_adversary(fault: Fault, test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
     run_case(chaos, prober, chaos_target(test_pki, chaos), fault)
+
+
+# ------------------------------------------------------------ server text
+
+# The pieces of hostile server text: lone surrogates (JSON escapes them as
+# "\udXXX", the client decodes them alone), C0 and C1 controls, DEL, ANSI
+# escapes, line breaks that would forge a log line, bidi controls and marks,
+# and characters that mean something to a renderer (labels, HTML, Nagios).
+HOSTILE_PIECES = (
+    "\ud800", "\udfff", "\udc80", "\x00", "\x01", "\x1b[31m", "\x1b]0;title\x07", "\n", "\r\n",
+    "\nERROR fcmon.daemon: target x: forged line", "\t", "\x0b", "\x0c", "\x1c", "\x7f", "\x85", "\x9b",
+    "\u202a", "\u202e", "\u2066", "\u2069", "\u200e", "\u200f", "\u061c", "\u2028", "\u2029", "\ufeff",
+    "|", "'", '"', "\\", "<script>", "&amp;", "=", "{", "}", "é", "漢", "🙂", " ", "v",
+)
+
+
+def server_text(long: bool = True) -> st.SearchStrategy[str]:
+    pieces = st.one_of(st.sampled_from(HOSTILE_PIECES), st.text(max_size=4))
+    short = st.lists(pieces, max_size=12).map("".join)
+    if not long:
+        return short
+    very_long = st.tuples(st.sampled_from(HOSTILE_PIECES), st.sampled_from((600, 5000))).map(
+        lambda p: p[0] * p[1])
+    return st.one_of(short, short, very_long)
+
+
+@st.composite
+def texts(draw: st.DrawFn) -> Texts:
+    fail = draw(st.sampled_from((None, None, "createSession", "listDatabases", "deleteSession")))
+    return Texts(
+        server_version=draw(server_text()),
+        hostname=draw(server_text()),
+        host_uuid=draw(server_text(long=False)),
+        database_names=tuple(draw(st.lists(server_text(long=False), min_size=1, max_size=4))),
+        error_message=draw(server_text()),
+        fail_action=fail,
+        error_code=draw(st.sampled_from((150, 12031, 12012, 84))) if fail else 150,
+        warning_message=draw(server_text()),
+        warning_code_keys=draw(st.booleans()),
+        service_name="m" + draw(server_text()),
+        description=draw(server_text(long=False)),
+    )
+
+
+ISSUE_TEXT = "v\ud800"
+
+
+@pytest.mark.parametrize("field", ["server_version", "hostname", "database_names", "error_message",
+                                   "warning_message", "service_name"])
+def test_a_lone_surrogate_in_each_server_field(field: str, test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    """The issue's string in each field: the probe's state is right (down
+    with errorCode 150 when the text is the error's), every renderer takes it."""
+    value: object = (ISSUE_TEXT,) if field == "database_names" else ISSUE_TEXT
+    extra = {"fail_action": "createSession"} if field == "error_message" else {}
+    result = run_case(chaos, prober, chaos_target(test_pki, chaos), None,
+                      Texts(**{field: value}, **extra))  # type: ignore[arg-type]
+    if field == "error_message":
+        _expect(result, "create_session", "api_error")
+        assert "v\ufffd" in result.failure.message  # type: ignore[union-attr]
+    else:
+        _expect(result, None, None)
+
+
+TEXT_EXAMPLES = int(os.environ.get("CHAOS_EXAMPLES", "0") or 0)
+
+
+@settings(max_examples=TEXT_EXAMPLES or 12, derandomize=not TEXT_EXAMPLES, deadline=None, database=None,
+          print_blob=True, suppress_health_check=list(HealthCheck))
+@given(server_texts=texts())
+def test_generated_server_text(server_texts: Texts, test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
+    run_case(chaos, prober, chaos_target(test_pki, chaos), None, server_texts)
