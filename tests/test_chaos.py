@@ -7,7 +7,12 @@ failure with a reason of the contract at the stage where the server
 misbehaved (never `internal`: the server's fault is not fcmon's), leaks no
 secret into the log, and every session the server created is deleted or
 counted as a leak. After each case the process's threads and file
-descriptors are back to their baseline.
+descriptors are back to their baseline. The server's own text (every
+field a renderer shows) is drawn from a grammar of lone surrogates,
+controls, bidi controls and very long text: every renderer (exposition,
+status page and JSON, check text/json/prometheus, debug log, log lines)
+takes it without raising, nothing rendered holds a raw control or
+surrogate, and one log record stays one line.
 
 `make test` runs a derandomized, bounded set; `make chaos` a long random
 run (CHAOS_EXAMPLES, CHAOS_SEED) that prints the seed of a failure.
