@@ -99,3 +99,55 @@ def test_the_exported_docs_link_only_to_exported_files() -> None:
                 continue  # an anchor in the same file, or a URL
             name = (base / path).as_posix()
             assert name in exported, f"{doc} links to {target}, which `fcmon assets export` does not write"
+
+
+# -- certificates for a real install, and the emulator to rehearse with (item 8)
+
+
+def test_emulator_help_documents_the_control_api_and_short_lived_certificates() -> None:
+    from dataclasses import fields
+
+    from fcmon.emulator.faults import Fault
+    from fcmon.emulator.server import CONTROL_FAULT_PATH, CONTROL_LISTENER_PATH, CONTROL_SESSIONS_PATH
+
+    proc = subprocess.run([sys.executable, "-m", "fcmon", "emulator", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    for path in (CONTROL_FAULT_PATH, CONTROL_SESSIONS_PATH, CONTROL_LISTENER_PATH):
+        assert path in text
+    for f in fields(Fault):
+        assert f.name in text, f.name
+    for option in ("--cert FILE --key FILE", "--client-ca FILE", "--server-days 0.01", "--client-days N"):
+        assert option in text
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for said in ("--server-days", CONTROL_FAULT_PATH, "fcmon emulator --help"):
+        assert said in readme
+
+
+def test_emulator_generates_short_lived_certificates_to_rehearse_an_expiry(tmp_path: Path) -> None:
+    import time
+
+    from cryptography import x509
+
+    from support import reap
+
+    proc = subprocess.Popen([sys.executable, "-m", "fcmon", "emulator", "--listen", "127.0.0.1:0",
+                             "--pki-dir", str(tmp_path), "--server-days", "0.01", "--client-days", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "generated PKI in" in line:
+                break
+        now = time.time()
+        for name, days in (("server", 0.01), ("client", 2)):
+            cert = x509.load_pem_x509_certificate((tmp_path / f"{name}.crt").read_bytes())
+            start, end = cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
+            # valid `days`, from 5 minutes ago (clock skew)
+            assert end - start == days * 86400 and now - 400 < start <= now - 290, name
+    finally:
+        reap(proc)
+    bad = subprocess.run([sys.executable, "-m", "fcmon", "emulator", "--server-days", "-1"], capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "expected more than 0" in bad.stderr

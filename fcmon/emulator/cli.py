@@ -15,6 +15,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -89,8 +90,44 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of days, got {text!r}") from None
+    if not 0 < value <= 36500:
+        raise argparse.ArgumentTypeError("expected more than 0 and at most 36500 days")
+    return value
+
+
+def control_help() -> str:
+    """The control API, for --help (the banner says it too, with the real address)."""
+    from dataclasses import fields
+
+    from .faults import Fault
+
+    names = textwrap.fill("Fault fields: " + ", ".join(f.name for f in fields(Fault)) + ".",
+                          width=78, initial_indent="      ", subsequent_indent="      ")
+    return f"""\
+control API (loopback only; with the client certificate when one is required):
+  POST /_emulator/fault     {{"action": "listDatabases", "fault": {{"delay": 0.5}}}}
+      a fault for one action ("*": any request); an empty fault clears it.
+{names}
+      e.g. {{"error_code": 12031, "error_message": "..."}}, {{"hang": true}},
+      {{"reset": true}}; with "count": N only the next N requests
+  GET  /_emulator/sessions  open sessions, in all and per user
+  POST /_emulator/listener  {{"name": "mqtts8883", "mode": "hang"}}  (modes: {", ".join(MODES)})
+
+your own certificates: --cert FILE --key FILE [--client-ca FILE] (the CA your
+  fcmon client certificate comes from: then client certificates are required)
+short-lived ones, to rehearse an expiry: --server-days 0.01 (expires ~10 min after the start),
+  --client-days N, --listener mqtts8883:mqtts:days=N"""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `fcmon emulator` (also used by `python -m fcmon.emulator`)."""
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = control_help()
     parser.add_argument(
         "--listen",
         type=_listen,
@@ -112,6 +149,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="without --cert: where to write the generated PKI (default: a temporary "
         "folder, removed on exit)",
+    )
+    parser.add_argument(
+        "--server-days", type=_days, default=365.0, metavar="N",
+        help="with the generated PKI: the server certificate is valid N days, from 5 minutes ago "
+        "(default 365; 0.01 is 14.4 minutes, so it expires about 10 minutes after the start: to rehearse an expiry)",
+    )
+    parser.add_argument(
+        "--client-days", type=_days, default=365.0, metavar="N",
+        help="with the generated PKI: the client certificate (CN=ADMIN) is valid N days, from 5 minutes ago "
+        "(default 365)",
     )
     parser.add_argument(
         "--no-client-certs",
@@ -280,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
     if cert is None and not args.plain_http:
         temporary = args.pki_dir is None
         pki_dir = Path(tempfile.mkdtemp(prefix="fcmon-emulator-")) if temporary else args.pki_dir
-        demo = pki.write_demo_pki(pki_dir)
+        demo = pki.write_demo_pki(pki_dir, server_days=args.server_days, client_days=args.client_days)
         cert, key = demo.server.cert, demo.server.key
         if client_ca is None and not args.no_client_certs:
             client_ca = demo.ca_file
