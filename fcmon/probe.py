@@ -359,12 +359,30 @@ class _Probe:
                 return False
             if deadline.fired and err.reason != "dns":
                 err = ProbeError("connect_timeout", "TCP connect and TLS handshake did not finish within the timeout")
-            self.fail("connect", err.reason, err.message)
+            message = err.message
             if err.reason == "tls_verify":
                 self._fetch_unverified(client, deadline)
+                message += self._issuer_note(message)
+            self.fail("connect", err.reason, message)
             return False
         finally:
             self.steps.append(("connect", elapsed if elapsed is not None else time.monotonic() - t))
+
+    def _issuer_note(self, message: str) -> str:
+        """For a server certificate from a CA that ca_file does not hold: who
+        issued what the server presented, and what ca_file holds, so the
+        operator sees the mismatch in the message itself."""
+        lowered = message.lower()
+        if not any(w in lowered for w in ("issuer", "self-signed", "self signed")):
+            return ""  # expired, wrong host name...: the message says it
+        peer = self.peer.certs if self.peer is not None else ()
+        if not peer:
+            return ""
+        leaf = peer[0]
+        held = [c.subject for c in self.prober.file_certs.infos(self.target.ca_file, "ca")]
+        holds = "; ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        what = f"ca_file holds {holds}" if held else "no ca_file (the system's CAs)"
+        return f" (the server presented {leaf.subject}, issued by {leaf.issuer or 'an unnamed issuer'}; {what})"
 
     def _fetch_unverified(self, client: ApiClient, deadline: _Deadline) -> None:
         try:

@@ -114,6 +114,10 @@ def test_untrusted_server_certificate_is_tls_verify_and_still_reported(
     result = Prober().probe(make_target(test_pki, emulator, ca_file=other))
     assert result.failure is not None
     assert (result.failure.stage, result.failure.reason) == ("connect", "tls_verify")
+    # the message names the mismatch: who issued what the server presented, what ca_file holds
+    assert result.failure.message.endswith(
+        " (the server presented CN=localhost,O=fcmon test PKI, issued by CN=fcmon test CA,O=fcmon test PKI; "
+        "ca_file holds CN=some other CA,O=fcmon test PKI)"), result.failure.message
     server = [c for c in result.certs if c.role == "server"]
     assert len(server) == 1
     assert server[0].not_after == pytest.approx(
@@ -138,6 +142,7 @@ def test_expired_server_certificate_reports_negative_days(test_pki: PKI, tmp_pat
     days = reg.get_sample_value("fcmon_cert_expiry_days", {
         "target": "prod", "cert": "server", "subject": server.subject, "serial": server.serial})
     assert days == pytest.approx(-10, abs=0.01)
+    assert "the server presented" not in result.failure.message  # expiry, not the issuer: said already
 
 
 def test_wrong_hostname_is_tls_verify(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
