@@ -151,3 +151,17 @@ def test_emulator_generates_short_lived_certificates_to_rehearse_an_expiry(tmp_p
     bad = subprocess.run([sys.executable, "-m", "fcmon", "emulator", "--server-days", "-1"], capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and "expected more than 0" in bad.stderr
+
+
+def test_a_missing_file_inherited_from_defaults_is_reported_once(tmp_path: Path) -> None:
+    from fcmon.validate import validate
+
+    config = tmp_path / "config.ini"
+    config.write_text("[defaults]\nca_file = nowhere/ca.crt\nusername = u\npassword_file = nowhere/pw\n"
+                      + "".join(f"[target:t{i}]\nendpoint = https://db{i}.example.com/api\n" for i in range(5)))
+    _, problems = validate(config, {})
+    assert len(problems) == 2, problems  # one per key, not one per target that inherits it
+    assert all(p.startswith(f"{config}: [defaults] ") for p in problems)
+    proc = subprocess.run([sys.executable, "-m", "fcmon", "check", "-c", str(config)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 3 and proc.stdout.count("nowhere/ca.crt") == 1, proc.stdout
