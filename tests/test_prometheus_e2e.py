@@ -342,7 +342,8 @@ def test_promtool_check_metrics_is_silent_during_faults(test_pki: PKI, tmp_path:
                   client_ca_file=test_pki.ca_file) as faulty, \
             Emulator(cert_file=expired.cert, key_file=expired.key, client_ca_file=test_pki.ca_file) as old:
         faulty.set_fault("listDatabases", Fault(error_code=12013))
-        faulty.set_fault("deleteSession", Fault(error_code=12031))
+        # not 12031 for deleteSession: that one means the session is already gone, not a leak
+        faulty.set_fault("deleteSession", Fault(error_code=12012))
         config = tmp_path / "fcmon.ini"
         config.write_text(fcmon_config(
             target_section(test_pki, faulty, "faulty"),
