@@ -139,7 +139,11 @@ def main(argv: List[str] = None) -> int:  # type: ignore[assignment]
         "/-/ready (polled every 5 ms)",
         "hostile: fcmon run with 500 healthy targets (30 s interval); 3,000 connections that send a request "
         "line then a header byte a second, each one fcmon drops replaced at once, for 45 s; /metrics scraped "
-        "every 2 s for 10 s before, during (after a 5 s ramp) and 15 s after the attack",
+        "every 2 s for 10 s before, during (after a 5 s ramp) and 15 s after the attack; then page pollers "
+        "(bench/pollers.py: keep-alive clients asking for / again as soon as they have read it): fcmon run "
+        "with 3,000 targets (10 healthy, the others refusing connections), /metrics (gzip) scraped every "
+        "0.5 s for 20 s idle and with 20 pollers; then a fresh process with 3,000 pollers for 20 s: peak "
+        "RSS, and the seconds from SIGTERM to its exit",
         "scale: fcmon run with N targets (every tenth pointing at a TCP server that accepts and never "
         "answers), interval 30 s, timeout 10 s; lateness from fcmon_probe_start_lateness_seconds; "
         "missed = runs due by the schedule (first round 5 ms apart, then each target's phase; counted from when /-/healthy first answered) minus probes run",

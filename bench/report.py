@@ -173,6 +173,22 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             f"{hostile['attack']['seconds']:g} s, {hostile['attack']['dropped_by_fcmon']:,} dropped by the "
             f"whole-request deadline; {hostile['probes_during']:g} probes meanwhile, "
             f"{hostile['probe_failures_during']:g} failed"))
+        pp = hostile.get("page_pollers")
+        if pp:
+            idle = pp["idle"]["metrics_median_s"]
+            twenty = next((ph for ph in pp["phases"] if ph["pollers"] == 20 and ph["path"] == "/"), None)
+            busy = None if twenty is None else twenty["metrics_median_s"]
+            ratio = None if idle is None or busy is None or idle <= 0 else busy / idle
+            many = pp["sigterm"][-1] if pp["sigterm"] else None
+            rows.append(_row(
+                f"7b. Page pollers: /metrics ({pp['targets']:,} targets) with 20 pollers of /",
+                f"median {_f(busy, ' s', 3)}", f"idle {_f(idle, ' s', 3)}", _f(ratio, "x", 1), "< 2x",
+                ratio is not None and ratio < 2.0,
+                "" if many is None else (
+                    f"{many['pollers']:,} pollers of /: peak RSS {many['peak_rss_mb']:.0f} MB (from "
+                    f"{many['rss_mb_before']:.0f}), /metrics median {_f(many['metrics_median_s'], ' s', 2)} "
+                    f"({many['scrapes']} answered, {many['failures']} failed), SIGTERM to exit "
+                    f"{_f(many['sigterm_s'], ' s', 1)}; answers to the pollers {many['answers']}")))
     elif hostile:
         rows.append(_row("7. Hostile callers", "error", "", "", "", False, hostile["error"]))
     return rows

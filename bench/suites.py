@@ -768,6 +768,10 @@ def suite_hostile(ctx: Ctx, clients: int = 3000, targets: int = 500) -> Dict[str
         res["connections_rejected"] = metric_sum(text, "fcmon_http_connections_rejected_total")
     finally:
         ctx.procs.stop(f.proc, 30)
+    # Page pollers (issue 16): /metrics medians with 0 and 20 pollers of the
+    # status page at 3,000 targets, then 3,000 pollers: RSS and SIGTERM.
+    res["page_pollers"] = page_pollers(ctx, counts=(20,), paths=("/",), sigterm_pollers=(3000,),
+                                       phase_s=10.0 if ctx.quick else 20.0)
     return res
 
 
@@ -956,4 +960,118 @@ def suite_starve(ctx: Ctx, hanging: int = 2000, healthy: int = 100, interval: fl
         out["stop_s"] = time.monotonic() - t0
         out["fcmon_stderr_lines"] = f.proc.err_count
         ctx.procs.stop(emu.proc)
+
+# ---------------------------------------------------------------- 7b. page pollers (issue 16)
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on: probes to it fail at connect at once."""
+    return free_port()
+
+
+def page_pollers(ctx: Ctx, targets: int = 3000, healthy: int = 10,
+                 counts: Sequence[int] = (2, 5, 20), paths: Sequence[str] = ("/", "/api/v1/status"),
+                 sigterm_pollers: Sequence[int] = (300, 3000), phase_s: float = 15.0) -> Dict[str, Any]:
+    """`fcmon run` with `targets` targets (all but `healthy` of them down:
+    their port refuses connections) while page pollers ask for the status
+    page or /api/v1/status again and again: the median /metrics latency
+    (gzip, as Prometheus asks) idle and under 2, 5, 20 pollers of each page;
+    then, for each of `sigterm_pollers`, a fresh process polled by that many
+    for 20 s: peak RSS, and the seconds from SIGTERM to its exit."""
+    import signal as _signal
+
+    emu = ctx.emulator()
+    down = f"https://{LOOPBACK}:{_closed_port()}/api"
+    fleet = [(f"p{i:04d}", emu.url if i < healthy else down) for i in range(targets)]
+
+    def start() -> Tuple[FcmonProc, int]:
+        port = free_port()
+        cfg = fcmon_config(ctx.work / f"pollers-{port}.ini", ctx.pki, port, fleet, 60.0, 10.0)
+        f = FcmonProc(ctx.procs, cfg, port, name="fcmon-pollers")
+        f.wait_listening(120)
+        wait_http(port, "/-/ready", 180)
+        return f, port
+
+    def scrape(port: int) -> Optional[float]:
+        t0 = time.monotonic()
+        try:
+            status, _ = http_get(port, "/metrics", timeout=60, headers={"Accept-Encoding": "gzip"})
+        except OSError:
+            return None
+        return time.monotonic() - t0 if status == 200 else None
+
+    def measure(f: FcmonProc, port: int, seconds: float) -> Dict[str, Any]:
+        lat: List[float] = []
+        failed, peak = 0, 0.0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            took = scrape(port)
+            if took is None:
+                failed += 1
+            else:
+                lat.append(took)
+            peak = max(peak, f.proc.rss() / MB)
+            time.sleep(0.5)
+        return {"metrics_median_s": _median(lat), "metrics_max_s": max(lat) if lat else None,
+                "scrapes": len(lat), "failures": failed, "peak_rss_mb": peak}
+
+    def pollers(port: int, n: int, path: str) -> Any:
+        p = ctx.procs.start(f"pollers-{n}", [PYTHON, "-m", "bench.pollers", "--port", str(port),
+                                              "--n", str(n), "--path", path])
+        p.wait_for_line(r'"started"', 60)
+        return p
+
+    def stop_pollers(p: Any) -> Dict[str, Any]:
+        p.popen.send_signal(_signal.SIGINT)
+        try:
+            p.popen.wait(30)
+        except Exception:
+            pass
+        ctx.procs.stop(p, 5)
+        for line in reversed(list(p.out)):
+            if line.startswith("{") and "started" not in line:
+                return dict(json.loads(line))
+        return {}
+
+    out: Dict[str, Any] = {"targets": targets, "healthy": healthy, "phase_s": phase_s, "phases": []}
+    f, port = start()
+    try:
+        time.sleep(3)
+        out["idle"] = measure(f, port, phase_s)
+        ctx.log(f"page pollers: idle /metrics median {out['idle']['metrics_median_s']}")
+        for path in paths:
+            for n in counts:
+                p = pollers(port, n, path)
+                time.sleep(3)
+                m = measure(f, port, phase_s)
+                m.update({"path": path, "pollers": n, "answers": stop_pollers(p)})
+                out["phases"].append(m)
+                ctx.log(f"page pollers: {n} x {path}: /metrics median {m['metrics_median_s']}, "
+                        f"{m['failures']} failed, peak RSS {m['peak_rss_mb']:.0f} MB, answers {m['answers']}")
+                time.sleep(3)
+        out["rss_mb_idle_end"] = f.proc.rss() / MB
+    finally:
+        ctx.procs.stop(f.proc, 30)
+    out["sigterm"] = []
+    for n in sigterm_pollers:
+        f, port = start()
+        try:
+            rss0 = f.proc.rss() / MB
+            p = pollers(port, n, "/")
+            m = measure(f, port, 20.0)
+            t0 = time.monotonic()
+            f.proc.popen.send_signal(_signal.SIGTERM)
+            try:
+                f.proc.popen.wait(60)
+                took: Optional[float] = time.monotonic() - t0
+            except Exception:
+                took = None  # still running after 60 s: killed below
+            answers = stop_pollers(p)
+            row = {"pollers": n, "rss_mb_before": rss0, "peak_rss_mb": m["peak_rss_mb"],
+                   "metrics_median_s": m["metrics_median_s"], "scrapes": m["scrapes"], "failures": m["failures"],
+                   "sigterm_s": took, "answers": answers}
+            out["sigterm"].append(row)
+            ctx.log(f"page pollers: {n} x /: {row}")
+        finally:
+            ctx.procs.stop(f.proc, 5)
     return out

@@ -98,6 +98,9 @@ class Config:
     max_connections_per_host: int = 8
     # Probes that /probe may have started and not finished; beyond, 503.
     max_probe_requests: int = 64
+    # /probe serves a probe's result again to calls for the same target for
+    # this many seconds after it ended (0: every call probes).
+    probe_reuse_window: float = 5.0
     web: WebConfig = WebConfig()
     targets: Tuple[TargetConfig, ...] = ()
     path: Optional[Path] = None
@@ -112,7 +115,7 @@ DEFAULTS = "defaults"
 TARGET_PREFIX = "target:"
 
 FCMON_KEYS = ("listen", "interval", "timeout", "log_level", "log_format", "schedule",
-              "max_connections_per_host", "max_probe_requests")
+              "max_connections_per_host", "max_probe_requests", "probe_reuse_window")
 WEB_KEYS = (
     "tls_cert_file",
     "tls_key_file",
@@ -291,6 +294,7 @@ def parse_config(
         schedule=fcmon["schedule"],
         max_connections_per_host=fcmon["max_connections_per_host"],
         max_probe_requests=fcmon["max_probe_requests"],
+        probe_reuse_window=fcmon["probe_reuse_window"],
         web=web,
         targets=tuple(targets),
     )
@@ -307,7 +311,8 @@ def redacted_summary(config: Config) -> List[str]:
     )
     lines.append(f"logging: level {config.log_level}, format {config.log_format}")
     lines.append(f"limits: {config.max_connections_per_host} probes in flight per FairCom host, "
-                 f"{config.max_probe_requests} probes started by /probe")
+                 f"{config.max_probe_requests} probes started by /probe, "
+                 f"/probe results reused for {_num(config.probe_reuse_window)}s")
     if not config.schedule:
         lines.append("schedule: off (targets are probed only through /probe?target=NAME)")
     web = config.web
@@ -518,6 +523,20 @@ def _number(ctx: _Context, section: str, key: str, value: str) -> Any:
         ctx.problems.add(section, key, f"must be greater than 0, got {value}")
         return INVALID
     return number
+
+
+def _seconds_or_zero(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """A number of seconds, where 0 means off."""
+    try:
+        number = float(value)
+    except ValueError:
+        return _number(ctx, section, key, value)  # names the problem
+    if number == 0:
+        return 0.0
+    if number < 0:
+        ctx.problems.add(section, key, f"must be 0 (off) or a number of seconds, got {value}")
+        return INVALID
+    return _number(ctx, section, key, value)
 
 
 def _integer(ctx: _Context, section: str, key: str, value: str, minimum: int) -> Any:
@@ -772,6 +791,7 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
         "schedule": True,
         "max_connections_per_host": 8,
         "max_probe_requests": 64,
+        "probe_reuse_window": 5.0,
     }
     meant = list(meant)
     for key, value in items:
@@ -792,6 +812,8 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
             out[key] = _boolean(ctx, FCMON, key, value)
         elif key in ("max_connections_per_host", "max_probe_requests"):
             out[key] = _integer(ctx, FCMON, key, value, 1)
+        elif key == "probe_reuse_window":
+            out[key] = _seconds_or_zero(ctx, FCMON, key, value)
         else:
             out[key] = _choice(ctx, FCMON, key, value, LOG_FORMATS)
     _mark_unknown(out, [k for k, _ in items], [k for k in meant if k in FCMON_KEYS])

@@ -29,10 +29,11 @@ from .metrics import FcmonCollector, MetricsStore
 from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping_due
 from .probe import Prober
 from .result import ProbeResult
+from .reuse import Kept, RecentResults
 from .httpd import BASE_FD_RESERVE, connection_cap
 from .scheduler import MAX_SLOT_WAIT_SHARE, ProbeScheduler, listener_pool_size, pool_size
 from .status import StatusBoard, one_line
-from .web import App, WebServer, server_ssl_context
+from .web import LANES, PAGE_LANE, App, WebServer, server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ class Daemon:
         # FairCom host, and a cap on the probes /probe may start.
         self.flights = Flights(config.max_connections_per_host)
         self.probe_slots = Slots(config.max_probe_requests)
+        # /probe's results, served again for probe_reuse_window seconds.
+        self.recent = RecentResults(config.probe_reuse_window)
         self.listeners = ListenerChecker(self.prober)
         # A due discovery rides on a probe's connection: no handshake of its own.
         self.prober.after_probe = self.listeners.piggyback
@@ -72,12 +75,15 @@ class Daemon:
         self.store.record_reload(True, time.time())
         self.board = StatusBoard(__version__)
         self.board.set_targets(config.targets)
-        self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_now, config.web,
+        self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_answer, config.web,
                        status=self.board.snapshot, debug_probe=self.debug_probe,
-                       on_auth_failure=self.store.record_auth_failure)
+                       status_changes=self.board.changes, on_auth_failure=self.store.record_auth_failure)
+        self.store.set_lanes(sorted({lane.name for lane in (*LANES.values(), PAGE_LANE)}))
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
                              server_ssl_context(config.web), connection_cap(fd_reserve(config)),
-                             self.store.record_connection_rejected)
+                             self.store.record_connection_rejected,
+                             on_shed=self.store.record_request_shed,
+                             on_dropped=self.store.record_request_dropped)
 
     # -- health
 
@@ -143,26 +149,64 @@ class Daemon:
 
     def probe_now(self, name: str) -> Optional[CollectorRegistry]:
         """For /probe?target=NAME: only configured names, never an address
-        from the caller. Joins a probe of that target already in flight;
-        raises `Busy` when it would start one and /probe has started
-        `max_probe_requests` that have not finished."""
-        done = self._probe_request(name)
-        return None if done is None else done[1]
+        from the caller. Serves the result of a probe of that target that
+        ended within probe_reuse_window; else joins a probe of it already in
+        flight, or starts one; raises `Busy` when it would start one and
+        /probe has started `max_probe_requests` that have not finished."""
+        answer = self.probe_answer(name)
+        return None if answer is None else answer[0]
 
-    def debug_probe(self, name: str) -> Optional[bytes]:
-        """For /probe?target=NAME&debug=true: the probe's log, then the
-        series /probe would return. Same rules as `probe_now`."""
+    def probe_answer(self, name: str) -> Optional[Tuple[CollectorRegistry, float]]:
+        """`probe_now`'s series, and the seconds since that probe ended."""
         done = self._probe_request(name)
         if done is None:
             return None
-        (result, target), registry = done
-        return (debuglog.render(result, target) + "\n# Metrics produced by this probe\n").encode() + \
+        kept, registry, _ = done
+        return registry, kept.age(self.recent.now())
+
+    def debug_probe(self, name: str) -> Optional[bytes]:
+        """For /probe?target=NAME&debug=true: the probe's log, then the
+        series /probe would return. A fresh probe (not a reused result),
+        one at a time per target and one per probe_reuse_window at most:
+        within it, the latest result with its age; `Busy` while one runs."""
+        done = self._probe_request(name, debug=True)
+        if done is None:
+            return None
+        kept, registry, fresh = done
+        note = "" if fresh else (
+            f"# This probe ended {kept.age(self.recent.now()):.1f} s ago: a fresh debug probe runs at most "
+            f"once per probe_reuse_window ({self.recent.window:g} s) per target\n")
+        return (note + debuglog.render(kept.result, kept.target) + "\n# Metrics produced by this probe\n").encode() + \
             generate_latest(registry)
 
-    def _probe_request(self, name: str) -> Optional[Tuple[Tuple[ProbeResult, TargetConfig], CollectorRegistry]]:
+    def _probe_request(self, name: str, debug: bool = False) -> Optional[Tuple[Kept, CollectorRegistry, bool]]:
+        """The result for a /probe call, its series, and whether this call probed."""
         target = next((t for t in self.config.targets if t.name == name), None)
         if target is None:
             return None
+        kept = None
+        forced = None
+        if debug:
+            forced = self.recent.start_forced(name)
+            if forced is None:  # a debug probe of this target is running
+                self.store.record_probe_request_rejected()
+                raise Busy()
+            if not forced:
+                kept = self.recent.get(target)
+        else:
+            kept = self.recent.get(target)
+        fresh = kept is None
+        try:
+            if kept is None:
+                kept = self._probe_fresh(target)
+        finally:
+            if forced:
+                self.recent.end_forced(name)
+        registry = CollectorRegistry()
+        registry.register(FcmonCollector(self.store, only_target=name))
+        return kept, registry, fresh
+
+    def _probe_fresh(self, target: TargetConfig) -> Kept:
         # As a scheduled probe: the wait for a server slot counts against the
         # deadline, so /probe answers within the target's timeout (+ cleanup).
         asked = time.monotonic()
@@ -177,10 +221,8 @@ class Daemon:
             # Prometheus drives the schedule: a due listener round runs in the
             # background, so this scrape is not held by a hung listener.
             threading.Thread(target=self._listener_round, args=(target,), daemon=True,
-                             name=f"listeners:{name}").start()
-        registry = CollectorRegistry()
-        registry.register(FcmonCollector(self.store, only_target=name))
-        return (result, target), registry
+                             name=f"listeners:{target.name}").start()
+        return self.recent.put(target, result)
 
     def _on_listener_round(self, round_: ListenerRound) -> None:
         self._handling.listeners(round_, self._handle_listener_round)
@@ -235,6 +277,8 @@ class Daemon:
         self.board.set_targets(new.targets)
         self.flights.set_per_host(new.max_connections_per_host)
         self.probe_slots.limit = new.max_probe_requests
+        self.recent.window = new.probe_reuse_window
+        self.recent.retain(t.name for t in new.targets)
         self.web.max_connections = connection_cap(fd_reserve(new))
         self.prober.retain(new.targets)
         self.listeners.retain(new.targets)

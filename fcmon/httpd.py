@@ -18,9 +18,13 @@ can make fcmon spend is bounded:
   whole head, not per byte. Request line at most `MAX_REQUEST_LINE` bytes
   (414), headers `MAX_HEADER_BYTES` / `MAX_HEADERS` (431); only GET and
   HEAD (405); the answer must be written within `WRITE_DEADLINE`;
-- only complete requests reach the app, in a small pool of threads that
-  retire when idle; `/probe` (which waits for a probe) has its own pool, so
-  it never delays a scrape;
+- only complete requests reach the app, in lanes: each lane a small pool of
+  threads that retire when idle, with a bounded queue (beyond it 503 with
+  Retry-After, counted). The caller names which paths go to which lane
+  (fcmon: scrapes and health checks, pages, `/probe`), so that a slow or
+  crowded lane never delays another: pages never hold up a scrape;
+- queued work for a client that has gone (connection lost, or its side
+  closed before the answer started) is dropped before it runs, counted;
 - when accept() fails for lack of descriptors, accepting pauses briefly
   instead of spinning;
 - client misbehaviour is never a traceback or a log line per connection: a
@@ -55,6 +59,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 from urllib.parse import unquote
@@ -97,10 +102,13 @@ REJECT_REASONS = ("full", "per_client", "held_back")
 BASE_FD_RESERVE = 64
 # After a refused accept (out of descriptors), accepting resumes after this.
 ACCEPT_PAUSE = 0.5
-# Threads running the app (complete requests only) and running /probe.
+# Threads running the app (complete requests only), and requests waiting
+# for one, in the default lane; the caller sets its own lanes.
 APP_THREADS = 8
-PROBE_THREADS = 256
+APP_QUEUE = 64
 THREAD_IDLE = 10.0
+# Seconds a 503 for a full lane asks the client to wait.
+RETRY_AFTER = 5
 # A connection's unsent bytes before its writer waits (drain), and the
 # slices an answer is written in: what a slow reader holds is bounded.
 WRITE_HIGH_WATER = 64 * 1024
@@ -112,6 +120,68 @@ WsgiApp = Callable[[Dict[str, Any], StartResponse], Iterable[bytes]]
 _REASONS = {400: "Bad Request", 405: "Method Not Allowed", 414: "URI Too Long",
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
             505: "HTTP Version Not Supported"}
+
+
+@dataclass(frozen=True)
+class Lane:
+    """Where a request's app work runs: `threads` at most (started on
+    demand, ended when idle), and `queue` requests at most waiting for one;
+    beyond, the request is answered 503 at once. `writers`: answers of this
+    lane being written at once at most (None: no cap); the others wait
+    their turn (FIFO, within WRITE_DEADLINE) holding no copy of their
+    answer, so what the lane's answers hold in transport buffers is at most
+    `writers` x (WRITE_SLICE + WRITE_HIGH_WATER), however many clients."""
+
+    name: str
+    threads: int = APP_THREADS
+    queue: int = APP_QUEUE
+    writers: Optional[int] = None
+
+
+DEFAULT_LANE = Lane("app")
+
+
+class Full(Exception):
+    """A lane's queue is full."""
+
+
+class Gone(Exception):
+    """The client left before its work started: the work was not run."""
+
+
+class _Turns:
+    """At most `n` holders at once, the others served first come, first
+    served; lives on the event loop (no lock)."""
+
+    def __init__(self, n: int):
+        self.free = n
+        self._waiters: Deque["asyncio.Future[bool]"] = deque()
+
+    async def take(self, timeout: float) -> bool:
+        """True once a turn is held (call `give()` after); False after `timeout`."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        loop = asyncio.get_running_loop()
+        turn: "asyncio.Future[bool]" = loop.create_future()
+        self._waiters.append(turn)
+        timer = loop.call_later(max(0.001, timeout), lambda: turn.done() or turn.set_result(False))
+        try:
+            return await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled() and turn.result():
+                self.give()  # handed a turn, then cancelled: pass it on
+            raise
+        finally:
+            timer.cancel()
+
+    def give(self) -> None:
+        while self._waiters:
+            turn = self._waiters.popleft()
+            if not turn.done():
+                turn.set_result(True)
+                return
+        self.free += 1
 
 
 def descriptor_limit() -> int:
@@ -174,24 +244,41 @@ class _Quiet:
 class ElasticPool(concurrent.futures.Executor):
     """Up to `max_workers` threads, started on demand, ended after `idle`
     seconds without work: after a burst the thread count returns to its
-    baseline (ThreadPoolExecutor never ends its threads)."""
+    baseline (ThreadPoolExecutor never ends its threads). `queue`: work
+    items waiting for a thread at most (`submit_bounded` raises `Full`
+    beyond); work whose `wanted()` is false when its turn comes is not run
+    (its future raises `Gone`)."""
 
-    def __init__(self, max_workers: int, name: str, idle: Optional[float] = None):
+    def __init__(self, max_workers: int, name: str, idle: Optional[float] = None,
+                 queue: Optional[int] = None):
         self._max = max_workers
+        self._queue = queue
         self._name = name
         self._idle_timeout = THREAD_IDLE if idle is None else idle
         self._cond = threading.Condition()
-        self._work: Deque[Tuple[concurrent.futures.Future, Callable[[], Any]]] = deque()
+        self._work: Deque[Tuple[concurrent.futures.Future, Callable[[], Any],
+                                Optional[Callable[[], bool]]]] = deque()
         self._idle = 0
         self.threads = 0
         self._shutdown = False
 
     def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> concurrent.futures.Future:
+        return self._submit(functools.partial(fn, *args, **kwargs), None, bounded=False)
+
+    def submit_bounded(self, fn: Callable[[], Any], wanted: Callable[[], bool]) -> concurrent.futures.Future:
+        """`fn` queued unless the queue is full (`Full`); skipped if
+        `wanted()` is false when a thread takes it."""
+        return self._submit(fn, wanted, bounded=True)
+
+    def _submit(self, fn: Callable[[], Any], wanted: Optional[Callable[[], bool]],
+                bounded: bool) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if self._shutdown:
                 raise RuntimeError("pool shut down")
-            self._work.append((future, functools.partial(fn, *args, **kwargs)))
+            if bounded and self._queue is not None and len(self._work) - self._idle >= self._queue:
+                raise Full()
+            self._work.append((future, fn, wanted))
             if self._idle >= len(self._work):
                 self._cond.notify()
             elif self.threads < self._max:
@@ -212,10 +299,12 @@ class ElasticPool(concurrent.futures.Executor):
                     if not woken and not self._work:
                         self.threads -= 1
                         return
-                future, fn = self._work.popleft()
+                future, fn, wanted = self._work.popleft()
                 self._cond.release()
                 try:
-                    if future.set_running_or_notify_cancel():
+                    if wanted is not None and not wanted():
+                        future.set_exception(Gone())
+                    elif future.set_running_or_notify_cancel():
                         try:
                             future.set_result(fn())
                         except BaseException as exc:  # handed to the waiting coroutine
@@ -278,18 +367,28 @@ class Server:
     def __init__(self, app: WsgiApp, host: str, port: int, ssl_context: Optional[ssl.SSLContext] = None,
                  max_connections: int = MAX_CONNECTIONS,
                  on_rejected: Callable[[str], None] = lambda reason: None,
-                 slow_paths: Tuple[str, ...] = ("/probe",),
                  max_per_client: int = MAX_PER_CLIENT,
-                 admit: Callable[[str], Optional[float]] = lambda key: 0.0):
+                 admit: Callable[[str], Optional[float]] = lambda key: 0.0,
+                 lanes: Optional[Dict[str, Lane]] = None,
+                 default_lane: Lane = DEFAULT_LANE,
+                 on_shed: Callable[[str], None] = lambda lane: None,
+                 on_dropped: Callable[[str], None] = lambda lane: None):
+        """`lanes`: path -> lane (any other path goes to `default_lane`);
+        `on_shed(lane)` counts a request answered 503 because its lane's
+        queue was full, `on_dropped(lane)` one not run because its client
+        had gone."""
         self.app = app
         self.ssl_context = ssl_context
         self.max_connections = max_connections
         self.max_per_client = max_per_client
         self.on_rejected = on_rejected
-        self.slow_paths = slow_paths
         # Seconds a request from a client_key waits before the app sees it
         # (spent here, on the loop), or None: answer 429 (fcmon/authguard.py).
         self.admit = admit
+        self.on_shed = on_shed
+        self.on_dropped = on_dropped
+        self._routes = dict(lanes or {})
+        self._default_lane = default_lane
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         # Not socket.create_server: it rewrites the error's strerror.
         self._listener = socket.socket(family, socket.SOCK_STREAM)
@@ -309,10 +408,16 @@ class Server:
         self._thread: Optional[threading.Thread] = None
         self._tasks: Set["asyncio.Task[None]"] = set()
         self._conns: Set["_Conn"] = set()
-        self._app_pool = ElasticPool(APP_THREADS, "fcmon-web")
-        self._probe_pool = ElasticPool(PROBE_THREADS, "fcmon-probe-request")
+        self._pools: Dict[str, ElasticPool] = {}
+        self._turns: Dict[str, _Turns] = {}
+        for lane in [default_lane, *self._routes.values()]:
+            if lane.name not in self._pools:
+                self._pools[lane.name] = ElasticPool(lane.threads, f"fcmon-web-{lane.name}", queue=lane.queue)
+                if lane.writers is not None:
+                    self._turns[lane.name] = _Turns(lane.writers)
         self._quiet = _Quiet()
         self._out_of_files = _Quiet(60.0)
+        self._shed_quiet = _Quiet(60.0)
         self._trim = _Trim()
         self._served_since_trim = 0
         self._trim_due: Optional[asyncio.TimerHandle] = None
@@ -354,12 +459,15 @@ class Server:
         loop.call_soon_threadsafe(halt)
         self._thread.join(10)
         self._listener.close()
-        self._app_pool.shutdown()
-        self._probe_pool.shutdown()
+        for pool in self._pools.values():
+            pool.shutdown()
 
     @property
     def threads(self) -> int:
-        return self._app_pool.threads + self._probe_pool.threads
+        return sum(pool.threads for pool in self._pools.values())
+
+    def lane_of(self, path: str) -> Lane:
+        return self._routes.get(path, self._default_lane)
 
     # -- accepting
 
@@ -511,6 +619,14 @@ class Server:
         finally:
             conn.done(False)
 
+    def _shed(self, lane: Lane) -> None:
+        self._shed_quiet.log(logging.WARNING, "%s requests: queue full (%d waiting), answered 503",
+                             lane.name, lane.queue)
+        try:
+            self.on_shed(lane.name)
+        except Exception:
+            log.exception("counting a shed request failed")
+
     async def _respond(self, head: Tuple[str, str, str, List[Tuple[str, str]]], conn: "_Conn") -> bool:
         """Answer one request; whether the connection may carry another."""
         method, target, version, headers = head
@@ -544,9 +660,27 @@ class Server:
             if conn.closed:
                 return False
         environ = self._environ(method, target, version, fields, conn.addr)
-        pool = self._probe_pool if environ["PATH_INFO"] in self.slow_paths else self._app_pool
+        lane = self.lane_of(environ["PATH_INFO"])
+        pool = self._pools[lane.name]
         try:
-            status, out_headers, result, it, first = await loop.run_in_executor(pool, _call_app, self.app, environ)
+            work = pool.submit_bounded(functools.partial(_call_app, self.app, environ), conn.wanted)
+        except Full:
+            self._shed(lane)
+            body = b"busy, retry later\n"
+            transport.write(_head("503 Service Unavailable", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
+                ("Retry-After", str(RETRY_AFTER))], keep=False) + body)
+            await conn.drain(WRITE_DEADLINE)
+            return False
+        try:
+            status, out_headers, result, it, first = await asyncio.wrap_future(work)
+        except Gone:
+            self._quiet.debug("a request from %s not run: the client had gone", conn.addr[0])
+            try:
+                self.on_dropped(lane.name)
+            except Exception:
+                log.exception("counting a dropped request failed")
+            return False
         except Exception:
             log.exception("the web app failed on %s", environ["PATH_INFO"])
             body = b"internal error\n"
@@ -557,6 +691,13 @@ class Server:
             return False
         # The whole answer within WRITE_DEADLINE, or the connection is cut.
         deadline = loop.time() + WRITE_DEADLINE
+        turns = self._turns.get(lane.name)
+        if turns is not None and not await turns.take(WRITE_DEADLINE):
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            self._quiet.debug("an answer to %s not written: no turn within %.0f s", conn.addr[0], WRITE_DEADLINE)
+            return False
         try:
             if not any(k.lower() == "content-length" for k, _ in out_headers):
                 keep = False  # close-delimited
@@ -578,9 +719,11 @@ class Server:
                 if direct:
                     block = next(it, None)
                 else:
-                    block = await loop.run_in_executor(self._app_pool, next, it, None)
+                    block = await loop.run_in_executor(pool, next, it, None)
             return keep
         finally:
+            if turns is not None:
+                turns.give()
             close = getattr(result, "close", None)
             if close is not None:
                 close()
@@ -629,7 +772,7 @@ class Server:
             if self.open > 2:
                 return
             self._served_since_trim = 0
-            self._app_pool.submit(self._trim)
+            self._pools[self._default_lane.name].submit(self._trim)
 
         self._trim_due = self._loop.call_later(1.0, trim)
 
@@ -652,6 +795,7 @@ class _Conn(asyncio.Protocol):
         self.busy = False  # a request is being answered
         self.discard = False  # after a refusal: drop what comes
         self.closed = False
+        self.peer_eof = False  # the client closed its side
         self._released = False
         self._timer: Optional[asyncio.TimerHandle] = None
         self._request_started: Optional[float] = accepted
@@ -734,7 +878,15 @@ class _Conn(asyncio.Protocol):
             self._arm()
         self._head()
 
+    def wanted(self) -> bool:
+        """Whether work for this connection's request is still worth doing:
+        not once the connection is lost, nor once the client has closed its
+        side (what a client that gave up looks like; HTTP clients that want
+        an answer do not half-close). Called from pool threads: reads only."""
+        return not (self.closed or self.peer_eof)
+
     def eof_received(self) -> bool:
+        self.peer_eof = True
         if not self.busy:
             self.abort()
             return False

@@ -130,6 +130,9 @@ class MetricsStore:
         self._probe_requests_rejected = 0
         self._connections_rejected: Dict[str, int] = {reason: 0 for reason in REJECT_REASONS}
         self._auth_failures = 0
+        # lane -> requests answered 503 (lane full) / not run (client gone)
+        self._requests_shed: Dict[str, int] = {}
+        self._requests_dropped: Dict[str, int] = {}
 
     def set_targets(self, targets: Sequence[TargetConfig]) -> None:
         """Make the store hold exactly these targets; a removed target's series vanish."""
@@ -250,6 +253,23 @@ class MetricsStore:
         with self._lock:
             self._auth_failures += 1
 
+    def set_lanes(self, lanes: Sequence[str]) -> None:
+        """The HTTP endpoint's lanes: their counters start at 0."""
+        with self._lock:
+            for lane in lanes:
+                self._requests_shed.setdefault(lane, 0)
+                self._requests_dropped.setdefault(lane, 0)
+
+    def record_request_shed(self, lane: str) -> None:
+        """A request answered 503 at once: its lane's queue was full."""
+        with self._lock:
+            self._requests_shed[lane] = self._requests_shed.get(lane, 0) + 1
+
+    def record_request_dropped(self, lane: str) -> None:
+        """A request not run: its client had gone before its turn."""
+        with self._lock:
+            self._requests_dropped[lane] = self._requests_dropped.get(lane, 0) + 1
+
     def record_reload(self, ok: bool, when: float) -> None:
         with self._lock:
             self._reload_ok = ok
@@ -277,7 +297,8 @@ class MetricsStore:
         return Snapshot(targets, self._reload_ok, self._reload_ok_at,
                         (tuple(self._lateness_counts), self._lateness_sum),
                         self._probe_requests_rejected, dict(self._connections_rejected),
-                        self._auth_failures)
+                        self._auth_failures,
+                        tuple(sorted(self._requests_shed.items())), tuple(sorted(self._requests_dropped.items())))
 
 
 @dataclass(frozen=True)
@@ -290,6 +311,8 @@ class Snapshot:
     probe_requests_rejected: int = 0
     connections_rejected: Dict[str, int] = field(default_factory=dict)  # reason -> count
     auth_failures: int = 0
+    requests_shed: Tuple[Tuple[str, int], ...] = ()  # (lane, count)
+    requests_dropped: Tuple[Tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -513,3 +536,12 @@ def _global_families(snap: Snapshot) -> Iterable[Metric]:
         "fcmon_http_auth_failures",
         "Requests to the HTTP endpoint with wrong or missing basic-auth credentials",
         value=snap.auth_failures)
+    for name, text, counts in (
+            ("fcmon_http_requests_shed", "HTTP requests answered 503 at once because their lane's queue was full",
+             snap.requests_shed),
+            ("fcmon_http_requests_dropped", "HTTP requests not run because their client had gone before their turn",
+             snap.requests_dropped)):
+        family = CounterMetricFamily(name, text, labels=["lane"])
+        for lane, n in counts:
+            family.add_metric([lane], n)
+        yield family

@@ -111,12 +111,20 @@ class StatusBoard:
         self._events: Deque[Event] = deque(maxlen=MAX_EVENTS)
         self._reload = ReloadStatus(True, None, self._started, None)
         self._configured = False
+        # Bumped by every change: the status page is re-rendered only after one (pages.py).
+        self._changes = 0
+
+    def changes(self) -> int:
+        """How many changes the board has seen (any result, reload or new targets)."""
+        with self._lock:
+            return self._changes
 
     def set_targets(self, targets: Sequence[TargetConfig]) -> None:
         """Hold exactly these targets, in this order; the first call is the
         start, later ones are reloads (targets added or removed are events)."""
         now = self._clock()
         with self._lock:
+            self._changes += 1
             fresh: Dict[str, _Entry] = {}
             for t in targets:
                 entry = self._targets.get(t.name)
@@ -135,6 +143,7 @@ class StatusBoard:
 
     def record(self, result: ProbeResult) -> None:
         with self._lock:
+            self._changes += 1
             entry = self._targets.get(result.target)
             if entry is None:  # removed while its probe ran
                 return
@@ -159,6 +168,7 @@ class StatusBoard:
     def record_listeners(self, round_: ListenerRound) -> None:
         """A target's listener round; a listener that goes down or comes back is an event."""
         with self._lock:
+            self._changes += 1
             entry = self._targets.get(round_.target)
             if entry is None:
                 return
@@ -178,6 +188,7 @@ class StatusBoard:
         """A reload's outcome; `error` is a one-line message without secrets."""
         now = self._clock()
         with self._lock:
+            self._changes += 1
             last_success = now if ok else self._reload.last_success
             self._reload = ReloadStatus(ok, now, last_success, None if ok else (error or "reload failed"))
 

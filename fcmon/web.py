@@ -16,8 +16,9 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 import zlib
-from typing import Any, Callable, FrozenSet, Iterable, Iterator, List, Optional, Protocol, Tuple, Union
+from typing import Any, Callable, FrozenSet, Iterable, Iterator, List, Optional, Protocol, Sequence, Tuple, Union
 from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry
@@ -27,6 +28,7 @@ from . import httpd, statuspage
 from .authguard import AuthGuard
 from .config import WebConfig
 from .flight import Busy
+from .pages import Pages, Rendered
 from .status import StatusSnapshot
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,20 @@ log = logging.getLogger(__name__)
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 StartResponse = Callable[..., Any]
+
+# Who may not wait behind whom (httpd.Lane: threads, and requests queued
+# for them at most; beyond, 503 + Retry-After, counted). Scrapes and health
+# checks have their own threads, so a crowd of page pollers or /probe
+# callers never holds them up; /probe waits for FairCom, so it has many
+# threads (its probes are capped by max_probe_requests); pages and anything
+# else (404s, 401s) share a small lane: pages come from a shared rendering
+# (pages.py), so a request there costs little but writing the bytes, and at
+# most 32 page answers are written at once: the others wait holding no copy
+# (3,000 pollers of a 4.6 MB page: at most 32 x 128 KB in buffers).
+SCRAPE_LANE = httpd.Lane("scrape", threads=4, queue=32)
+PROBE_LANE = httpd.Lane("probe", threads=256, queue=256)
+PAGE_LANE = httpd.Lane("page", threads=2, queue=32, writers=32)
+LANES = {"/metrics": SCRAPE_LANE, "/-/healthy": SCRAPE_LANE, "/-/ready": SCRAPE_LANE, "/probe": PROBE_LANE}
 
 
 class Chunks(Protocol):
@@ -66,7 +82,8 @@ class App:
     """The WSGI application. `metrics()` is the /metrics body (bytes, or
     pieces with a length: sent as they come, never joined here);
     `probe_target(name)` returns a registry holding only that target's series
-    after probing it now, or None for an unknown name; `debug_probe(name)`
+    after probing it (or that and the seconds since the probe ended: a
+    result served again), or None for an unknown name; `debug_probe(name)`
     the same probe's log and series as text (`&debug=true`); `status()` is
     what the status page (`/`) and `/api/v1/status` show."""
 
@@ -75,14 +92,20 @@ class App:
         metrics: Callable[[], BodyType],
         healthy: Callable[[], bool],
         ready: Callable[[], bool],
-        probe_target: Callable[[str], Optional[CollectorRegistry]],
+        probe_target: Callable[[str], Union[None, CollectorRegistry, Tuple[CollectorRegistry, float]]],
         web: WebConfig,
         status: Optional[Callable[[], StatusSnapshot]] = None,
         debug_probe: Optional[Callable[[str], Optional[bytes]]] = None,
         on_auth_failure: Callable[[], None] = lambda: None,
+        status_changes: Callable[[], int] = lambda: -1,
     ):
         self._metrics = metrics
-        self._status = status
+        # `status_changes`: a count that moves with every change of the
+        # status (StatusBoard.changes); without it the pages are rebuilt
+        # every period.
+        self.pages: Optional[Pages] = None if status is None else Pages(
+            status, {"html": statuspage.render_html, "json": statuspage.render_json}, gzip_body,
+            changes=status_changes)
         self._healthy = healthy
         self._ready = ready
         self._probe_target = probe_target
@@ -112,6 +135,7 @@ class App:
                 return _reply(start_response, "400 Bad Request",
                               b"the 'target' parameter is missing (or given twice): /probe?target=NAME, "
                               b"NAME a [target:NAME] of the config\n")
+            age: Optional[float] = None
             try:
                 if debug and self._debug_probe is not None:
                     text = self._debug_probe(names[0]) if len(names) == 1 else None
@@ -119,13 +143,21 @@ class App:
                         return _reply(start_response, "200 OK", text, [("Cache-Control", "no-store")])
                     registry = None
                 else:
-                    registry = self._probe_target(names[0]) if len(names) == 1 else None
+                    answer = self._probe_target(names[0]) if len(names) == 1 else None
+                    registry, age = answer if isinstance(answer, tuple) else (answer, None)
             except Busy:
                 return _reply(start_response, "503 Service Unavailable",
                               b"too many probes in flight, retry later\n", [("Retry-After", "5")])
             if registry is None:
                 return _reply(start_response, "404 Not Found", b"unknown target\n")
-            return _exposition(environ, start_response, generate_latest(registry))
+            body = generate_latest(registry)
+            extra: List[Tuple[str, str]] = []
+            if age is not None:
+                # How old the result is: a header, and a comment line (the
+                # text format ignores comments other than HELP and TYPE).
+                body += f"# fcmon: this probe ended {age:.3f} s before this answer\n".encode()
+                extra.append(("Age", str(int(age))))
+            return _exposition(environ, start_response, body, extra)
         if path == "/-/healthy":
             ok = self._healthy()
             return _reply(start_response, "200 OK" if ok else "503 Service Unavailable",
@@ -134,11 +166,11 @@ class App:
             ok = self._ready()
             return _reply(start_response, "200 OK" if ok else "503 Service Unavailable",
                           b"OK\n" if ok else b"first round of probes not done\n")
-        if path == "/" and self._status is not None:
-            return _page(environ, start_response, statuspage.render_html(self._status()),
+        if path == "/" and self.pages is not None:
+            return _page(environ, start_response, self.pages.get("html"),
                          [("Content-Type", statuspage.HTML_CONTENT_TYPE), *statuspage.PAGE_HEADERS])
-        if path == "/api/v1/status" and self._status is not None:
-            return _page(environ, start_response, statuspage.render_json(self._status()),
+        if path == "/api/v1/status" and self.pages is not None:
+            return _page(environ, start_response, self.pages.get("json"),
                          [("Content-Type", statuspage.JSON_CONTENT_TYPE), ("Cache-Control", "no-store")])
         return _reply(start_response, "404 Not Found", b"not found\n")
 
@@ -234,22 +266,25 @@ def gzip_body(body: BodyType) -> bytes:
     return b"".join(out)
 
 
-def _exposition(environ: dict, start_response: StartResponse, body: BodyType) -> Iterable[bytes]:
+def _exposition(environ: dict, start_response: StartResponse, body: BodyType,
+                extra: Sequence[Tuple[str, str]] = ()) -> Iterable[bytes]:
     """A /metrics or /probe answer, gzipped when the client asks (Prometheus does)."""
-    headers = [("Content-Type", METRICS_CONTENT_TYPE), ("Vary", "Accept-Encoding")]
+    headers = [("Content-Type", METRICS_CONTENT_TYPE), ("Vary", "Accept-Encoding"), *extra]
     if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
         body = gzip_body(body)
         headers.append(("Content-Encoding", "gzip"))
     return _reply(start_response, "200 OK", body, headers)
 
 
-def _page(environ: dict, start_response: StartResponse, body: bytes,
+def _page(environ: dict, start_response: StartResponse, page: Rendered,
           headers: List[Tuple[str, str]]) -> Iterable[bytes]:
-    """The status page or its JSON, gzipped when the client asks (browsers
-    do): 3,000 targets make 4.6 MB of HTML, about 90 kB gzipped."""
-    headers = headers + [("Vary", "Accept-Encoding")]
+    """The status page or its JSON from the shared rendering, gzipped when
+    the client asks (browsers do: 3,000 targets make 4.6 MB of HTML, about
+    90 kB gzipped); `Age`: seconds since it was rendered."""
+    headers = headers + [("Vary", "Accept-Encoding"), ("Age", str(int(page.age(time.monotonic()))))]
+    body = page.plain
     if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
-        body = gzip_body(body)
+        body = page.gzip
         headers.append(("Content-Encoding", "gzip"))
     return _reply(start_response, "200 OK", body, headers)
 
@@ -280,15 +315,21 @@ class WebServer:
     once, serves once started. `max_connections`: open connections at most
     (see `httpd.connection_cap`); `on_rejected(reason)` counts those closed
     at once (`httpd.REJECT_REASONS`). The per-client limit is the app's
-    `[web] max_connections_per_client`."""
+    `[web] max_connections_per_client`. `on_shed(lane)` counts requests
+    answered 503 because their lane was full, `on_dropped(lane)` requests
+    not run because their client had gone."""
 
     def __init__(self, app: App, host: str, port: int, ssl_context: Optional[ssl.SSLContext],
                  max_connections: int = httpd.MAX_CONNECTIONS,
-                 on_rejected: Callable[[str], None] = lambda reason: None):
+                 on_rejected: Callable[[str], None] = lambda reason: None,
+                 on_shed: Callable[[str], None] = lambda lane: None,
+                 on_dropped: Callable[[str], None] = lambda lane: None):
         try:
             self._server = httpd.Server(app, host, port, ssl_context, max_connections, on_rejected,
                                         max_per_client=app.web.max_connections_per_client,
-                                        admit=app.auth_guard.admit)
+                                        admit=app.auth_guard.admit,
+                                        lanes=LANES, default_lane=PAGE_LANE,
+                                        on_shed=on_shed, on_dropped=on_dropped)
         except OSError as exc:  # includes socket.gaierror for a host name that does not resolve
             raise listen_error(host, port, exc) from None
         self._app = app

@@ -41,6 +41,8 @@ def _config(test_pki: PKI, emu: Emulator, tmp_path, extra: str = ""):  # type: i
 [fcmon]
 listen = 127.0.0.1:0
 schedule = false
+# every call probes: these tests follow one probe after another
+probe_reuse_window = 0
 timeout = 3
 {extra}
 [target:prod]

@@ -99,7 +99,7 @@ def test_only_the_fields_sent_become_labels() -> None:
 
 def test_version_change_is_logged_once(test_pki: PKI, named_emulator: Emulator, tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
     config = tmp_path / "config.ini"
-    config.write_text("[fcmon]\nlisten = 127.0.0.1:0\nschedule = false\n"
+    config.write_text("[fcmon]\nlisten = 127.0.0.1:0\nschedule = false\nprobe_reuse_window = 0\n"
                       + target_section(test_pki, named_emulator))
     daemon = Daemon(load_config(config, {}), {})
     try:
