@@ -136,6 +136,11 @@ class Lane:
     threads: int = APP_THREADS
     queue: int = APP_QUEUE
     writers: Optional[int] = None
+    # `first`: while a request of such a lane is being answered (from its
+    # dispatch to its last byte), answers of `yields` lanes wait before each
+    # slice they write: the event loop and the CPU go to the first.
+    first: bool = False
+    yields: bool = False
 
 
 DEFAULT_LANE = Lane("app")
@@ -410,6 +415,8 @@ class Server:
         self._conns: Set["_Conn"] = set()
         self._pools: Dict[str, ElasticPool] = {}
         self._turns: Dict[str, _Turns] = {}
+        self._first_in_progress = 0  # requests of `first` lanes being answered (on the loop)
+        self._first_done: Optional[asyncio.Event] = None  # set while none is
         for lane in [default_lane, *self._routes.values()]:
             if lane.name not in self._pools:
                 self._pools[lane.name] = ElasticPool(lane.threads, f"fcmon-web-{lane.name}", queue=lane.queue)
@@ -661,6 +668,53 @@ class Server:
                 return False
         environ = self._environ(method, target, version, fields, conn.addr)
         lane = self.lane_of(environ["PATH_INFO"])
+        if lane.first:
+            self._first_begins()
+            try:
+                return await self._dispatch(method, environ, conn, lane, keep)
+            finally:
+                self._first_ends()
+        return await self._dispatch(method, environ, conn, lane, keep)
+
+    def _first_begins(self) -> None:
+        if self._first_done is None:
+            self._first_done = asyncio.Event()
+        self._first_in_progress += 1
+        self._first_done.clear()
+
+    def _first_ends(self) -> None:
+        self._first_in_progress -= 1
+        if self._first_in_progress == 0 and self._first_done is not None:
+            self._first_done.set()
+
+    async def _after_first(self, conn: "_Conn", timeout: float) -> None:
+        """Wait (for a `yields` lane's answer) until no `first` request is
+        being answered; cut the connection after `timeout`."""
+        if self._first_in_progress == 0 or self._first_done is None:
+            return
+        try:
+            await asyncio.wait_for(self._first_done.wait(), max(0.001, timeout))
+        except asyncio.TimeoutError:
+            conn.abort()
+            raise ConnectionResetError("answer not written within its deadline") from None
+
+    async def _drain(self, conn: "_Conn", lane: Lane, timeout: float) -> None:
+        """`conn.drain`; a `first` answer waiting for its client to read does
+        not hold the `yields` lanes meanwhile (a slow reader of /metrics
+        must not stop the pages)."""
+        if lane.first and conn.paused:
+            self._first_ends()
+            try:
+                await conn.drain(timeout)
+            finally:
+                self._first_begins()
+        else:
+            await conn.drain(timeout)
+
+    async def _dispatch(self, method: str, environ: Dict[str, Any], conn: "_Conn", lane: Lane,
+                        keep: bool) -> bool:
+        loop = asyncio.get_running_loop()
+        transport = conn.transport
         pool = self._pools[lane.name]
         try:
             work = pool.submit_bounded(functools.partial(_call_app, self.app, environ), conn.wanted)
@@ -714,8 +768,10 @@ class Server:
                 # and a slow reader must not make it hold a whole block.
                 view = memoryview(block)
                 for start in range(0, len(view), WRITE_SLICE):
+                    if lane.yields:
+                        await self._after_first(conn, deadline - loop.time())
                     transport.write(view[start:start + WRITE_SLICE])
-                    await conn.drain(deadline - loop.time())
+                    await self._drain(conn, lane, deadline - loop.time())
                 if direct:
                     block = next(it, None)
                 else:
@@ -800,7 +856,7 @@ class _Conn(asyncio.Protocol):
         self._timer: Optional[asyncio.TimerHandle] = None
         self._request_started: Optional[float] = accepted
         self._drain: Optional["asyncio.Future[None]"] = None
-        self._paused = False
+        self.paused = False  # the transport's buffer is above its high-water mark
 
     # -- lifecycle
 
@@ -922,10 +978,10 @@ class _Conn(asyncio.Protocol):
     # -- writing (flow control)
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self.paused = True
 
     def resume_writing(self) -> None:
-        self._paused = False
+        self.paused = False
         if self._drain is not None and not self._drain.done():
             self._drain.set_result(None)
         self._drain = None
@@ -935,7 +991,7 @@ class _Conn(asyncio.Protocol):
         connection when that takes longer than `timeout`."""
         if self.closed:
             raise ConnectionResetError("connection lost")
-        if not self._paused:
+        if not self.paused:
             return
         loop = asyncio.get_running_loop()
         self._drain = loop.create_future()

@@ -47,10 +47,13 @@ StartResponse = Callable[..., Any]
 # else (404s, 401s) share a small lane: pages come from a shared rendering
 # (pages.py), so a request there costs little but writing the bytes, and at
 # most 32 page answers are written at once: the others wait holding no copy
-# (3,000 pollers of a 4.6 MB page: at most 32 x 128 KB in buffers).
-SCRAPE_LANE = httpd.Lane("scrape", threads=4, queue=32)
+# (3,000 pollers of a 4.6 MB page: at most 32 x 128 KB in buffers). And
+# while a scrape or health check is answered, page answers pause between
+# slices: cached pages go out as fast as pollers read them, and without
+# this they took the loop and the CPU from /metrics.
+SCRAPE_LANE = httpd.Lane("scrape", threads=4, queue=32, first=True)
 PROBE_LANE = httpd.Lane("probe", threads=256, queue=256)
-PAGE_LANE = httpd.Lane("page", threads=2, queue=32, writers=32)
+PAGE_LANE = httpd.Lane("page", threads=2, queue=32, writers=32, yields=True)
 LANES = {"/metrics": SCRAPE_LANE, "/-/healthy": SCRAPE_LANE, "/-/ready": SCRAPE_LANE, "/probe": PROBE_LANE}
 
 

@@ -226,3 +226,52 @@ def test_answers_take_turns_first_come_first_served() -> None:
         return order
 
     assert asyncio.run(scenario()) == ["a", "b", "late: no turn", "c", "d", "e"]
+
+
+def test_page_answers_pause_while_a_scrape_is_answered() -> None:
+    """Scrapes first: while a request of a `first` lane is being answered,
+    answers of a `yields` lane write nothing more; they go on after it."""
+    scrape_held = threading.Event()
+    scraping = threading.Event()
+    page = b"x" * (4 * httpd.WRITE_SLICE)
+
+    def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ["PATH_INFO"] == "/metrics":
+            scraping.set()
+            scrape_held.wait(30)
+            body = b"ok\n"
+        else:
+            body = page
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    server = httpd.Server(app, "127.0.0.1", 0, lanes={"/metrics": httpd.Lane("scrape", first=True)},
+                          default_lane=httpd.Lane("page", yields=True))
+    server.start()
+    try:
+        assert len(_get(server.port, "/").body) == len(page)  # nothing held: at once
+        scrape = _send(server.port, "/metrics")
+        assert scraping.wait(10)
+        reader = _send(server.port, "/")
+        reader.settimeout(1.0)
+        got = b""
+        try:
+            while True:
+                chunk = reader.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+        except socket.timeout:
+            pass
+        assert len(got) < len(page)  # the page waits while the scrape is answered
+        scrape_held.set()
+        assert _answer(scrape).startswith(b"HTTP/1.1 200 OK")
+        reader.settimeout(30)
+        while not got.endswith(page[-10:]) or len(got.partition(b"\r\n\r\n")[2]) < len(page):
+            chunk = reader.recv(65536)
+            assert chunk, "closed before the page was complete"
+            got += chunk
+        reader.close()
+    finally:
+        scrape_held.set()
+        server.stop()
