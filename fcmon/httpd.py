@@ -637,7 +637,6 @@ class Server:
     async def _respond(self, head: Tuple[str, str, str, List[Tuple[str, str]]], conn: "_Conn") -> bool:
         """Answer one request; whether the connection may carry another."""
         method, target, version, headers = head
-        loop = asyncio.get_running_loop()
         transport = conn.transport
         fields: Dict[str, str] = {}
         for name, value in headers:
