@@ -77,7 +77,8 @@ class Daemon:
         self.board.set_targets(config.targets)
         self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_answer, config.web,
                        status=self.board.snapshot, debug_probe=self.debug_probe,
-                       status_changes=self.board.changes, on_auth_failure=self.store.record_auth_failure)
+                       status_changes=self.board.changes, status_reloads=self.board.reloads,
+                       on_auth_failure=self.store.record_auth_failure)
         self.store.set_lanes(sorted({lane.name for lane in (*LANES.values(), PAGE_LANE)}))
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
                              server_ssl_context(config.web), connection_cap(fd_reserve(config)),

@@ -7,7 +7,8 @@ the same bytes gzipped, both made once, handed to every caller until the
 next rebuild. A page is rebuilt when a caller asks for it and it is at
 least `period` seconds old and the status changed since (or it is
 `max_age` old: the page shows times relative to its snapshot); so at most
-one render of each page per period, however many callers. While one
+one render of each page per period, however many callers. A reload (the
+operator's doing, and rare) makes the next caller rebuild it at once. While one
 caller rebuilds it, the others get the previous one at once; only the very
 first callers wait for the first render.
 
@@ -36,6 +37,7 @@ class Rendered:
     gzip: bytes
     built: float  # monotonic clock
     changes: int  # the status' change count it was built from
+    reloads: int  # and its reload count
 
     def age(self, now: float) -> float:
         return max(0.0, now - self.built)
@@ -48,12 +50,14 @@ class Pages:
                  renderers: Dict[str, Callable[[StatusSnapshot], bytes]],
                  compress: Callable[[bytes], bytes],
                  changes: Callable[[], int] = lambda: -1,
+                 reloads: Callable[[], int] = lambda: 0,
                  period: float = PERIOD, max_age: float = MAX_AGE,
                  clock: Callable[[], float] = time.monotonic):
         self._status = status
         self._renderers = dict(renderers)
         self._compress = compress
         self._changes = changes
+        self._reloads = reloads
         self.period = period
         self.max_age = max_age
         self._clock = clock
@@ -62,7 +66,9 @@ class Pages:
         self._building: Dict[str, bool] = {}
         self.renders = 0  # rebuilds done (tests, bench)
 
-    def _stale(self, page: Rendered, now: float, changes: int) -> bool:
+    def _stale(self, page: Rendered, now: float, changes: int, reloads: int) -> bool:
+        if reloads != page.reloads:
+            return True
         age = page.age(now)
         if age < self.period:
             return False
@@ -74,8 +80,8 @@ class Pages:
         with self._cond:
             while True:
                 page = self._pages.get(kind)
-                changes = self._changes()
-                if page is not None and not self._stale(page, self._clock(), changes):
+                changes, reloads = self._changes(), self._reloads()
+                if page is not None and not self._stale(page, self._clock(), changes, reloads):
                     return page
                 if not self._building.get(kind):
                     break
@@ -87,7 +93,7 @@ class Pages:
             # The change count first: a change during the render makes the next one due.
             snapshot = self._status()
             plain = render(snapshot)
-            fresh = Rendered(plain, self._compress(plain), self._clock(), changes)
+            fresh = Rendered(plain, self._compress(plain), self._clock(), changes, reloads)
         except BaseException:
             with self._cond:
                 self._building[kind] = False

@@ -111,13 +111,21 @@ class StatusBoard:
         self._events: Deque[Event] = deque(maxlen=MAX_EVENTS)
         self._reload = ReloadStatus(True, None, self._started, None)
         self._configured = False
-        # Bumped by every change: the status page is re-rendered only after one (pages.py).
+        # Bumped by every change: the status page is re-rendered only after
+        # one (pages.py); `_reloads` by the operator's (a reload, its
+        # outcome), which the page shows at once.
         self._changes = 0
+        self._reloads = 0
 
     def changes(self) -> int:
         """How many changes the board has seen (any result, reload or new targets)."""
         with self._lock:
             return self._changes
+
+    def reloads(self) -> int:
+        """How many reloads (new targets, a reload's outcome) the board has seen."""
+        with self._lock:
+            return self._reloads
 
     def set_targets(self, targets: Sequence[TargetConfig]) -> None:
         """Hold exactly these targets, in this order; the first call is the
@@ -125,6 +133,7 @@ class StatusBoard:
         now = self._clock()
         with self._lock:
             self._changes += 1
+            self._reloads += 1
             fresh: Dict[str, _Entry] = {}
             for t in targets:
                 entry = self._targets.get(t.name)
@@ -189,6 +198,7 @@ class StatusBoard:
         now = self._clock()
         with self._lock:
             self._changes += 1
+            self._reloads += 1
             last_success = now if ok else self._reload.last_success
             self._reload = ReloadStatus(ok, now, last_success, None if ok else (error or "reload failed"))
 

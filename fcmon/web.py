@@ -101,14 +101,16 @@ class App:
         debug_probe: Optional[Callable[[str], Optional[bytes]]] = None,
         on_auth_failure: Callable[[], None] = lambda: None,
         status_changes: Callable[[], int] = lambda: -1,
+        status_reloads: Callable[[], int] = lambda: 0,
     ):
         self._metrics = metrics
         # `status_changes`: a count that moves with every change of the
         # status (StatusBoard.changes); without it the pages are rebuilt
-        # every period.
+        # every period. `status_reloads`: one that moves with each reload
+        # (StatusBoard.reloads): the pages show it at once.
         self.pages: Optional[Pages] = None if status is None else Pages(
             status, {"html": statuspage.render_html, "json": statuspage.render_json}, gzip_body,
-            changes=status_changes)
+            changes=status_changes, reloads=status_reloads)
         self._healthy = healthy
         self._ready = ready
         self._probe_target = probe_target

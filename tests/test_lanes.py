@@ -145,7 +145,8 @@ class Clock:
         return self.now
 
 
-def _pages(clock: Clock, changes: List[int], renders: List[int], compressions: List[int]) -> Pages:
+def _pages(clock: Clock, changes: List[int], renders: List[int], compressions: List[int],
+           reloads: List[int]) -> Pages:
     def status() -> Any:
         return changes[0]
 
@@ -157,13 +158,15 @@ def _pages(clock: Clock, changes: List[int], renders: List[int], compressions: L
         compressions.append(1)
         return b"gz:" + body
 
-    return Pages(status, {"html": render}, compress, changes=lambda: changes[0], period=5.0, max_age=30.0,
-                 clock=clock)
+    return Pages(status, {"html": render}, compress, changes=lambda: changes[0], reloads=lambda: reloads[0],
+                 period=5.0, max_age=30.0, clock=clock)
 
 
 def test_a_page_is_rendered_once_per_period_and_only_after_a_change() -> None:
-    clock, changes, renders, compressions = Clock(), [1], [], []
-    pages = _pages(clock, changes, renders, compressions)
+    """At most one render per period, only after a change (or max_age);
+    a reload at once."""
+    clock, changes, renders, compressions, reloads = Clock(), [1], [], [], [0]
+    pages = _pages(clock, changes, renders, compressions, reloads)
     first = pages.get("html")
     assert (first.plain, first.gzip) == (b"page 1", b"gz:page 1")
     changes[0] = 2
@@ -175,8 +178,12 @@ def test_a_page_is_rendered_once_per_period_and_only_after_a_change() -> None:
     clock.now += 10
     assert pages.get("html") is second  # period over, but nothing changed
     clock.now += 20
-    assert pages.get("html").plain == b"page 2"  # max_age: rebuilt anyway (times on it move)
-    assert len(renders) == 3 and len(compressions) == 3  # gzip once per rendering, not per caller
+    third = pages.get("html")
+    assert third is not second and third.plain == b"page 2"  # max_age: rebuilt anyway (times on it move)
+    changes[0], reloads[0] = 3, 1
+    clock.now += 0.1
+    assert pages.get("html").plain == b"page 3"  # a reload shows at once, within the period
+    assert len(renders) == 4 and len(compressions) == 4  # gzip once per rendering, not per caller
 
 
 def test_concurrent_callers_share_one_render() -> None:
