@@ -40,10 +40,22 @@ class Verdict:
 
 
 def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float,
-          listeners: Optional[ListenerRound] = None) -> Verdict:
+          listeners: Optional[ListenerRound] = None, sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
+          sessions_crit: float = levels.SESSIONS_CRIT_PERCENT) -> Verdict:
     """The one rule of fcmon/levels.py, as a Nagios status."""
-    j = levels.judge(result, listeners, now, levels.Thresholds(warn_days, crit_days))
+    j = levels.judge(result, listeners, now, levels.Thresholds(warn_days, crit_days, sessions_warn, sessions_crit))
     return Verdict(result, levels.EXIT_CODES[j.level], j.why, listeners)
+
+
+def sessions_perfdata(result: ProbeResult, warn_percent: float, crit_percent: float) -> List[str]:
+    """The account's sessions from the census, `label=N;warn;crit;0;limit` (thresholds as counts)."""
+    c = result.census
+    if c is None:
+        return []
+    warn, crit = c.limit * warn_percent / 100.0, c.limit * crit_percent / 100.0
+    return [f"{_perf_label(result.target, 'account_sessions')}={c.sessions};{warn:g};{crit:g};0;{c.limit}",
+            f"{_perf_label(result.target, 'account_sessions_fcmon')}={c.fcmon};;;0;{c.limit}",
+            f"{_perf_label(result.target, 'sessions_reaped')}={c.reaped}c"]
 
 
 def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
@@ -149,7 +161,8 @@ def listener_perfdata(target: str, round_: Optional[ListenerRound], warn_days: f
 
 
 def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days: float = 7.0,
-                now: Optional[float] = None) -> str:
+                now: Optional[float] = None, sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
+                sessions_crit: float = levels.SESSIONS_CRIT_PERCENT) -> str:
     status = overall(verdicts)
     up = sum(1 for v in verdicts if v.result.up)
     bad = [v for v in verdicts if v.status != OK]
@@ -167,6 +180,7 @@ def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days:
         perf += cert_perfdata(v.result, warn_days, crit_days, time.time() if now is None else now)
         perf += listener_perfdata(v.result.target, v.listeners, warn_days, crit_days,
                                   time.time() if now is None else now)
+        perf += sessions_perfdata(v.result, sessions_warn, sessions_crit)
     lines = [plugin_line(head) + (" | " + " ".join(perf) if perf else "")]
     if len(verdicts) > 1:
         # Nagios reads a `|` in the long text too, as more perfdata.
@@ -175,11 +189,13 @@ def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days:
 
 
 def render_json(verdicts: Sequence[Verdict], now: float, warn_days: float = CERT_WARN_DAYS,
-                crit_days: float = CERT_CRIT_DAYS, endpoints: Optional[Dict[str, str]] = None) -> str:
+                crit_days: float = CERT_CRIT_DAYS, endpoints: Optional[Dict[str, str]] = None,
+                sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
+                sessions_crit: float = levels.SESSIONS_CRIT_PERCENT) -> str:
     """The shared schema (fcmon/schema.py, README "JSON schema"), plus the
     plugin's status and exit code."""
     status = overall(verdicts)
-    thresholds = levels.Thresholds(warn_days, crit_days)
+    thresholds = levels.Thresholds(warn_days, crit_days, sessions_warn, sessions_crit)
     targets = [schema.target_doc(v.result.target, (endpoints or {}).get(v.result.target, ""), v.result,
                                  v.listeners, now, thresholds, debug_probe=False)
                for v in verdicts]
@@ -266,22 +282,29 @@ def run_check(
     textfile: Optional[Path],
     max_connections_per_host: int = 8,
     debug_log: Optional[Callable[[str], object]] = None,
+    instance_id: Optional[str] = None,
+    sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
+    sessions_crit: float = levels.SESSIONS_CRIT_PERCENT,
 ) -> Tuple[int, str]:
     """Probe, judge and render; returns (exit code, output). `debug_log`
-    (--verbose) gets each probe's debug log, as /probe?debug=true shows it."""
-    results, rounds = check_all(targets, max_connections_per_host=max_connections_per_host)
+    (--verbose) gets each probe's debug log, as /probe?debug=true shows it.
+    `instance_id` names this fcmon in its sessions (fcmon/instance.py)."""
+    results, rounds = check_all(targets, Prober(instance_id=instance_id),
+                                max_connections_per_host=max_connections_per_host)
     if debug_log is not None:
         debug_log("\n".join(debuglog.render(r, t) for t, r in zip(targets, results)))
     now = time.time()
-    verdicts = [judge(r, warn_days, crit_days, now, x) for r, x in zip(results, rounds)]
+    verdicts = [judge(r, warn_days, crit_days, now, x, sessions_warn, sessions_crit)
+                for r, x in zip(results, rounds)]
     if textfile is not None:
         write_atomically(textfile, render_prometheus(targets, results, rounds=rounds))
     if fmt == "json":
-        text = render_json(verdicts, now, warn_days, crit_days, {t.name: t.endpoint for t in targets})
+        text = render_json(verdicts, now, warn_days, crit_days, {t.name: t.endpoint for t in targets},
+                           sessions_warn, sessions_crit)
     elif fmt == "prometheus":
         text = render_prometheus(targets, results, rounds=rounds).decode()
     else:
-        text = render_text(verdicts, warn_days, crit_days, now)
+        text = render_text(verdicts, warn_days, crit_days, now, sessions_warn, sessions_crit)
     return overall(verdicts), text
 
 

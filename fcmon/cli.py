@@ -49,6 +49,11 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
                        help=f"WARNING when a certificate expires within N days (default {CERT_WARN_DAYS:g})")
     check.add_argument("--crit-days", type=float, default=CERT_CRIT_DAYS, metavar="N",
                        help=f"CRITICAL when a certificate expires within N days (default {CERT_CRIT_DAYS:g})")
+    check.add_argument("--sessions-warn", type=float, default=80.0, metavar="PCT",
+                       help="WARNING when the account holds more than PCT%% of its session limit "
+                       "(account_sessions_limit; default 80)")
+    check.add_argument("--sessions-crit", type=float, default=95.0, metavar="PCT",
+                       help="CRITICAL when the account holds more than PCT%% of its session limit (default 95)")
     check.add_argument("--textfile", type=Path, metavar="PATH",
                        help="also write the Prometheus text to PATH, atomically "
                        "(node_exporter textfile collector)")
@@ -194,6 +199,7 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .check import UNKNOWN, config_summary, render_prometheus, render_unknown, run_check, \
         select_targets, write_atomically
+    from .instance import instance_id
 
     def unknown(summary: str, problems: Sequence[str] = (), config_ok: Optional[bool] = None) -> int:
         sys.stdout.write(render_unknown(args.format, summary, problems, config_ok))
@@ -216,10 +222,14 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return unknown(f"no such target: {', '.join(missing)} (configured: {names})")
     if args.crit_days > args.warn_days:
         return unknown("--crit-days must not exceed --warn-days")
+    if not 0 <= args.sessions_warn <= args.sessions_crit:
+        return unknown("--sessions-warn must be between 0 and --sessions-crit")
     try:
         code, text = run_check(targets, args.format, args.warn_days, args.crit_days, args.textfile,
                                config.max_connections_per_host,
-                               debug_log=sys.stderr.write if args.verbose else None)
+                               debug_log=sys.stderr.write if args.verbose else None,
+                               instance_id=instance_id(config), sessions_warn=args.sessions_warn,
+                               sessions_crit=args.sessions_crit)
     except OSError as exc:
         return unknown(f"cannot write {args.textfile}: {exc.strerror or exc}")
     sys.stdout.write(text)

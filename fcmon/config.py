@@ -72,6 +72,10 @@ class TargetConfig:
     listeners: Tuple[Tuple[str, int], ...] = ()  # (NAME, PORT) as configured
     listeners_discover: bool = True
     listener_interval: float = 600.0
+    # describeSessions before deleteSession (fcmon/census.py), and the
+    # account's session limit the census is measured against
+    session_census: bool = True
+    account_sessions_limit: int = 50
 
     @property
     def discovers_listeners(self) -> bool:
@@ -101,6 +105,9 @@ class Config:
     # /probe serves a probe's result again to calls for the same target for
     # this many seconds after it ended (0: every call probes).
     probe_reuse_window: float = 5.0
+    # names this fcmon in the sessions it creates (fcmon/instance.py); None:
+    # derived from the machine, the config path and the listen address
+    instance_id: Optional[str] = None
     web: WebConfig = WebConfig()
     targets: Tuple[TargetConfig, ...] = ()
     path: Optional[Path] = None
@@ -115,7 +122,8 @@ DEFAULTS = "defaults"
 TARGET_PREFIX = "target:"
 
 FCMON_KEYS = ("listen", "interval", "timeout", "log_level", "log_format", "schedule",
-              "max_connections_per_host", "max_probe_requests", "probe_reuse_window")
+              "max_connections_per_host", "max_probe_requests", "probe_reuse_window",
+              "instance_id")
 WEB_KEYS = (
     "tls_cert_file",
     "tls_key_file",
@@ -144,6 +152,8 @@ TARGET_KEYS = (
     "listeners",
     "listeners_discover",
     "listener_interval",
+    "session_census",
+    "account_sessions_limit",
 )
 # Every target has its own address; inheriting one would point two target
 # labels at the same server.
@@ -157,6 +167,9 @@ CLIENT_PAIR_KEYS = ("client_cert_file", "client_key_file")
 KEY_PASSWORD_KEYS = ("client_key_password_file", "client_key_password_env")
 
 DEFAULT_SESSION_IDLE_TIMEOUT = 300
+# FairCom's maxJsonApiSessionsPerUsername
+DEFAULT_ACCOUNT_SESSIONS_LIMIT = 50
+INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_LISTENER_INTERVAL = 600.0
 LISTENER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 DEFAULT_MAX_RESPONSE_BYTES = 1048576
@@ -295,6 +308,7 @@ def parse_config(
         max_connections_per_host=fcmon["max_connections_per_host"],
         max_probe_requests=fcmon["max_probe_requests"],
         probe_reuse_window=fcmon["probe_reuse_window"],
+        instance_id=fcmon["instance_id"],
         web=web,
         targets=tuple(targets),
     )
@@ -313,6 +327,8 @@ def redacted_summary(config: Config) -> List[str]:
     lines.append(f"limits: {config.max_connections_per_host} probes in flight per FairCom host, "
                  f"{config.max_probe_requests} probes started by /probe, "
                  f"/probe results reused for {_num(config.probe_reuse_window)}s")
+    if config.instance_id is not None:
+        lines.append(f"instance_id: {config.instance_id}")
     if not config.schedule:
         lines.append("schedule: off (targets are probed only through /probe?target=NAME)")
     web = config.web
@@ -349,6 +365,8 @@ def redacted_summary(config: Config) -> List[str]:
             f"max_response_bytes {t.max_response_bytes}"
         )
         lines.append(f"  listeners: {_listeners_summary(t)}")
+        lines.append("  session census: " + (f"on, account limit {t.account_sessions_limit}"
+                                              if t.session_census else "off"))
     return lines
 
 
@@ -792,6 +810,7 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
         "max_connections_per_host": 8,
         "max_probe_requests": 64,
         "probe_reuse_window": 5.0,
+        "instance_id": None,
     }
     meant = list(meant)
     for key, value in items:
@@ -814,6 +833,13 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
             out[key] = _integer(ctx, FCMON, key, value, 1)
         elif key == "probe_reuse_window":
             out[key] = _seconds_or_zero(ctx, FCMON, key, value)
+        elif key == "instance_id":
+            if INSTANCE_ID_RE.fullmatch(value):
+                out[key] = value
+            else:
+                ctx.problems.add(FCMON, key, f'"{value}": 1 to 64 letters, digits and _ . - (it goes into '
+                                 "the description of every session fcmon creates)")
+                out[key] = INVALID
         else:
             out[key] = _choice(ctx, FCMON, key, value, LOG_FORMATS)
     _mark_unknown(out, [k for k, _ in items], [k for k in meant if k in FCMON_KEYS])
@@ -941,11 +967,11 @@ def _parse_target_section(
             given[key] = _path(ctx, section, key, value)
         elif key in ("interval", "timeout", "listener_interval"):
             given[key] = _number(ctx, section, key, value)
-        elif key in ("allow_insecure_http", "listeners_discover"):
+        elif key in ("allow_insecure_http", "listeners_discover", "session_census"):
             given[key] = _boolean(ctx, section, key, value)
         elif key == "listeners":
             given[key] = _listeners(ctx, section, value)
-        elif key == "session_idle_timeout":
+        elif key in ("session_idle_timeout", "account_sessions_limit"):
             given[key] = _integer(ctx, section, key, value, 1)
         else:
             given[key] = _integer(ctx, section, key, value, MIN_MAX_RESPONSE_BYTES)
@@ -1089,6 +1115,8 @@ def _build_target(
         listeners=listeners[1],
         listeners_discover=discover,
         listener_interval=listener_interval,
+        session_census=merged.get("session_census", True),
+        account_sessions_limit=merged.get("account_sessions_limit", DEFAULT_ACCOUNT_SESSIONS_LIMIT),
     )
 
 

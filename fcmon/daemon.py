@@ -24,6 +24,7 @@ from .exposition import TextRenderer
 from .flight import Busy, Flights, Slots
 from .handling import ResultHandling
 from .listeners import ListenerChecker, ListenerRound
+from .instance import instance_id
 from .logs import setup_logging
 from .metrics import FcmonCollector, MetricsStore
 from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping_due
@@ -43,7 +44,7 @@ class Daemon:
         self.config = config
         self._environ = environ
         self.store = MetricsStore()
-        self.prober = Prober()
+        self.prober = Prober(instance_id=instance_id(config))
         process = CollectorRegistry()
         ProcessCollector(registry=process)
         self.renderer = TextRenderer(self.store, process)
@@ -281,6 +282,7 @@ class Daemon:
         self.recent.window = new.probe_reuse_window
         self.recent.retain(t.name for t in new.targets)
         self.web.max_connections = connection_cap(fd_reserve(new))
+        self.prober.set_instance_id(instance_id(new))
         self.prober.retain(new.targets)
         self.listeners.retain(new.targets)
         self.scheduler.update(_scheduled(new))

@@ -201,10 +201,25 @@ def render_target(name: str, s: _TargetState) -> Fragment:
                 f'fcmon_tls_info{{{t},version="{_escape(r.tls_version)}",'
                 f'cipher="{_escape(r.tls_cipher or "")}"}} 1.0\n')
     listener_certs = _render_listeners(t, s, p)
+    _render_census(t, s, p)
     parts = [x.encode() if x else b"" for x in p]
     histogram = parts[_I_HISTOGRAM]
     parts[_I_HISTOGRAM] = _deflate(histogram)
     return Fragment(tuple(parts), len(histogram), t.encode(), certs, listener_certs)
+
+
+def _render_census(t: str, s: _TargetState, p: List[str]) -> None:
+    """The session census families into `p` (target_samples says the same)."""
+    p[_INDEX["fcmon_sessions_reaped"]] = f"fcmon_sessions_reaped_total{{{t}}} {_value(s.reaped)}\n"
+    c = s.census
+    if c is None:
+        return
+    p[_INDEX["fcmon_account_sessions"]] = f"fcmon_account_sessions{{{t}}} {_value(c.sessions)}\n"
+    p[_INDEX["fcmon_account_sessions_limit"]] = f"fcmon_account_sessions_limit{{{t}}} {_value(c.limit)}\n"
+    p[_INDEX["fcmon_account_sessions_fcmon"]] = f"fcmon_account_sessions_fcmon{{{t}}} {_value(c.fcmon)}\n"
+    if c.oldest_idle is not None:
+        p[_INDEX["fcmon_account_sessions_oldest_idle_seconds"]] = (
+            f"fcmon_account_sessions_oldest_idle_seconds{{{t}}} {_value(c.oldest_idle)}\n")
 
 
 def _render_listeners(t: str, s: _TargetState, p: List[str]) -> Tuple[Tuple[bytes, float], ...]:

@@ -14,8 +14,11 @@ the alert rules judge the same way:
   JSON carry the exact value.
 - a target is `critical` when its probe failed (`unknown` when the failure
   is fcmon's own, reason `internal`), when a listener is down or a
-  certificate is critical or expired; `warning` for a warning certificate;
-  `unknown` before its first probe; else `ok`.
+  certificate is critical or expired, or when its account holds more than
+  95 % of its session limit (the census); `warning` for a warning
+  certificate or more than 80 % of the session limit (where
+  FcmonAccountSessionsHigh fires); `unknown` before its first probe; else
+  `ok`.
 - worst first: down, then critical, warning, not yet probed, up; config
   order within each.
 """
@@ -28,7 +31,7 @@ from typing import Iterable, Optional, Sequence, Tuple
 
 from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from .listeners import ListenerRound
-from .result import CertInfo, ProbeResult
+from .result import CertInfo, ProbeResult, SessionCensus
 
 SECONDS_PER_DAY = 86400.0
 
@@ -38,10 +41,18 @@ EXIT_CODES = {OK: 0, WARNING: 1, CRITICAL: 2, UNKNOWN: 3}
 _SEVERITY = {OK: 0, WARNING: 1, UNKNOWN: 2, CRITICAL: 3}
 
 
+# The account's sessions above these percentages of its limit: warning,
+# critical (`fcmon check --sessions-warn / --sessions-crit`).
+SESSIONS_WARN_PERCENT = 80.0
+SESSIONS_CRIT_PERCENT = 95.0
+
+
 @dataclass(frozen=True)
 class Thresholds:
     warn_days: float = CERT_WARN_DAYS
     crit_days: float = CERT_CRIT_DAYS
+    sessions_warn_percent: float = SESSIONS_WARN_PERCENT
+    sessions_crit_percent: float = SESSIONS_CRIT_PERCENT
 
 
 DEFAULT_THRESHOLDS = Thresholds()
@@ -130,13 +141,28 @@ def judge_listeners(round_: Optional[ListenerRound], now: float,
     return worst
 
 
+def judge_sessions(census: Optional[SessionCensus], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Judgement:
+    """The account's headroom: its live sessions above a percentage of its limit."""
+    if census is None or census.limit <= 0:
+        return Judgement(OK, "")
+    percent = 100.0 * census.sessions / census.limit
+    why = (f"account has {census.sessions} of {census.limit} sessions ({percent:.0f}%, "
+           f"{census.fcmon} fcmon's): which application shares it?")
+    if percent > thresholds.sessions_crit_percent:
+        return Judgement(CRITICAL, why)
+    if percent > thresholds.sessions_warn_percent:
+        return Judgement(WARNING, why)
+    return Judgement(OK, "")
+
+
 def judge(result: Optional[ProbeResult], listeners: Optional[ListenerRound], now: float,
           thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Judgement:
     """The target's level and the one line that says why (the worst thing)."""
     probe = judge_probe(result, now, thresholds)
     if result is not None and result.failure is not None:
         return probe  # the probe's failure is what matters first
-    return _worse(probe, judge_listeners(listeners, now, thresholds))
+    worst = _worse(probe, judge_listeners(listeners, now, thresholds))
+    return _worse(worst, judge_sessions(result.census if result is not None else None, thresholds))
 
 
 # -- worst first

@@ -36,7 +36,7 @@ from .config import TargetConfig
 from .httpd import REJECT_REASONS
 from .flight import SKIP_REASONS
 from .listeners import ListenerResult, ListenerRound
-from .result import CertInfo, ProbeResult, ServerInfo
+from .result import CertInfo, ProbeResult, ServerInfo, SessionCensus
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 # How late scheduled probes start (actual start - scheduled time): the scheduler's health.
@@ -96,6 +96,11 @@ class _TargetState:
     # when the target checks no listener; failures by (listener, reason)
     listeners: Optional[ListenerRound] = None
     listener_failures: Dict[Tuple[str, str], int] = field(default_factory=dict)
+    # the last session census (a probe that did not take one keeps it; one
+    # that found it unavailable, or census off, clears it) and the orphans
+    # of this instance deleted so far
+    census: Optional[SessionCensus] = None
+    reaped: int = 0
     # what the store's renderer made of this state (exposition.Fragment), or None
     rendered: object = None
 
@@ -149,6 +154,9 @@ class MetricsStore:
                 if not t.checks_listeners and (state.listeners is not None or state.listener_failures):
                     state.listeners, state.listener_failures = None, {}
                     self._changed(t.name, state)
+                if not t.session_census and state.census is not None:
+                    state.census = None
+                    self._changed(t.name, state)
                 fresh[t.name] = state
             self._targets = fresh
 
@@ -186,6 +194,11 @@ class MetricsStore:
                 state.leaks += 1
             if result.server is not None:
                 state.server = result.server
+            if result.census is not None:
+                state.census = result.census
+                state.reaped += result.census.reaped
+            elif result.census_unavailable is not None:
+                state.census = None
             for call in result.calls:
                 hist = state.requests.get(call.action)
                 if hist is None:
@@ -347,6 +360,18 @@ FAMILIES = (
            "Scheduled runs not started, by reason: still_running (previous run not ended), "
            "missed (not started within its grace time), server_busy (no slot on its FairCom server in time)"),
     Family("fcmon_target_info", "gauge", "Configured target"),
+    Family("fcmon_account_sessions", "gauge",
+           "Live sessions of the target's account as describeSessions reported them in the last census, "
+           "the probe's own current session included"),
+    Family("fcmon_account_sessions_limit", "gauge",
+           "The account's session limit (account_sessions_limit; FairCom's default is 50 per user)"),
+    Family("fcmon_account_sessions_fcmon", "gauge",
+           "Sessions of the account whose description marks them as fcmon's (any instance; the probe's own included)"),
+    Family("fcmon_account_sessions_oldest_idle_seconds", "gauge",
+           "Longest idle time among the account's sessions, on the server's clock (its timestamps "
+           "against the probe's own session's)"),
+    Family("fcmon_sessions_reaped", "counter",
+           "Orphaned sessions of this fcmon instance (older than the longest possible probe) deleted by a probe"),
     Family("fcmon_listener_up", "gauge", "1 if the last TLS handshake with the listener verified"),
     Family("fcmon_listener_cert_not_after_timestamp_seconds", "gauge", "Listener certificate expiry (Unix time)"),
     Family("fcmon_listener_cert_expiry_days", "gauge",
@@ -376,6 +401,15 @@ def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
     for reason, n in sorted(s.skipped.items()):
         add("fcmon_probes_skipped", "fcmon_probes_skipped_total", (("reason", reason),), n)
     add("fcmon_session_leaks", "fcmon_session_leaks_total", (), s.leaks)
+    add("fcmon_sessions_reaped", "fcmon_sessions_reaped_total", (), s.reaped)
+    c = s.census
+    if c is not None:
+        add("fcmon_account_sessions", "fcmon_account_sessions", (), c.sessions)
+        add("fcmon_account_sessions_limit", "fcmon_account_sessions_limit", (), c.limit)
+        add("fcmon_account_sessions_fcmon", "fcmon_account_sessions_fcmon", (), c.fcmon)
+        if c.oldest_idle is not None:
+            add("fcmon_account_sessions_oldest_idle_seconds", "fcmon_account_sessions_oldest_idle_seconds", (),
+                c.oldest_idle)
     for (stage, reason), n in sorted(s.failures.items()):
         add("fcmon_probe_failures", "fcmon_probe_failures_total", (("stage", stage), ("reason", reason)), n)
     for (action, code), n in sorted(s.api_errors.items()):

@@ -6,6 +6,8 @@ raises; every failure becomes a `Failure` with a stage and a reason.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import threading
 import time
@@ -13,6 +15,7 @@ import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from .census import CensusUnavailable, Orphan, describe_sessions_request, parse_census, session_description
 from .certs import CertFileError, FileCertCache, dedupe
 from .client import (
     ApiClient,
@@ -30,16 +33,26 @@ from .config import TargetConfig
 from .deadlines import DeadlineWatcher
 from .resolver import DEFAULT as DEFAULT_RESOLVER
 from .resolver import Resolver
-from .result import ERROR_MESSAGE_MAX, CallResult, Failure, ProbeResult, ServerInfo
+from .result import ERROR_MESSAGE_MAX, CallResult, Failure, ProbeResult, ServerInfo, SessionCensus
 
 log = logging.getLogger(__name__)
 
-SESSION_DESCRIPTION = "fcmon health check"
+SESSION_DESCRIPTION = session_description(None)
 # deleteSession may run past `timeout` by this much, so that a probe that
 # timed out still frees its session: the contract allows timeout + 1 s.
 CLEANUP_GRACE = 0.9
 # The reporting-only handshake after a verification failure gets at most this.
 UNVERIFIED_FETCH_TIMEOUT = 2.0
+# The session census and the reaping (describeSessions, deleteSession of
+# orphans) run on the probe's connection and must end by this share of the
+# timeout: the rest is kept for the probe's own deleteSession.
+EXTRAS_SHARE = 0.75
+# An orphan of this instance is a session older than the longest possible
+# probe: timeout + CLEANUP_GRACE, plus this for the server's one-second
+# timestamps and the time between createSession and its stamp.
+REAP_MARGIN = 2.0
+# At most this many orphans deleted per probe (one kill -9 leaves one).
+REAP_MAX_PER_PROBE = 5
 # createSession failures that prove no session was created.
 _NO_SESSION = ("api_error", "client_cert_rejected")
 # deleteSession's answer for a token that matches no session (older
@@ -117,6 +130,7 @@ class Prober:
         wall_clock: Callable[[], float] = time.time,
         deadlines: Optional[DeadlineWatcher] = None,
         resolver: Optional[Resolver] = None,
+        instance_id: Optional[str] = None,
     ):
         self.contexts = contexts or TLSContextCache()
         self.file_certs = file_certs or FileCertCache()
@@ -126,6 +140,11 @@ class Prober:
         self._wall = wall_clock
         self._plans: Dict[str, Tuple[TargetConfig, RequestPlan]] = {}
         self._plans_lock = threading.Lock()
+        # fcmon/instance.py: named in every session's description; without
+        # one, sessions are still counted but none is ever reaped.
+        self.instance_id = instance_id
+        # target -> why its last census was not available (logged once)
+        self._census_noted: Dict[str, Optional[str]] = {}
         # Called with (target, client) on the open connection of each probe
         # that succeeded, after its timing ended: see _Probe._after.
         self.after_probe: Optional[Callable[[TargetConfig, ApiClient], None]] = None
@@ -141,6 +160,26 @@ class Prober:
             self._gone_logged.add(target)
             return True
 
+    def set_instance_id(self, instance_id: Optional[str]) -> None:
+        """A new id (after a reload): request plans are rebuilt with it."""
+        if instance_id == self.instance_id:
+            return
+        with self._plans_lock:
+            self.instance_id = instance_id
+            self._plans.clear()
+
+    def note_census(self, target: str, unavailable: Optional[str]) -> None:
+        """Log a target's census becoming unavailable (once, with why) or available again."""
+        before = self._census_noted.get(target)
+        if unavailable == before:
+            return
+        self._census_noted[target] = unavailable
+        if unavailable is not None:
+            log.info("%s: session census not available: %s (no fcmon_account_sessions series; "
+                     "the probe is not affected)", target, unavailable)
+        elif before is not None:
+            log.info("%s: session census available again", target)
+
     def retain(self, targets: Sequence[TargetConfig]) -> None:
         self.contexts.retain(targets)
         keep = {t.name for t in targets}
@@ -154,7 +193,7 @@ class Prober:
         entry = self._plans.get(target.name)
         if entry is not None and (entry[0] is target or entry[0] == target):
             return entry[1]
-        plan = RequestPlan(target, SESSION_DESCRIPTION)
+        plan = RequestPlan(target, session_description(self.instance_id))
         with self._plans_lock:
             self._plans[target.name] = (target, plan)
         return plan
@@ -212,6 +251,12 @@ class _Probe:
         self.connect_started: Optional[float] = None
         self.delete_reconnected = False
         self.session_gone = False
+        self.census: Optional[SessionCensus] = None
+        self.census_unavailable: Optional[str] = None
+        # the census or a reap left the connection in an unknown state
+        self.extras_broke = False
+        # createSession's own timestamp of the session (the census's clock)
+        self.created_stamp: object = None
         # the step in progress, where an unexpected failure is reported
         self.stage = "connect"
 
@@ -275,6 +320,8 @@ class _Probe:
             connect_started=self.connect_started,
             delete_reconnected=self.delete_reconnected,
             session_gone=self.session_gone,
+            census=self.census,
+            census_unavailable=self.census_unavailable,
             database_names=tuple(
                 str(d.get("databaseName")) if isinstance(d, dict) else str(d)
                 for d in (self.databases or [])
@@ -333,6 +380,8 @@ class _Probe:
             return
         self.token = token
         self.secrets.append(token)
+        if isinstance(result, dict):
+            self.created_stamp = result.get("sessionLastAccessedTimestamp") or result.get("sessionStartTimestamp")
         listed = self._call(client, deadline, "list_databases", "listDatabases", client.plan.list_databases(token))
         if listed is None:
             return
@@ -342,6 +391,65 @@ class _Probe:
             self.fail("list_databases", "bad_response", "listDatabases result has no data list")
             return
         self.databases = data
+        if self.target.session_census:
+            self._census(client, deadline)
+
+    def _census(self, client: ApiClient, main: _Deadline) -> None:
+        """describeSessions on the probe's connection, then delete this
+        instance's orphans it shows; never the probe's failure. Both end by
+        EXTRAS_SHARE of the timeout, leaving the rest to deleteSession."""
+        target = self.target
+        extras = _Deadline(self.t0 + target.timeout * EXTRAS_SHARE, self.prober.deadlines)
+        try:
+            if extras.remaining() <= 0:
+                raise CensusUnavailable("no time left for describeSessions within the timeout")
+            with extras.watch(client):
+                census, orphans = self._describe(client, extras)
+                reaped = self._reap(client, extras, orphans)
+            self.census = dataclasses.replace(census, reaped=reaped)
+        except CensusUnavailable as exc:
+            self.census_unavailable = str(exc)
+        except Exception as exc:  # a bug in the census: logged, never the probe's failure
+            err = internal_error(exc) or ProbeError("internal", f"internal error: {type(exc).__name__}")
+            _log_internal(target.name, "session census", err, exc, self.secrets)
+            self.census_unavailable = err.message
+            self.extras_broke = True
+        finally:
+            client.set_deadline(main.at)
+            if extras.fired:
+                self.extras_broke = True
+        self.prober.note_census(target.name, self.census_unavailable)
+
+    def _describe(self, client: ApiClient, extras: _Deadline) -> Tuple[SessionCensus, List[Orphan]]:
+        assert self.token is not None
+        try:
+            response = client.call(json.dumps(describe_sessions_request(self.token)).encode(), extras.remaining())
+        except ProbeError as exc:
+            self.extras_broke = True
+            raise CensusUnavailable("describeSessions: " + ("no answer in time" if extras.fired else exc.reason))
+        target = self.target
+        reap_after = target.timeout + CLEANUP_GRACE + REAP_MARGIN
+        return parse_census(response.error_code, response.body, self.token, self.prober.instance_id,
+                            target.account_sessions_limit, self.created_stamp, reap_after)
+
+    def _reap(self, client: ApiClient, extras: _Deadline, orphans: List[Orphan]) -> int:
+        """deleteSession of this instance's orphans, oldest first, while time is left."""
+        reaped = 0
+        for orphan in orphans[:REAP_MAX_PER_PROBE]:
+            self.secrets.append(orphan.token)
+            if extras.remaining() <= 0:
+                break
+            try:
+                response = client.call(client.plan.delete_session(orphan.token), extras.remaining())
+            except ProbeError:
+                self.extras_broke = True
+                break
+            if not _says_gone(response) and response.error_code == 0:
+                reaped += 1
+        if reaped:
+            log.info("%s: deleted %d orphaned session(s) of this fcmon instance (oldest %.0f s old)",
+                     self.target.name, reaped, orphans[0].age)
+        return reaped
 
     def _connect(self, client: ApiClient, deadline: _Deadline) -> bool:
         t = time.monotonic()
@@ -484,7 +592,8 @@ class _Probe:
 
     def _delete(self, client: Optional[ApiClient], main: _Deadline, deadline: _Deadline) -> None:
         assert self.token is not None and client is not None
-        if main.fired or self.failure is not None and self.failure.reason in _BROKEN_CONNECTION:
+        if (main.fired or self.extras_broke
+                or self.failure is not None and self.failure.reason in _BROKEN_CONNECTION):
             # The old connection is cut or in an unknown state: use a new one.
             self.delete_reconnected = True
             fresh = client.fresh()

@@ -117,6 +117,21 @@ def _field(value: object) -> Optional[str]:
 
 
 @dataclass(frozen=True)
+class SessionCensus:
+    """The probe's account's sessions as describeSessions reported them
+    (fcmon/census.py): all of them (the probe's own included), those whose
+    description marks them as any fcmon's, the configured limit, the
+    longest idle time in seconds (None when the server's timestamps gave
+    none), and how many of this instance's orphans the probe deleted."""
+
+    sessions: int
+    fcmon: int
+    limit: int
+    oldest_idle: Optional[float] = None
+    reaped: int = 0
+
+
+@dataclass(frozen=True)
 class Failure:
     stage: str  # one of STAGES
     reason: str  # one of REASONS
@@ -157,6 +172,11 @@ class ProbeResult:
     # deleteSession found no session for the token (errorCode 12031, or a
     # 12031 warning): ended on the server already; not a leak, not a failure
     session_gone: bool = False
+    # the session census of this probe (None: not taken, or not available)
+    census: Optional[SessionCensus] = None
+    # why the census was not available (unknown action, missing fields, no
+    # answer); None when it was, or was not attempted
+    census_unavailable: Optional[str] = None
 
     def __post_init__(self) -> None:
         if any(not isinstance(n, str) or not n.isprintable() or len(n) > DATABASE_NAME_MAX

@@ -17,7 +17,7 @@ from . import runbook
 from .codes import describe
 from .levels import DEFAULT_THRESHOLDS, Thresholds, cert_level, days_left, judge, rank
 from .listeners import ListenerResult, ListenerRound
-from .result import CallResult, CertInfo, ProbeResult, ServerInfo
+from .result import CallResult, CertInfo, ProbeResult, ServerInfo, SessionCensus
 
 SCHEMA = 1
 
@@ -83,12 +83,27 @@ def listener_doc(x: ListenerResult, now: float, thresholds: Thresholds = DEFAULT
     }
 
 
+def census_doc(census: Optional[SessionCensus], reaped_total: int) -> Optional[Dict[str, Any]]:
+    """The account's sessions from a census (fcmon/census.py); None without one."""
+    if census is None:
+        return None
+    return {"sessions": census.sessions, "limit": census.limit, "fcmon": census.fcmon,
+            "oldest_idle_seconds": census.oldest_idle, "reaped_total": reaped_total}
+
+
 def target_doc(name: str, endpoint: str, result: Optional[ProbeResult], listeners: Optional[ListenerRound],
                now: float, thresholds: Thresholds = DEFAULT_THRESHOLDS, *, state: Optional[str] = None,
                since: Optional[float] = None, server: Optional[ServerInfo] = None,
-               server_seen: Optional[float] = None, debug_probe: bool = True) -> Dict[str, Any]:
+               server_seen: Optional[float] = None, debug_probe: bool = True,
+               census: Optional[SessionCensus] = None, reaped_total: Optional[int] = None) -> Dict[str, Any]:
     """One target. `state` defaults to the result's (`not_probed` without one);
-    `server` to the result's (the daemon passes the last one seen)."""
+    `server` to the result's (the daemon passes the last one seen); `census`
+    and `reaped_total` to the result's census (the daemon passes the last
+    census and its running total)."""
+    if census is None and result is not None:
+        census = result.census
+    if reaped_total is None:
+        reaped_total = census.reaped if census is not None else 0
     if state is None:
         state = "not_probed" if result is None else ("up" if result.up else "down")
     if server is None and result is not None and result.server is not None:
@@ -105,6 +120,7 @@ def target_doc(name: str, endpoint: str, result: Optional[ProbeResult], listener
         "server": server_doc(server),
         "server_seen": server_seen,
         "last_probe": None if result is None else probe_doc(result, now, thresholds),
+        "account_sessions": census_doc(census, reaped_total),
         "listener_discovery": None if listeners is None else listeners.discovery,
         "listener_discovery_message": None if listeners is None else (listeners.discovery_message or None),
         "listeners": [] if listeners is None else [listener_doc(x, now, thresholds) for x in listeners.results],

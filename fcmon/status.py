@@ -20,7 +20,7 @@ from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from .config import TargetConfig
 from .levels import SECONDS_PER_DAY, cert_level  # noqa: F401 (the renderers and tests read them here)
 from .listeners import ListenerRound
-from .result import ProbeResult, ServerInfo
+from .result import ProbeResult, ServerInfo, SessionCensus
 
 MAX_EVENTS = 50
 
@@ -51,6 +51,10 @@ class TargetStatus:
     # (the latest one may have failed before it), and that probe's end
     server: Optional[ServerInfo] = None
     server_seen: Optional[float] = None
+    # the last session census (kept by a probe that took none; cleared by
+    # one that found it unavailable) and this instance's orphans reaped so far
+    census: Optional[SessionCensus] = None
+    reaped: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class _Entry:
     listeners: Optional[ListenerRound] = None
     server: Optional[ServerInfo] = None
     server_seen: Optional[float] = None
+    census: Optional[SessionCensus] = None
+    reaped: int = 0
 
 
 def _failure_text(result: ProbeResult) -> str:
@@ -173,6 +179,11 @@ class StatusBoard:
             entry.latest = result
             if result.server is not None:
                 entry.server, entry.server_seen = result.server, result.ended
+            if result.census is not None:
+                entry.census = result.census
+                entry.reaped += result.census.reaped
+            elif result.census_unavailable is not None:
+                entry.census = None
 
     def record_listeners(self, round_: ListenerRound) -> None:
         """A target's listener round; a listener that goes down or comes back is an event."""
@@ -206,7 +217,7 @@ class StatusBoard:
         with self._lock:
             targets = tuple(
                 TargetStatus(name, e.endpoint, e.state, e.since, e.latest, listeners=e.listeners,
-                             server=e.server, server_seen=e.server_seen)
+                             server=e.server, server_seen=e.server_seen, census=e.census, reaped=e.reaped)
                 for name, e in self._targets.items()
             )
             events = tuple(self._events)

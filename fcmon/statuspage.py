@@ -92,7 +92,7 @@ def ms_text(seconds: float) -> str:
 
 def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
     return target_doc(t.name, t.endpoint, t.latest, t.listeners, now, state=t.state, since=t.since,
-                      server=t.server, server_seen=t.server_seen)
+                      server=t.server, server_seen=t.server_seen, census=t.census, reaped_total=t.reaped)
 
 
 def status_json(snap: StatusSnapshot) -> Dict[str, Any]:
@@ -161,6 +161,7 @@ ul.certs li{margin-bottom:.15em}
 a.alert{text-decoration:none}
 .cert-ok{color:#11693a}
 .cert-warning{color:#5c3c00;background:#fff4d6;outline:1px solid #d9a400}
+.account-sessions.high{color:#5c3c00;background:#fff4d6;outline:1px solid #d9a400}
 .cert-critical{color:#fff;background:#c4541a}
 .cert-expired{color:#fff;background:#b3261e}
 .days{font-weight:600;padding:0 .25em;white-space:nowrap}
@@ -312,6 +313,9 @@ def _target_html(t: TargetStatus, j: Judgement, now: float) -> str:
                          + (f' <span class="muted">{_e(r.tls_cipher)}</span>' if r.tls_cipher else ""))
         if r.databases is not None:
             facts.append(f'<span class="databases">{_e(r.databases)}</span> databases')
+        census = _census_html(t)
+        if census is not None:
+            facts.append(census)
         cells.append("<br>".join(facts) or '<span class="muted">unknown</span>')
         certs = "".join(_cert_html(c, now) for c in r.certs)
         cells.append(f'<ul class="plain certs">{certs}</ul>' if certs else '<span class="muted">none</span>')
@@ -319,6 +323,23 @@ def _target_html(t: TargetStatus, j: Judgement, now: float) -> str:
     if t.listeners is not None:
         row += "".join(_listener_html(t.name, x, now) for x in t.listeners.results)
     return row
+
+
+def _census_html(t: TargetStatus) -> Optional[str]:
+    """"sessions 46 of 50 (1 fcmon's, 2 reaped)" from the last census, marked
+    and linked to its runbook section above 80 % of the limit (where
+    FcmonAccountSessionsHigh fires)."""
+    c = t.census
+    if c is None:
+        return None
+    high = c.limit > 0 and c.sessions > 0.8 * c.limit
+    extra = f"{c.fcmon} fcmon's" + (f", {t.reaped} reaped" if t.reaped else "")
+    text = (f'<span class="account-sessions{" high" if high else ""}" title="live sessions of the account '
+            f'(describeSessions), fcmon\'s own included">sessions {_e(c.sessions)} of {_e(c.limit)}</span>'
+            f' <span class="muted">({_e(extra)})</span>')
+    if high:
+        text += " " + _link(runbook.alert_url("FcmonAccountSessionsHigh"), "runbook", "runbook")
+    return text
 
 
 def _listener_html(target: str, x: ListenerResult, now: float) -> str:

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import fcmon.exposition as exposition
 from fcmon.exposition import TextRenderer
 from fcmon.metrics import FAMILIES, FcmonCollector, MetricsStore
-from fcmon.result import CallResult, CertInfo, Failure
+from fcmon.result import CallResult, CertInfo, Failure, SessionCensus
 
 from support import require_tool
 from test_metrics import NOW, failed, healthy, listener_round, target
@@ -215,6 +215,8 @@ def test_renderer_matches_collector_on_varied_states() -> None:
                              calls=(CallResult("createSession", 0.001 * k, k % 3),
                                     CallResult("listDatabases", 3.0 * k, 451 if k % 4 else 0))))
     store.record(replace(healthy("ünïcode"), databases=0, tls_cipher=None))
+    store.record(replace(healthy("plain"), census=SessionCensus(46, 2, 50, 12.0, reaped=1)))
+    store.record(replace(healthy('q"uote'), census=SessionCensus(3, 1, 10)))
     store.record_skipped("skipped-only", "still_running")
     store.record_listeners(listener_round("plain"))
     store.record_listeners(listener_round("plain", gone=True))

@@ -86,3 +86,75 @@ def _env() -> dict:
     import os
 
     return dict(os.environ)
+
+
+def test_census_tokens_never_leave(test_pki: PKI, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The tokens a census sees (other applications', this instance's
+    orphans being reaped, fcmon's own) reach no log line, metric, page or
+    check output, whatever describeSessions answers."""
+    import time
+
+    import requests
+
+    from fcmon.census import session_description
+
+    offset = [0.0]
+    with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,
+                  client_ca_file=test_pki.ca_file, wall_clock=lambda: time.time() + offset[0]) as emu:
+        http = requests.Session()
+        http.trust_env = False
+        http.verify = str(test_pki.ca_file)
+        http.cert = (str(test_pki.client.cert), str(test_pki.client.key))
+
+        def open_session(description: str) -> str:
+            body = {"api": "admin", "action": "createSession",
+                    "params": {"username": "ADMIN", "password": "ADMIN", "description": description}}
+            return str(http.post(emu.url, json=body, timeout=10).json()["result"]["authToken"])
+
+        offset[0] = -600.0
+        orphans = [open_session(session_description("secrets-test")) for _ in range(2)]
+        offset[0] = 0.0
+        others = [open_session("an application " + str(i)) for i in range(3)]
+        config = tmp_path / "config.ini"
+        config.write_text(f"""[fcmon]
+listen = 127.0.0.1:0
+interval = 1
+timeout = 0.8
+log_level = debug
+instance_id = secrets-test
+
+[target:prod]
+endpoint = {emu.url}
+username = ADMIN
+password = ADMIN
+ca_file = {test_pki.ca_file}
+client_cert_file = {test_pki.client.cert}
+client_key_file = {test_pki.client.key}
+""")
+        outputs = []
+        with FcmonProcess("run", "-c", str(config)) as fc:
+            url = fc.metrics_url()
+            wait_for(lambda: all(t not in {s.token for s in emu.store.sessions()} for t in orphans), timeout=20)
+            for fault in (Fault(bare_errors=True, faircom_messages=True, error_code=12031),
+                          Fault(malformed_json=True), Fault(hang=True), Fault()):
+                emu.set_fault("describeSessions", fault)
+                before = len(emu.requests_seen())
+                wait_for(lambda n=before + 6: len(emu.requests_seen()) >= n, timeout=20)
+                base = url.rsplit("/", 1)[0]
+                outputs += [scrape(url), scrape(base + "/"), scrape(base + "/api/v1/status"),
+                            scrape(base + "/probe?target=prod&debug=true")]
+            emu.clear_faults()
+            for fmt in ("text", "json", "prometheus"):
+                proc = subprocess.run(fcmon_command("check", "-c", str(config), "--format", fmt, "--verbose"),
+                                      capture_output=True, text=True, timeout=60, env=_env())
+                outputs += [proc.stdout, proc.stderr]
+            assert fc.stop() == 0
+        tokens = {r["authToken"] for r in emu.requests_seen() if isinstance(r.get("authToken"), str)}
+        http.close()
+    text = fc.text() + "\n".join(outputs)
+    assert "deleted 2 orphaned session(s) of this fcmon instance" in fc.text()
+    assert "session census not available" in fc.text()
+    assert "fcmon_account_sessions{" in "\n".join(outputs)
+    assert len(tokens) > 10
+    for token in tokens | set(orphans) | set(others):
+        assert token not in text

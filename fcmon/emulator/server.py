@@ -555,6 +555,7 @@ class Emulator:
         handshake_timeout: float = 10.0,
         keepalive_timeout: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         server_version: Optional[str] = None,
         hostname: Optional[str] = None,
         host_uuid: Optional[str] = None,
@@ -571,7 +572,9 @@ class Emulator:
             else None
         )
         self.client_certs_required = client_ca_file is not None
-        self.store = SessionStore(clock, time.time, max_sessions, max_sessions_per_user, max_sessions_per_ip)
+        # wall_clock: the server's clock for its timestamps (a test makes a
+        # session look old by creating it with a clock set back)
+        self.store = SessionStore(clock, wall_clock, max_sessions, max_sessions_per_user, max_sessions_per_ip)
         # createSession's serverVersion / hostname / hostUuid (defaults: the
         # emulator's own version, this machine's name, a random UUID);
         # settable later through self.api.
