@@ -399,7 +399,8 @@ class _Probe:
         instance's orphans it shows; never the probe's failure. Both end by
         EXTRAS_SHARE of the timeout, leaving the rest to deleteSession."""
         target = self.target
-        extras = _Deadline(self.t0 + target.timeout * EXTRAS_SHARE, self.prober.deadlines)
+        # (the probe's own deadline may be shorter than its timeout: it waited for a slot)
+        extras = _Deadline(self.t0 + (main.at - self.t0) * EXTRAS_SHARE, self.prober.deadlines)
         try:
             if extras.remaining() <= 0:
                 raise CensusUnavailable("no time left for describeSessions within the timeout")

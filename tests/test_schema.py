@@ -50,12 +50,13 @@ PROBE = {
 LISTENER = {"name": str, "port": int, "protocol": str, "state": one_of("up", "down"), "failure": (FAILURE, None),
             "checked": NUM, "age_seconds": NUM, "duration_seconds": NUM, "tls_version": OPT_STR,
             "certificates": [CERT]}
+CENSUS = {"sessions": int, "limit": int, "fcmon": int, "oldest_idle_seconds": OPT_NUM, "reaped_total": int}
 TARGET = {
     "name": str, "endpoint": str, "state": one_of("up", "down", "not_probed"),
     "level": one_of("ok", "warning", "critical", "unknown"), "summary": str,
     "since": OPT_NUM, "debug_probe": OPT_STR, "server": (SERVER, None), "server_seen": OPT_NUM,
     "last_probe": (PROBE, None), "listener_discovery": (bool, None), "listener_discovery_message": OPT_STR,
-    "listeners": [LISTENER],
+    "listeners": [LISTENER], "account_sessions": (CENSUS, None),
 }
 SUMMARY = {"targets": int, "up": int, "down": int, "not_probed": int,
            "levels": {"critical": int, "warning": int, "unknown": int, "ok": int},
