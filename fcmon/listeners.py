@@ -532,7 +532,7 @@ class ListenerChecker:
                 left = t0 + target.timeout - time.monotonic()
                 try:
                     peer = fetch_peer_unverified(host, listener.port, min(left, UNVERIFIED_FETCH_TIMEOUT),
-                                                 self._prober.resolver)
+                                                 self._prober.resolver, ctx.get_ca_certs(binary_form=True))
                 except Exception as exc:  # reporting only: the failure is already named
                     log.debug("%s: %s: no unverified certificate: %s", target.name, listener.name, exc)
         duration = time.monotonic() - t0
