@@ -16,12 +16,14 @@ import dataclasses
 import logging
 import threading
 import traceback
-from typing import Callable, Set, Tuple
+from typing import Callable, Set, Tuple, TypeVar
 
 from .listeners import ListenerRound
 from .result import Failure, ProbeResult
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Distinct (target, what, exception type, place) whose traceback was logged;
 # past this many, tracebacks are no longer remembered (nor repeated).
@@ -69,24 +71,21 @@ class ResultHandling:
         self._logged: Set[Tuple[str, str, str, str]] = set()
 
     def probe(self, result: ProbeResult, handle: Callable[[ProbeResult], None]) -> None:
-        try:
-            handle(result)
-        except Exception as exc:
-            self._log(result.target, "the probe's result", exc)
-            try:
-                handle(internal_result(result, exc))
-            except Exception as again:
-                self._log(result.target, "its internal failure", again)
+        self._run(result.target, "the probe's result", result, handle, internal_result)
 
     def listeners(self, round_: ListenerRound, handle: Callable[[ListenerRound], None]) -> None:
+        self._run(round_.target, "the listener round", round_, handle, internal_round)
+
+    def _run(self, target: str, what: str, item: T, handle: Callable[[T], None],
+             internal: Callable[[T, BaseException], T]) -> None:
         try:
-            handle(round_)
+            handle(item)
         except Exception as exc:
-            self._log(round_.target, "the listener round", exc)
+            self._log(target, what, exc)
             try:
-                handle(internal_round(round_, exc))
+                handle(internal(item, exc))
             except Exception as again:
-                self._log(round_.target, "its internal failure", again)
+                self._log(target, "its internal failure", again)
 
     def _log(self, target: str, what: str, exc: BaseException) -> None:
         frames = traceback.extract_tb(exc.__traceback__)

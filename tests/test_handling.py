@@ -28,8 +28,9 @@ def _exposition(daemon: Daemon) -> str:
 def test_a_failure_while_handling_a_result_is_the_targets_internal(
         test_pki: PKI, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
+    # probe_reuse_window 0: each probe_now() probes (no result served again)
     config = write_config(tmp_path / "config.ini", "[fcmon]\nlisten = 127.0.0.1:0\nschedule = false\n"
-                          + target_section(test_pki, emulator, listeners="none"))
+                          "probe_reuse_window = 0\n" + target_section(test_pki, emulator, listeners="none"))
     daemon = Daemon(load_config(config, {}), {})
     real = exposition.render_target
 
