@@ -69,7 +69,7 @@ chaos: $(STAMP)
 	@seed=$${CHAOS_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	echo "chaos: $(CHAOS_EXAMPLES) cases, seed $$seed"; \
 	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
-		tests/test_chaos.py -k generated --hypothesis-seed=$$seed $(PYTEST_ARGS) \
+		tests/test_chaos.py tests/test_census_chaos.py -k generated --hypothesis-seed=$$seed $(PYTEST_ARGS) \
 	|| { echo "chaos FAILED with seed $$seed: replay with make chaos CHAOS_SEED=$$seed CHAOS_EXAMPLES=$(CHAOS_EXAMPLES)"; exit 1; }
 
 # The generated caller mix at length (tests/test_callers.py): CALLER_EXAMPLES

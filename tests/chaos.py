@@ -296,6 +296,9 @@ class ChaosServer:
     def __init__(self, cert: Path, key: Path, client_ca: Path, databases: Tuple[str, ...] = ("faircom",)):
         self.ctx = server_ssl_context(cert, key, client_ca)
         self.databases = databases
+        # describeSessions / listSessions answers (census_answer): None
+        # answers them as unknown actions, like a server without them
+        self.census_kind: Optional[str] = None
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", 0))
@@ -480,6 +483,8 @@ class ChaosServer:
                     return action, {"errorCode": 0, "debugInfo": {"warnings": [
                         {keys[0]: 1001, keys[1]: texts.warning_message}]}}
                 return action, {"errorCode": 0}
+            if action in ("describeSessions", "listSessions") and self.census_kind is not None:
+                return action, census_answer(self.census_kind, action, str(token), sorted(self.created - self.deleted))
         return action, {"errorCode": 4002, "errorMessage": "unknown action"}
 
     def _answer(self, conn: _Conn, body: bytes) -> bool:
@@ -552,6 +557,76 @@ def mutate_body(answer: Dict[str, object], kind: str, server: Optional[ChaosServ
     else:
         raise AssertionError(kind)
     return json.dumps(out).encode()
+
+
+# -- the session census: describeSessions and listSessions answers, each
+# field of the documented shape spoilt in turn (fcmon/census.py must read
+# them all without a failure of the probe).
+
+CENSUS_BODY = (
+    "listed",  # the documented shape, every live session, stamps local without zone
+    "own_missing",  # the probe's own session left out
+    "no_result",
+    "result_list",
+    "sessions_object",
+    "sessions_null",
+    "junk_entries",  # null, numbers, strings, lists among the sessions
+    "field_types",  # each field of the wrong type
+    "bad_stamps",  # impossible dates, huge strings, numbers
+    "aware_stamps",  # with a zone: not comparable with local ones
+    "orphans",  # sessions naming an fcmon instance, old, with tokens the server does not know
+    "many",  # 5,000 sessions: more than any server allows
+    "long_text",  # 1 MB descriptions and user names
+    "error_bare",  # errorCode 12031 without result, authToken echoed
+)
+
+
+def census_answer(kind: str, action: str, token: str, live: List[str]) -> Dict[str, object]:
+    """A describeSessions (or listSessions) answer of `kind` for the session
+    `token`, `live` being the server's live sessions."""
+    def entry(t: str, description: str = "fcmon health check", start: object = "2026-12-03T10:00:00",
+              last: object = "2026-12-03T10:00:01") -> Dict[str, object]:
+        full: Dict[str, object] = {"authToken": t, "username": "ADMIN", "description": description,
+                                   "sessionStartTimestamp": start, "sessionLastAccessedTimestamp": last,
+                                   "idleConnectionTimeoutSeconds": 300, "permanentSession": False}
+        if action == "listSessions":
+            return {k: full[k] for k in ("authToken", "username", "description")}
+        return full
+
+    sessions: object = [entry(t) for t in live]
+    if kind == "own_missing":
+        sessions = [entry(t) for t in live if t != token]
+    elif kind == "no_result":
+        return {"errorCode": 0, "errorMessage": ""}
+    elif kind == "result_list":
+        return {"errorCode": 0, "result": [entry(t) for t in live]}
+    elif kind == "sessions_object":
+        sessions = {t: entry(t) for t in live}
+    elif kind == "sessions_null":
+        sessions = None
+    elif kind == "junk_entries":
+        sessions = [None, 7, "x", [entry(token)], {}] + [entry(t) for t in live]
+    elif kind == "field_types":
+        sessions = [{"authToken": 5, "username": [], "description": {"fcmon": True},
+                     "sessionStartTimestamp": 1.5, "sessionLastAccessedTimestamp": None}] + [entry(t) for t in live]
+    elif kind == "bad_stamps":
+        sessions = [entry(t, start="2026-02-30T25:61:00", last="9" * 100_000) for t in live]
+    elif kind == "aware_stamps":
+        sessions = [entry(t, start="2026-12-03T09:00:00Z", last="2026-12-03T09:00:00+05:00") for t in live]
+    elif kind == "orphans":
+        sessions = [entry(t) for t in live] + [
+            entry(os.urandom(12).hex(), f"fcmon health check, instance {who}", start="2026-12-03T08:00:00")
+            for who in ("chaos-me", "chaos-me", "someone-else", "chaos-me x")]
+    elif kind == "many":
+        sessions = [entry(os.urandom(8).hex(), "app") for _ in range(5000)] + [entry(t) for t in live]
+    elif kind == "long_text":
+        sessions = [entry(t, description="d" * 1_000_000) for t in live]
+    elif kind == "error_bare":
+        return {"authToken": token, "errorCode": 12031,
+                "errorMessage": "'authToken' does not match any existing session."}
+    elif kind != "listed":
+        raise AssertionError(kind)
+    return {"authToken": token, "result": {"sessions": sessions}, "errorCode": 0, "errorMessage": ""}
 
 
 def _chunks(body: bytes, piece: int = 512) -> bytes:
