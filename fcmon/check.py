@@ -25,6 +25,7 @@ from .listeners import ListenerChecker, ListenerRound
 from .metrics import FcmonCollector, MetricsStore
 from .probe import Prober
 from .result import CertInfo, ProbeResult
+from .runbook import RUNBOOK_URL
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -191,13 +192,13 @@ def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days:
 def render_json(verdicts: Sequence[Verdict], now: float, warn_days: float = CERT_WARN_DAYS,
                 crit_days: float = CERT_CRIT_DAYS, endpoints: Optional[Dict[str, str]] = None,
                 sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
-                sessions_crit: float = levels.SESSIONS_CRIT_PERCENT) -> str:
+                sessions_crit: float = levels.SESSIONS_CRIT_PERCENT, runbook_url: str = RUNBOOK_URL) -> str:
     """The shared schema (fcmon/schema.py, README "JSON schema"), plus the
     plugin's status and exit code."""
     status = overall(verdicts)
     thresholds = levels.Thresholds(warn_days, crit_days, sessions_warn, sessions_crit)
     targets = [schema.target_doc(v.result.target, (endpoints or {}).get(v.result.target, ""), v.result,
-                                 v.listeners, now, thresholds, debug_probe=False)
+                                 v.listeners, now, thresholds, debug_probe=False, base=runbook_url)
                for v in verdicts]
     doc = schema.document(targets, now, thresholds)
     out = {"schema": doc.pop("schema"), "status": STATUS_NAMES[status], "exit_code": status, **doc}
@@ -285,6 +286,7 @@ def run_check(
     instance_id: Optional[str] = None,
     sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
     sessions_crit: float = levels.SESSIONS_CRIT_PERCENT,
+    runbook_url: str = RUNBOOK_URL,
 ) -> Tuple[int, str]:
     """Probe, judge and render; returns (exit code, output). `debug_log`
     (--verbose) gets each probe's debug log, as /probe?debug=true shows it.
@@ -300,7 +302,7 @@ def run_check(
         write_atomically(textfile, render_prometheus(targets, results, rounds=rounds))
     if fmt == "json":
         text = render_json(verdicts, now, warn_days, crit_days, {t.name: t.endpoint for t in targets},
-                           sessions_warn, sessions_crit)
+                           sessions_warn, sessions_crit, runbook_url)
     elif fmt == "prometheus":
         text = render_prometheus(targets, results, rounds=rounds).decode()
     else:

@@ -229,7 +229,7 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                                config.max_connections_per_host,
                                debug_log=sys.stderr.write if args.verbose else None,
                                instance_id=instance_id(config), sessions_warn=args.sessions_warn,
-                               sessions_crit=args.sessions_crit)
+                               sessions_crit=args.sessions_crit, runbook_url=config.runbook_url)
     except OSError as exc:
         return unknown(f"cannot write {args.textfile}: {exc.strerror or exc}")
     sys.stdout.write(text)

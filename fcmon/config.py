@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
+from .runbook import RUNBOOK_URL
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/fcmon/config.ini"
@@ -108,6 +110,9 @@ class Config:
     # names this fcmon in the sessions it creates (fcmon/instance.py); None:
     # derived from the machine, the config path and the listen address
     instance_id: Optional[str] = None
+    # where docs/runbook.md is published: the status page links failures
+    # and certificates to its sections (as the alert rules' runbook_url)
+    runbook_url: str = RUNBOOK_URL
     web: WebConfig = WebConfig()
     targets: Tuple[TargetConfig, ...] = ()
     path: Optional[Path] = None
@@ -123,7 +128,7 @@ TARGET_PREFIX = "target:"
 
 FCMON_KEYS = ("listen", "interval", "timeout", "log_level", "log_format", "schedule",
               "max_connections_per_host", "max_probe_requests", "probe_reuse_window",
-              "instance_id")
+              "instance_id", "runbook_url")
 WEB_KEYS = (
     "tls_cert_file",
     "tls_key_file",
@@ -309,6 +314,7 @@ def parse_config(
         max_probe_requests=fcmon["max_probe_requests"],
         probe_reuse_window=fcmon["probe_reuse_window"],
         instance_id=fcmon["instance_id"],
+        runbook_url=fcmon["runbook_url"],
         web=web,
         targets=tuple(targets),
     )
@@ -329,6 +335,7 @@ def redacted_summary(config: Config) -> List[str]:
                  f"/probe results reused for {_num(config.probe_reuse_window)}s")
     if config.instance_id is not None:
         lines.append(f"instance_id: {config.instance_id}")
+    lines.append(f"runbook: {config.runbook_url}")
     if not config.schedule:
         lines.append("schedule: off (targets are probed only through /probe?target=NAME)")
     web = config.web
@@ -695,6 +702,18 @@ def _endpoint(ctx: _Context, section: str, value: str) -> Any:
     return value
 
 
+def _runbook_url(ctx: _Context, value: str) -> Any:
+    """Where docs/runbook.md is published; the page appends `#anchor`."""
+    value = value.strip()
+    if not re.match(r"^https?://[^\s#]+$", value):
+        ctx.problems.add(
+            FCMON, "runbook_url",
+            f"{value!r}: expected the http(s) URL of docs/runbook.md, without #anchor "
+            "(e.g. https://git.example.com/ops/fcmon/blob/v0.2.0/docs/runbook.md)")
+        return INVALID
+    return value
+
+
 def resolve_path(value: str, base_dir: Path, environ: Mapping[str, str]) -> Optional[Path]:
     """A path as the config means it: `$CREDENTIALS_DIRECTORY/...` in that
     directory (None when it is not set), relative ones from the config's."""
@@ -811,6 +830,7 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
         "max_probe_requests": 64,
         "probe_reuse_window": 5.0,
         "instance_id": None,
+        "runbook_url": RUNBOOK_URL,
     }
     meant = list(meant)
     for key, value in items:
@@ -840,6 +860,8 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
                 ctx.problems.add(FCMON, key, f'"{value}": 1 to 64 letters, digits and _ . - (it goes into '
                                  "the description of every session fcmon creates)")
                 out[key] = INVALID
+        elif key == "runbook_url":
+            out[key] = _runbook_url(ctx, value)
         else:
             out[key] = _choice(ctx, FCMON, key, value, LOG_FORMATS)
     _mark_unknown(out, [k for k, _ in items], [k for k in meant if k in FCMON_KEYS])

@@ -75,6 +75,7 @@ class Daemon:
         self.store.set_targets(config.targets)
         self.store.record_reload(True, time.time())
         self.board = StatusBoard(__version__)
+        self.board.set_runbook_url(config.runbook_url)
         self.board.set_targets(config.targets)
         self.app = App(self.renderer.body, self.healthy, self.ready, self.probe_answer, config.web,
                        status=self.board.snapshot, debug_probe=self.debug_probe,
@@ -276,6 +277,7 @@ class Daemon:
         setup_logging(new.log_level, new.log_format, self._environ)
         old, self.config = self.config, new
         self.store.set_targets(new.targets)
+        self.board.set_runbook_url(new.runbook_url)
         self.board.set_targets(new.targets)
         self.flights.set_per_host(new.max_connections_per_host)
         self.probe_slots.limit = new.max_probe_requests

@@ -27,18 +27,18 @@ def debug_probe_url(target: str) -> str:
 
 
 def cert_doc(c: CertInfo, now: float, thresholds: Thresholds = DEFAULT_THRESHOLDS,
-             listener: bool = False) -> Dict[str, Any]:
+             listener: bool = False, base: str = runbook.RUNBOOK_URL) -> Dict[str, Any]:
     days = days_left(c, now)
     level = cert_level(days, thresholds)
     alert = runbook.cert_alert(c.role, level, listener)
     return {"role": c.role, "subject": c.subject, "issuer": c.issuer or None, "serial": c.serial,
             "not_after": c.not_after, "days_left": days, "level": level, "alert": alert,
-            "runbook": None if alert is None else runbook.alert_url(alert)}
+            "runbook": None if alert is None else runbook.alert_url(alert, base)}
 
 
-def failure_doc(stage: Optional[str], reason: str, message: str) -> Dict[str, Any]:
+def failure_doc(stage: Optional[str], reason: str, message: str, base: str = runbook.RUNBOOK_URL) -> Dict[str, Any]:
     return {"stage": stage, "reason": reason, "message": message,
-            "first_check": runbook.first_check(reason), "runbook": runbook.reason_url(reason)}
+            "first_check": runbook.first_check(reason), "runbook": runbook.reason_url(reason, base)}
 
 
 def _call_doc(call: CallResult) -> Dict[str, Any]:
@@ -53,13 +53,14 @@ def server_doc(server: Optional[ServerInfo]) -> Optional[Dict[str, Any]]:
     return {"version": server.version, "hostname": server.hostname, "uuid": server.uuid}
 
 
-def probe_doc(r: ProbeResult, now: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Dict[str, Any]:
+def probe_doc(r: ProbeResult, now: float, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+              base: str = runbook.RUNBOOK_URL) -> Dict[str, Any]:
     f = r.failure
     return {
         "ended": r.ended,
         "age_seconds": max(0.0, now - r.ended),
         "duration_seconds": r.duration,
-        "failure": None if f is None else failure_doc(f.stage, f.reason, f.message),
+        "failure": None if f is None else failure_doc(f.stage, f.reason, f.message, base),
         "steps": [{"step": step, "seconds": sec} for step, sec in r.steps],
         "calls": [_call_doc(c) for c in r.calls],
         "databases": r.databases,
@@ -67,19 +68,20 @@ def probe_doc(r: ProbeResult, now: float, thresholds: Thresholds = DEFAULT_THRES
         "tls": None if r.tls_version is None else {"version": r.tls_version, "cipher": r.tls_cipher},
         "server": server_doc(r.server),
         "peer_address": r.peer_address,
-        "certificates": [cert_doc(c, now, thresholds) for c in r.certs],
+        "certificates": [cert_doc(c, now, thresholds, base=base) for c in r.certs],
         "session_leaked": r.session_leaked,
     }
 
 
-def listener_doc(x: ListenerResult, now: float, thresholds: Thresholds = DEFAULT_THRESHOLDS) -> Dict[str, Any]:
+def listener_doc(x: ListenerResult, now: float, thresholds: Thresholds = DEFAULT_THRESHOLDS,
+                 base: str = runbook.RUNBOOK_URL) -> Dict[str, Any]:
     return {
         "name": x.listener.name, "port": x.listener.port, "protocol": x.listener.protocol,
         "state": "up" if x.up else "down",
-        "failure": None if x.reason is None else failure_doc(None, x.reason, x.message),
+        "failure": None if x.reason is None else failure_doc(None, x.reason, x.message, base),
         "checked": x.ended, "age_seconds": max(0.0, now - x.ended), "duration_seconds": x.duration,
         "tls_version": x.tls_version,
-        "certificates": [cert_doc(c, now, thresholds, listener=True) for c in x.certs],
+        "certificates": [cert_doc(c, now, thresholds, listener=True, base=base) for c in x.certs],
     }
 
 
@@ -95,11 +97,13 @@ def target_doc(name: str, endpoint: str, result: Optional[ProbeResult], listener
                now: float, thresholds: Thresholds = DEFAULT_THRESHOLDS, *, state: Optional[str] = None,
                since: Optional[float] = None, server: Optional[ServerInfo] = None,
                server_seen: Optional[float] = None, debug_probe: bool = True,
-               census: Optional[SessionCensus] = None, reaped_total: Optional[int] = None) -> Dict[str, Any]:
+               census: Optional[SessionCensus] = None, reaped_total: Optional[int] = None,
+               base: str = runbook.RUNBOOK_URL) -> Dict[str, Any]:
     """One target. `state` defaults to the result's (`not_probed` without one);
     `server` to the result's (the daemon passes the last one seen); `census`
     and `reaped_total` to the result's census (the daemon passes the last
-    census and its running total)."""
+    census and its running total); `base` is where docs/runbook.md is
+    published ([fcmon] runbook_url)."""
     if census is None and result is not None:
         census = result.census
     if reaped_total is None:
@@ -119,11 +123,12 @@ def target_doc(name: str, endpoint: str, result: Optional[ProbeResult], listener
         "debug_probe": debug_probe_url(name) if debug_probe else None,
         "server": server_doc(server),
         "server_seen": server_seen,
-        "last_probe": None if result is None else probe_doc(result, now, thresholds),
+        "last_probe": None if result is None else probe_doc(result, now, thresholds, base),
         "account_sessions": census_doc(census, reaped_total),
         "listener_discovery": None if listeners is None else listeners.discovery,
         "listener_discovery_message": None if listeners is None else (listeners.discovery_message or None),
-        "listeners": [] if listeners is None else [listener_doc(x, now, thresholds) for x in listeners.results],
+        "listeners": [] if listeners is None else [listener_doc(x, now, thresholds, base)
+                                                   for x in listeners.results],
     }
 
 

@@ -21,6 +21,7 @@ from .config import TargetConfig
 from .levels import SECONDS_PER_DAY, cert_level  # noqa: F401 (the renderers and tests read them here)
 from .listeners import ListenerRound
 from .result import ProbeResult, ServerInfo, SessionCensus
+from .runbook import RUNBOOK_URL
 
 MAX_EVENTS = 50
 
@@ -73,6 +74,8 @@ class StatusSnapshot:
     targets: Tuple[TargetStatus, ...]  # in config order
     events: Tuple[Event, ...]  # newest first
     reload: ReloadStatus
+    # where docs/runbook.md is published ([fcmon] runbook_url)
+    runbook_url: str = RUNBOOK_URL
 
     @property
     def uptime(self) -> float:
@@ -122,6 +125,7 @@ class StatusBoard:
         # outcome), which the page shows at once.
         self._changes = 0
         self._reloads = 0
+        self._runbook_url = RUNBOOK_URL
 
     def changes(self) -> int:
         """How many changes the board has seen (any result, reload or new targets)."""
@@ -132,6 +136,14 @@ class StatusBoard:
         """How many reloads (new targets, a reload's outcome) the board has seen."""
         with self._lock:
             return self._reloads
+
+    def set_runbook_url(self, url: str) -> None:
+        """Where the page's runbook links point (at start and on each reload)."""
+        with self._lock:
+            if url != self._runbook_url:
+                self._runbook_url = url
+                self._changes += 1
+                self._reloads += 1
 
     def set_targets(self, targets: Sequence[TargetConfig]) -> None:
         """Hold exactly these targets, in this order; the first call is the
@@ -222,7 +234,8 @@ class StatusBoard:
             )
             events = tuple(self._events)
             reload = self._reload
-        return StatusSnapshot(self._version, self._started, self._clock(), targets, events, reload)
+            runbook_url = self._runbook_url
+        return StatusSnapshot(self._version, self._started, self._clock(), targets, events, reload, runbook_url)
 
 
 def one_line(problems: Sequence[str], limit: int = 400) -> str:

@@ -90,13 +90,14 @@ def ms_text(seconds: float) -> str:
 # -- JSON: the shared schema (fcmon/schema.py), plus what only the daemon knows
 
 
-def _target_json(t: TargetStatus, now: float) -> Dict[str, Any]:
+def _target_json(t: TargetStatus, now: float, base: str) -> Dict[str, Any]:
     return target_doc(t.name, t.endpoint, t.latest, t.listeners, now, state=t.state, since=t.since,
-                      server=t.server, server_seen=t.server_seen, census=t.census, reaped_total=t.reaped)
+                      server=t.server, server_seen=t.server_seen, census=t.census, reaped_total=t.reaped,
+                      base=base)
 
 
 def status_json(snap: StatusSnapshot) -> Dict[str, Any]:
-    doc = document([_target_json(t, snap.now) for t in snap.targets], snap.now)
+    doc = document([_target_json(t, snap.now, snap.runbook_url) for t in snap.targets], snap.now)
     doc["summary"]["reload_successful"] = snap.reload.successful
     return {
         "schema": doc.pop("schema"),
@@ -107,7 +108,8 @@ def status_json(snap: StatusSnapshot) -> Dict[str, Any]:
             "last_attempt": snap.reload.last_attempt,
             "last_success": snap.reload.last_success,
             "error": snap.reload.error,
-            "runbook": None if snap.reload.successful else runbook.alert_url(runbook.RELOAD_FAILED_ALERT),
+            "runbook": None if snap.reload.successful else runbook.alert_url(runbook.RELOAD_FAILED_ALERT,
+                                                                             snap.runbook_url),
         },
         "events": [{"time": ev.time, "target": ev.target, "kind": ev.kind, "text": ev.text} for ev in snap.events],
     }
@@ -205,21 +207,21 @@ def _link(href: str, text: str, cls: str, title: str = "") -> str:
     return f'<a class="{cls}" href="{_e(href)}"{t}>{text}</a>'
 
 
-def _cert_html(c: CertInfo, now: float, listener: bool = False) -> str:
+def _cert_html(c: CertInfo, now: float, base: str, listener: bool = False) -> str:
     d = days_left(c, now)
     level = cert_level(d)
     badge = (f'<span class="days cert-{level}" data-level="{level}" title="{level}">'
              f"{_CERT_LABEL[level]}{_e(days_text(d))}</span>")
     alert = runbook.cert_alert(c.role, level, listener)
     if alert is not None:
-        badge = _link(runbook.alert_url(alert), badge, "alert", f"{alert}: what to do (runbook)")
+        badge = _link(runbook.alert_url(alert, base), badge, "alert", f"{alert}: what to do (runbook)")
     return f'<li>{badge} <span class="role">{_e(c.role)}</span> <span class="subject">{_e(c.subject)}</span></li>'
 
 
-def _reason_html(reason: str, message: str) -> str:
+def _reason_html(reason: str, message: str, base: str) -> str:
     """The reason, linked to its runbook section, the first thing to check, the message."""
     first = runbook.first_check(reason)
-    out = _link(runbook.reason_url(reason), f'<strong class="reason">{_e(reason)}</strong>', "runbook",
+    out = _link(runbook.reason_url(reason, base), f'<strong class="reason">{_e(reason)}</strong>', "runbook",
                 f"runbook: {reason}")
     if first:
         out += f'<div class="first-check">First check: {_e(first)}</div>'
@@ -278,7 +280,7 @@ def _level_html(j: Judgement, state: str) -> str:
     return f'<br><span class="level level-{j.level}" title="{_e(j.why)}">{_LEVEL_LABEL[j.level]}</span>'
 
 
-def _target_html(t: TargetStatus, j: Judgement, now: float) -> str:
+def _target_html(t: TargetStatus, j: Judgement, now: float, base: str) -> str:
     r = t.latest
     cells: List[str] = []
     cells.append(f'<strong class="name">{_e(t.name)}</strong><br><span class="muted endpoint">{_e(t.endpoint)}</span>'
@@ -294,13 +296,13 @@ def _target_html(t: TargetStatus, j: Judgement, now: float) -> str:
                      f'<br><span class="muted took">took {_e(ms_text(r.duration))}</span>')
         if r.failure is not None:
             f = r.failure
-            problem = f'<span class="stage">{_e(f.stage)}</span>: ' + _reason_html(f.reason, f.message)
+            problem = f'<span class="stage">{_e(f.stage)}</span>: ' + _reason_html(f.reason, f.message, base)
         else:
             problem = _NONE
         problem += _calls_html(r.calls, r.failure.message if r.failure is not None else "")
         if r.session_leaked:
             problem += ('<div class="leak">\u26a0 a session could not be deleted ('
-                        + _link(runbook.alert_url(runbook.SESSIONS_LEAKING_ALERT), "runbook", "runbook")
+                        + _link(runbook.alert_url(runbook.SESSIONS_LEAKING_ALERT, base), "runbook", "runbook")
                         + ")</div>")
         cells.append(problem)
         steps = "".join(f"<li>{_e(step)} {_e(ms_text(sec))}</li>" for step, sec in r.steps)
@@ -313,19 +315,19 @@ def _target_html(t: TargetStatus, j: Judgement, now: float) -> str:
                          + (f' <span class="muted">{_e(r.tls_cipher)}</span>' if r.tls_cipher else ""))
         if r.databases is not None:
             facts.append(f'<span class="databases">{_e(r.databases)}</span> databases')
-        census = _census_html(t)
+        census = _census_html(t, base)
         if census is not None:
             facts.append(census)
         cells.append("<br>".join(facts) or '<span class="muted">unknown</span>')
-        certs = "".join(_cert_html(c, now) for c in r.certs)
+        certs = "".join(_cert_html(c, now, base) for c in r.certs)
         cells.append(f'<ul class="plain certs">{certs}</ul>' if certs else '<span class="muted">none</span>')
     row = _row(f"target {t.state} row-{j.level}", f'data-target="{_e(t.name)}" data-level="{j.level}"', cells)
     if t.listeners is not None:
-        row += "".join(_listener_html(t.name, x, now) for x in t.listeners.results)
+        row += "".join(_listener_html(t.name, x, now, base) for x in t.listeners.results)
     return row
 
 
-def _census_html(t: TargetStatus) -> Optional[str]:
+def _census_html(t: TargetStatus, base: str) -> Optional[str]:
     """"sessions 46 of 50 (1 fcmon's, 2 reaped)" from the last census, marked
     and linked to its runbook section above 80 % of the limit (where
     FcmonAccountSessionsHigh fires)."""
@@ -338,14 +340,14 @@ def _census_html(t: TargetStatus) -> Optional[str]:
             f'(describeSessions), fcmon\'s own included">sessions {_e(c.sessions)} of {_e(c.limit)}</span>'
             f' <span class="muted">({_e(extra)})</span>')
     if high:
-        text += " " + _link(runbook.alert_url("FcmonAccountSessionsHigh"), "runbook", "runbook")
+        text += " " + _link(runbook.alert_url("FcmonAccountSessionsHigh", base), "runbook", "runbook")
     return text
 
 
-def _listener_html(target: str, x: ListenerResult, now: float) -> str:
+def _listener_html(target: str, x: ListenerResult, now: float, base: str) -> str:
     """A row under its target: the listener's handshake and certificates."""
     state = UP if x.up else DOWN
-    certs = "".join(_cert_html(c, now, listener=True) for c in x.certs)
+    certs = "".join(_cert_html(c, now, base, listener=True) for c in x.certs)
     cells = [
         f'<span class="muted">\u21b3 listener</span> <strong class="listener">{_e(x.listener.name)}</strong><br>'
         f'<span class="muted">{_e(x.listener.protocol)}, port <span class="port">{_e(x.listener.port)}</span></span>',
@@ -353,8 +355,8 @@ def _listener_html(target: str, x: ListenerResult, now: float) -> str:
         f'<span class="age" title="{_e(clock_text(x.ended))}">{_e(_ago(now, x.ended))}</span>'
         f'<br><span class="muted took">took {_e(ms_text(x.duration))}</span>',
         (_NONE if x.up else
-         _reason_html(x.reason or "", x.message)
-         + f'<div>{_link(runbook.alert_url(runbook.LISTENER_DOWN_ALERT), "listener down: runbook", "runbook")}</div>'),
+         _reason_html(x.reason or "", x.message, base)
+         + f'<div>{_link(runbook.alert_url(runbook.LISTENER_DOWN_ALERT, base), "listener down: runbook", "runbook")}</div>'),
         '<span class="muted">TLS handshake</span>',
         f'<span class="tls">{_e(x.tls_version)}</span>' if x.tls_version else '<span class="muted">unknown</span>',
         f'<ul class="plain certs">{certs}</ul>' if certs else '<span class="muted">none</span>',
@@ -419,7 +421,8 @@ def _header_html(snap: StatusSnapshot, items: Sequence[Tuple[str, str, str]]) ->
                   f'{_e(_ago(snap.now, reload.last_attempt))}, running the config loaded '
                   f'{_e(_ago(snap.now, reload.last_success))}: <span class="msg reload-error">'
                   f"{_e(reload.error)}</span> "
-                  + _link(runbook.alert_url(runbook.RELOAD_FAILED_ALERT), "runbook", "runbook") + "</p>")
+                  + _link(runbook.alert_url(runbook.RELOAD_FAILED_ALERT, snap.runbook_url), "runbook", "runbook")
+                  + "</p>")
     summary = "".join(f'<li class="{cls} sum-{kind}">{_e(text)}</li>' for cls, kind, text in items)
     return (
         '<header><h1>fcmon status</h1><div class="facts">'
@@ -447,7 +450,7 @@ def render_html(snap: StatusSnapshot) -> bytes:
     """The page: a pure function of the snapshot."""
     pairs = judged(snap)
     items = _summary_items(snap, pairs)
-    rows = "".join(_target_html(t, j, snap.now) for t, j in pairs)
+    rows = "".join(_target_html(t, j, snap.now, snap.runbook_url) for t, j in pairs)
     if not rows:
         rows = '<tr><td colspan="7" class="muted">No target configured.</td></tr>'
     head = "".join(f"<th>{name}</th>" for name in _COLUMNS)

@@ -60,3 +60,31 @@ def test_certificate_levels_name_alerts_that_exist() -> None:
     for alert in (runbook.LISTENER_DOWN_ALERT, runbook.SESSIONS_LEAKING_ALERT, runbook.RELOAD_FAILED_ALERT,
                   runbook.target_alert("connect_refused"), runbook.target_alert("internal")):
         assert alert in rules
+
+
+def test_runbook_url_moves_every_link_of_the_page_and_the_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from fcmon import statuspage
+    from fcmon.config import ConfigError, load_config
+    from fcmon.status import StatusBoard
+
+    from test_status import Clock, down, target
+
+    base = "https://git.example.com/ops/fcmon/blob/v0.2.0/docs/runbook.md"
+    config = tmp_path / "config.ini"
+    config.write_text(f"[fcmon]\nrunbook_url = {base}\n[target:a]\nendpoint = https://db.example.com/api\n")
+    assert load_config(config, {}).runbook_url == base
+    for bad in ("git.example.com/runbook.md", f"{base}#x", "ftp://x/runbook.md", "https://x/a b"):
+        config.write_text(f"[fcmon]\nrunbook_url = {bad}\n")
+        with pytest.raises(ConfigError, match=r"\[fcmon\] runbook_url: .*expected the http\(s\) URL"):
+            load_config(config, {})
+    clock = Clock()
+    board = StatusBoard("9.9.9", clock=clock)
+    board.set_runbook_url(base)
+    board.set_targets([target("a")])
+    board.record(down("a", clock.now))
+    body = statuspage.render_html(board.snapshot()).decode()
+    assert f'href="{base}#connect_refused"' in body and runbook.RUNBOOK_URL not in body
+    doc = json.loads(statuspage.render_json(board.snapshot()))
+    assert doc["targets"][0]["last_probe"]["failure"]["runbook"] == f"{base}#connect_refused"
