@@ -189,6 +189,30 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                     f"{many['rss_mb_before']:.0f}), /metrics median {_f(many['metrics_median_s'], ' s', 2)} "
                     f"({many['scrapes']} answered, {many['failures']} failed), SIGTERM to exit "
                     f"{_f(many['sigterm_s'], ' s', 1)}; answers to the pollers {many['answers']}")))
+        front = hostile.get("front_door") or {}
+        tls = front.get("tls_idle")
+        if tls:
+            grew = tls["rss_peak_mb"] - tls["rss_before_mb"]
+            rows.append(_row(
+                f"7b. {tls['connections']:,} idle connections to a [web] TLS endpoint (issue 16)",
+                f"RSS {tls['rss_before_mb']:.0f} -> peak {tls['rss_peak_mb']:.0f} MB (+{grew:.0f} MB)",
+                "was 50 -> 1,346 MB", "",
+                "at most ~100 MB more", grew <= 100,
+                f"held {tls['seconds']:g} s, replaced when dropped ({tls['connects']:,} connects); peak "
+                f"{tls['peak_descriptors']:,} descriptors; after: {tls['rss_after_mb']:.0f} MB; a scrape "
+                f"during: {'answered' if tls['scrape_during_ok'] else 'FAILED'}"))
+        for key in ("one_address", "one_address_held_back"):
+            one = front.get(key)
+            if not one:
+                continue
+            rows.append(_row(
+                f"7c. {one['connections']:,} connections from one address, scraper from another, per-client "
+                f"limit {one.get('per_client_limit', 'default')} (issue 16)",
+                f"{one['answered']} of {one['scrapes']} scrapes answered, median "
+                f"{_f(one['scrape_median_s'], ' s', 3)}, max {_f(one['scrape_max_s'], ' s', 3)}",
+                "was 2 of 19", "", "every scrape answered", one["failed"] == 0,
+                f"descriptor limit {front['descriptor_limit']:,} (cap 4,096); peak {one['peak_descriptors']:,} "
+                f"descriptors; rejected: " + ", ".join(f"{k} {v:,.0f}" for k, v in one["rejected"].items())))
     elif hostile:
         rows.append(_row("7. Hostile callers", "error", "", "", "", False, hostile["error"]))
     return rows

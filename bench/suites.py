@@ -651,8 +651,11 @@ class _SlowClients:
     byte a second, never finishing; each one fcmon drops is replaced (a
     sustained slowloris). Non-blocking sockets in one thread."""
 
-    def __init__(self, port: int, n: int):
+    def __init__(self, port: int, n: int, drip: bool = True, sources: Sequence[str] = ()):
         self.port, self.n = port, n
+        self.drip = drip  # False: idle connections, nothing sent
+        # the loopback addresses they come from, in turn (none: the kernel's choice)
+        self.sources = list(sources)
         self.socks: Dict[Any, bool] = {}  # socket -> request line sent
         self.dropped = 0
         self.connects = 0
@@ -676,6 +679,8 @@ class _SlowClients:
             while len(self.socks) < self.n:
                 s = socket.socket()
                 s.setblocking(False)
+                if self.sources:
+                    s.bind((self.sources[self.connects % len(self.sources)], 0))
                 s.connect_ex((LOOPBACK, self.port))
                 self.socks[s] = False
                 self.connects += 1
@@ -690,6 +695,8 @@ class _SlowClients:
                     s.close()
                     del self.socks[s]
                     self.dropped += 1
+                    continue
+                if not self.drip:
                     continue
                 try:
                     s.send(b"X" if self.socks[s] else b"GET /metrics HTTP/1.1\r\n")
@@ -772,7 +779,121 @@ def suite_hostile(ctx: Ctx, clients: int = 3000, targets: int = 500) -> Dict[str
     # status page at 3,000 targets, then 3,000 pollers: RSS and SIGTERM.
     res["page_pollers"] = page_pollers(ctx, counts=(20,), paths=("/",), sigterm_pollers=(3000,),
                                        phase_s=10.0 if ctx.quick else 20.0)
+    res["front_door"] = front_door(ctx)
     return res
+
+
+def front_door(ctx: Ctx, idle: int = 4000, one_address: int = 4300, scrapes: int = 19) -> Dict[str, Any]:
+    """Issue 16's measured cases, with the descriptor limit of the unit
+    (LimitNOFILE=16384: connection cap 4,096): `idle` idle TCP connections
+    (no handshake, replaced when dropped; two per loopback address) to a
+    [web] TLS endpoint, RSS before, at its peak and after; and `one_address` idle connections from
+    127.0.0.2 while a scraper on 127.0.0.1 makes `scrapes` scrapes, each on
+    a new connection, a second apart."""
+    import resource
+    import socket
+    import ssl
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 16384), hard))  # fcmon inherits it
+    emu = ctx.emulator()
+    hold_s = 10.0 if ctx.quick else 30.0
+    out: Dict[str, Any] = {"descriptor_limit": min(hard, 16384)}
+
+    def rss(f: FcmonProc) -> float:
+        return f.proc.rss() / MB
+
+    def fds(f: FcmonProc) -> int:
+        return len(os.listdir(f"/proc/{f.proc.pid}/fd"))
+
+    # 1. idle connections to the TLS endpoint
+    port = free_port()
+    cfg = fcmon_config(ctx.work / "front-tls.ini", ctx.pki, port, [("f0", emu.url)], 30.0, 10.0)
+    cfg.write_text(cfg.read_text() + f"\n[web]\ntls_cert_file = {ctx.pki.server_cert}\n"
+                                      f"tls_key_file = {ctx.pki.server_key}\n")
+    f = FcmonProc(ctx.procs, cfg, port, name="fcmon-front-tls")
+    tls = ssl.create_default_context(cafile=str(ctx.pki.ca_file))
+
+    def tls_get(path: str) -> int:
+        with socket.create_connection((LOOPBACK, port), timeout=10) as raw:
+            with tls.wrap_socket(raw, server_hostname="localhost") as s:
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+                return int(s.recv(100).split(b" ", 2)[1])
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if tls_get("/-/ready") == 200:
+                    break
+            except (OSError, ValueError, IndexError):
+                pass
+            if time.monotonic() > deadline:
+                raise BenchError("TLS endpoint not ready within 60 s")
+            time.sleep(0.2)
+        time.sleep(2)
+        before = rss(f)
+        # From 2,000 loopback addresses, 2 each: the per-client limit and the
+        # slots held back do not stop them, so the memory of `idle` is measured.
+        attack = _SlowClients(port, idle, drip=False,
+                              sources=[f"127.1.{i // 250}.{i % 250 + 1}" for i in range(idle // 2)])
+        attack.start()
+        peak, peak_fds, end = before, 0, time.monotonic() + hold_s
+        while time.monotonic() < end:
+            peak, peak_fds = max(peak, rss(f)), max(peak_fds, fds(f))
+            time.sleep(0.5)
+        scrape_ok = tls_get("/metrics") == 200
+        attack.stop()
+        time.sleep(5)
+        out["tls_idle"] = {"connections": idle, "seconds": hold_s, "rss_before_mb": before, "rss_peak_mb": peak,
+                           "rss_after_mb": rss(f), "peak_descriptors": peak_fds, "connects": attack.connects,
+                           "scrape_during_ok": scrape_ok}
+    finally:
+        ctx.procs.stop(f.proc, 30)
+
+    # 2. one address holding the cap, a scraper from another: with the
+    # default per-client limit, and with none (the held-back slots alone)
+    for name, web in (("one_address", ""), ("one_address_held_back", "max_connections_per_client = 100000\n")):
+        port = free_port()
+        cfg = fcmon_config(ctx.work / f"front-{name}.ini", ctx.pki, port, [("f0", emu.url)], 30.0, 10.0)
+        if web:
+            cfg.write_text(cfg.read_text() + "\n[web]\n" + web)
+        f = FcmonProc(ctx.procs, cfg, port, name=f"fcmon-front-{name}")
+        try:
+            f.wait_listening(60)
+            wait_http(port, "/-/ready", 60)
+            attack = _SlowClients(port, one_address, drip=False, sources=["127.0.0.2"])
+            attack.start()
+            time.sleep(3)
+            took: List[float] = []
+            failed = 0
+            peak_fds = 0
+            for _ in range(scrapes):
+                t0 = time.monotonic()
+                try:
+                    status, _ = http_get(port, "/metrics", timeout=10)
+                except OSError:
+                    status = 0
+                if status == 200:
+                    took.append(time.monotonic() - t0)
+                else:
+                    failed += 1
+                peak_fds = max(peak_fds, fds(f))
+                time.sleep(1.0)
+            attack.stop()
+            _, body = http_get(port, "/metrics", timeout=10)
+            text = body.decode()
+            out[name] = {
+                "connections": one_address, "per_client_limit": "none" if web else "default",
+                "scrapes": scrapes, "answered": len(took), "failed": failed,
+                "scrape_median_s": _median(took), "scrape_max_s": max(took) if took else None,
+                "peak_descriptors": peak_fds,
+                "rejected": {r: metric_sum(text, "fcmon_http_connections_rejected_total", reason=r)
+                             for r in ("full", "per_client", "held_back")}}
+        finally:
+            ctx.procs.stop(f.proc, 30)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return out
 
 
 def suite_listeners(ctx: Ctx, n: int = 300) -> Dict[str, Any]:

@@ -887,7 +887,10 @@ class _Conn(asyncio.Protocol):
         self.busy = False
         if self.closed:
             return
-        if not keep or self.transport.is_closing():
+        # A client that sent its FIN while its answer was being written
+        # (before this callback ran, on a busy loop) sends nothing more:
+        # kept alive, it would hold its slot until IDLE_TIMEOUT.
+        if not keep or (self.peer_eof and not self.buf) or self.transport.is_closing():
             # Let the last answer's tail go out, but not for ever.
             self.transport.close()
             asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT, self.transport.abort)

@@ -96,6 +96,20 @@ def test_keep_alive_serves_several_requests(server: WebServer) -> None:
     conn.close()
 
 
+def test_a_client_that_half_closes_during_its_answer_frees_its_slot(server: WebServer) -> None:
+    """The client's FIN arrived while its answer was being made: the
+    connection used to stay as an idle keep-alive until IDLE_TIMEOUT (30 s),
+    holding its slot (under a flood, a scraper's own old connections then
+    made it a "heavy" address and it was refused). Answered or not (work
+    for a client that has gone may be dropped), the slot is free at once."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        answer = s.recv(100)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 200 ")
+        wait_for(lambda: server._server.open == 0, timeout=httpd.IDLE_TIMEOUT / 3)
+
+
 def test_long_request_line_is_414(server: WebServer) -> None:
     answer = _raw(server.port, b"GET /metrics?" + b"a" * 20000 + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 414 ")
