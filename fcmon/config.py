@@ -78,6 +78,9 @@ class TargetConfig:
     # account's session limit the census is measured against
     session_census: bool = True
     account_sessions_limit: int = 50
+    # Listeners checked per round at most (configured first, then
+    # discovered); the rest are counted, not checked.
+    max_listeners: int = 32
 
     @property
     def discovers_listeners(self) -> bool:
@@ -99,7 +102,7 @@ class Config:
     # False: probe only when /probe?target= is scraped (Prometheus-driven
     # scheduling, hashmod sharding across instances).
     schedule: bool = True
-    # Probes in flight to one FairCom host (endpoint host name) at most:
+    # Probes in flight to one FairCom server (endpoint host and port) at most:
     # FairCom allows 25 connections per client IP by default.
     max_connections_per_host: int = 8
     # Probes that /probe may have started and not finished; beyond, 503.
@@ -159,6 +162,7 @@ TARGET_KEYS = (
     "listener_interval",
     "session_census",
     "account_sessions_limit",
+    "max_listeners",
 )
 # Every target has its own address; inheriting one would point two target
 # labels at the same server.
@@ -176,6 +180,7 @@ DEFAULT_SESSION_IDLE_TIMEOUT = 300
 DEFAULT_ACCOUNT_SESSIONS_LIMIT = 50
 INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 DEFAULT_LISTENER_INTERVAL = 600.0
+DEFAULT_MAX_LISTENERS = 32
 LISTENER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
 DEFAULT_MAX_RESPONSE_BYTES = 1048576
 MIN_MAX_RESPONSE_BYTES = 1024
@@ -330,7 +335,7 @@ def redacted_summary(config: Config) -> List[str]:
         f"probe defaults: interval {_num(config.interval)}s, timeout {_num(config.timeout)}s"
     )
     lines.append(f"logging: level {config.log_level}, format {config.log_format}")
-    lines.append(f"limits: {config.max_connections_per_host} probes in flight per FairCom host, "
+    lines.append(f"limits: {config.max_connections_per_host} probes in flight per FairCom server, "
                  f"{config.max_probe_requests} probes started by /probe, "
                  f"/probe results reused for {_num(config.probe_reuse_window)}s")
     if config.instance_id is not None:
@@ -993,7 +998,7 @@ def _parse_target_section(
             given[key] = _boolean(ctx, section, key, value)
         elif key == "listeners":
             given[key] = _listeners(ctx, section, value)
-        elif key in ("session_idle_timeout", "account_sessions_limit"):
+        elif key in ("session_idle_timeout", "account_sessions_limit", "max_listeners"):
             given[key] = _integer(ctx, section, key, value, 1)
         else:
             given[key] = _integer(ctx, section, key, value, MIN_MAX_RESPONSE_BYTES)
@@ -1139,6 +1144,7 @@ def _build_target(
         listener_interval=listener_interval,
         session_census=merged.get("session_census", True),
         account_sessions_limit=merged.get("account_sessions_limit", DEFAULT_ACCOUNT_SESSIONS_LIMIT),
+        max_listeners=merged.get("max_listeners", DEFAULT_MAX_LISTENERS),
     )
 
 

@@ -372,6 +372,9 @@ class Daemon:
         finally:
             log.info("stopping: waiting for probes in flight")
             self.notifier.send("STOPPING=1", "STATUS=stopping: waiting for probes in flight")
+            # Listener rounds start no further check: a round ends with its
+            # current handshake (the target's timeout), whatever it has left.
+            self.listeners.stop()
             self.scheduler.shutdown(wait=True)
             self.web.stop()
         log.info("stopped")

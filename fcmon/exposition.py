@@ -233,6 +233,9 @@ def _render_listeners(t: str, s: _TargetState, p: List[str]) -> Tuple[Tuple[byte
     if lr is None:
         return ()
     p[_INDEX["fcmon_listeners"]] = f"fcmon_listeners{{{t}}} {_value(len(lr.results))}\n"
+    p[_INDEX["fcmon_listeners_not_checked"]] = (
+        f'fcmon_listeners_not_checked{{{t},reason="over_cap"}} {_value(lr.over_cap)}\n'
+        f'fcmon_listeners_not_checked{{{t},reason="round_deadline"}} {_value(lr.not_reached)}\n')
     if lr.discovery is not None:
         p[_INDEX["fcmon_listener_discovery_success"]] = (
             f"fcmon_listener_discovery_success{{{t}}} {'1.0' if lr.discovery else '0.0'}\n")

@@ -68,6 +68,11 @@ SETTLE_MIN = 0.25
 SETTLE_HANDSHAKES = 4.0
 # The reporting-only handshake after a verification failure gets at most this.
 UNVERIFIED_FETCH_TIMEOUT = 2.0
+# A round (discovery and every check) ends within this many timeouts of the
+# target; checks it leaves undone come first in the next round.
+ROUND_TIMEOUTS = 4
+# Listeners named in the discovery log line at most.
+NAMED_IN_LOG = 10
 # The listener check's own failure vocabulary: the connect-stage reasons,
 # and internal (fcmon out of descriptors, say: classify_connect_error's).
 LISTENER_REASONS = ("dns", "connect_refused", "connect_timeout", "tls_handshake", "tls_verify",
@@ -115,9 +120,20 @@ class ListenerRound:
     discovery_message: str
     results: Tuple[ListenerResult, ...]
     ended: float
+    # listeners beyond the target's max_listeners: named, never checked
+    over_cap: int = 0
+    # listeners within the cap that this round's deadline left unchecked
+    # (their last result, if any, is carried in `results`)
+    not_reached: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "discovery_message", clean(self.discovery_message, FAILURE_MESSAGE_MAX))
+
+
+def round_budget(target: TargetConfig) -> float:
+    """Seconds a round of `target` may take: ROUND_TIMEOUTS timeouts, and
+    less than its listener_interval, so it never overruns into the next."""
+    return min(ROUND_TIMEOUTS * target.timeout, max(target.timeout, 0.9 * target.listener_interval))
 
 
 def speaks_tls(protocol: str) -> bool:
@@ -161,11 +177,15 @@ def parse_listeners(body: Dict[str, Any], own_port: int) -> List[Listener]:
 
 
 def _port(value: Any) -> Optional[int]:
-    # FairCom sends the port as a string; tolerate a number.
+    # FairCom sends the port as a string; tolerate a number. ASCII digits
+    # only: str.isdigit() accepts "²" and other digits int() refuses.
     if isinstance(value, bool):
         return None
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        if not (0 < len(text) <= 5 and text.isascii() and text.isdigit()):
+            return None
+        value = int(text)
     if isinstance(value, int) and 1 <= value <= 65535:
         return value
     return None
@@ -326,6 +346,19 @@ class ListenerChecker:
         self._asked_for: Dict[str, float] = {}  # target -> the due time a probe last asked listServices for
         self._busy: set = set()  # targets whose round is running
         self._last: Dict[str, float] = {}  # target -> monotonic start of its last round
+        # target -> its last round's result per listener (carried over for
+        # listeners a round's deadline did not reach), and where the next
+        # round starts checking (rotation: every listener gets its turn)
+        self._results: Dict[str, Dict[Listener, ListenerResult]] = {}
+        self._rotation: Dict[str, int] = {}
+        self._crashed: set = set()  # targets whose last round crashed (logged once)
+        self._over_cap: Dict[str, int] = {}  # target -> listeners beyond its cap last round (logged on change)
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        """Start no further check (fcmon is stopping): a round in progress
+        ends after its current handshake, within the target's timeout."""
+        self._stopping.set()
 
     def retain(self, targets: Sequence[TargetConfig]) -> None:
         keep = {t.name for t in targets if t.discovers_listeners}
@@ -334,6 +367,11 @@ class ListenerChecker:
             for name in list(self._last):
                 if name not in checking:
                     del self._last[name]
+            for d2 in (self._results, self._rotation, self._over_cap):  # type: ignore[attr-defined]
+                for name in list(d2):
+                    if name not in checking:
+                        del d2[name]
+            self._crashed &= checking
             for name in list(self._discovered):
                 if name not in keep:
                     del self._discovered[name]
@@ -361,17 +399,36 @@ class ListenerChecker:
             self._busy.add(target.name)
             self._last[target.name] = time.monotonic()
         try:
-            return self._run(target)
+            round_ = self._run(target)
+            with self._lock:
+                self._crashed.discard(target.name)
+            return round_
         except Exception as exc:  # the boundary: a bug must not kill the scheduler
-            # Logged with its traceback; the last round's series stay as they
-            # were rather than vanish as if the listeners had gone.
-            log.error("listener check of %s crashed: %s", target.name, type(exc).__name__, exc_info=True)
-            return None
+            return self._crashed_round(target, exc)
         finally:
             with self._lock:
                 self._busy.discard(target.name)
 
+    def _crashed_round(self, target: TargetConfig, exc: BaseException) -> ListenerRound:
+        """A round that crashed (a bug): logged with its traceback once until
+        a round succeeds again, and reported as a failed discovery naming
+        the crash, with the last results carried, so its state says so
+        instead of freezing silently."""
+        with self._lock:
+            first = target.name not in self._crashed
+            self._crashed.add(target.name)
+            last = tuple(self._results.get(target.name, {}).values())
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if first:
+            log.error("listener round of %s crashed (%s), a bug in fcmon: its listeners keep their last "
+                      "results until a round succeeds", target.name, what, exc_info=True)
+        else:
+            log.debug("listener round of %s crashed again (%s)", target.name, what)
+        return ListenerRound(target.name, False, f"listener round crashed (a bug in fcmon): {what}", last,
+                             self._wall())
+
     def _run(self, target: TargetConfig) -> ListenerRound:
+        round_deadline = time.monotonic() + round_budget(target)
         ctx: Optional[ssl.SSLContext] = None
         setup_error: Optional[str] = None
         try:
@@ -384,8 +441,45 @@ class ListenerChecker:
         if target.discovers_listeners:
             discovery, message, discovered = self._discover(target, ctx)
         listeners = merge(target.listeners, discovered)
-        results = tuple(self.check(target, lst, ctx, setup_error) for lst in listeners)
-        return ListenerRound(target.name, discovery, message, results, self._wall())
+        over = len(listeners) - target.max_listeners
+        with self._lock:
+            said, self._over_cap[target.name] = self._over_cap.get(target.name, 0), max(0, over)
+        if over > 0:
+            listeners = listeners[:target.max_listeners]
+            if over != said:  # once, and again when the number changes
+                log.warning("target %s: listeners: %d named, %d beyond max_listeners = %d not checked "
+                            "(fcmon_listeners_not_checked)", target.name, len(listeners) + over, over,
+                            target.max_listeners)
+        results, not_reached = self._check_within(target, listeners, ctx, setup_error, round_deadline)
+        return ListenerRound(target.name, discovery, message, results, self._wall(),
+                             over_cap=max(0, over), not_reached=not_reached)
+
+    def _check_within(self, target: TargetConfig, listeners: Tuple[Listener, ...], ctx: Optional[ssl.SSLContext],
+                      setup_error: Optional[str], deadline: float) -> Tuple[Tuple[ListenerResult, ...], int]:
+        """Check `listeners` until the round's deadline, starting where the
+        last round stopped; a listener not reached keeps its last result."""
+        with self._lock:
+            previous = self._results.get(target.name, {})
+            start = self._rotation.get(target.name, 0) % len(listeners) if listeners else 0
+        fresh: Dict[Listener, ListenerResult] = {}
+        order = listeners[start:] + listeners[:start]
+        checked = 0
+        for listener in order:
+            left = deadline - time.monotonic()
+            if left < min(target.timeout, 0.05) or self._stopping.is_set():
+                break
+            fresh[listener] = self.check(target, listener, ctx, setup_error, min(target.timeout, left))
+            checked += 1
+        not_reached = len(listeners) - checked
+        if not_reached:
+            log.debug("target %s: listener round ended at its deadline: %d of %d listeners not reached "
+                      "(first in the next round)", target.name, not_reached, len(listeners))
+        results = tuple(fresh.get(x) or previous.get(x) for x in listeners)
+        kept = tuple(r for r in results if r is not None)
+        with self._lock:
+            self._results[target.name] = {r.listener: r for r in kept}
+            self._rotation[target.name] = (start + checked) % len(listeners) if listeners else 0
+        return kept, not_reached
 
     # -- discovery
 
@@ -494,8 +588,10 @@ class ListenerChecker:
             message = f"{unsupported}; checking only the listeners configured"
             self._say(target.name, "info", message)
             return False, message, ()
-        self._say(target.name, "info", "listServices named " + (
-            ", ".join(f"{x.name}:{x.port}" for x in found) if found else "no other TLS listener"))
+        shown = ", ".join(f"{x.name}:{x.port}" for x in found[:NAMED_IN_LOG])
+        if len(found) > NAMED_IN_LOG:
+            shown += f" and {len(found) - NAMED_IN_LOG} more"
+        self._say(target.name, "info", "listServices named " + (shown if found else "no other TLS listener"))
         return True, "", found
 
     def _say(self, target: str, level: str, message: str) -> None:
@@ -509,7 +605,8 @@ class ListenerChecker:
     # -- one listener
 
     def check(self, target: TargetConfig, listener: Listener, ctx: Optional[ssl.SSLContext],
-              setup_error: Optional[str] = None) -> ListenerResult:
+              setup_error: Optional[str] = None, timeout: Optional[float] = None) -> ListenerResult:
+        timeout = target.timeout if timeout is None else timeout
         started = self._wall()
         t0 = time.monotonic()
         host = self._prober.plan(target).host
@@ -521,7 +618,7 @@ class ListenerChecker:
         else:
             deadlines = self._prober.deadlines
             try:
-                peer, refused = handshake(host, listener.port, ctx, target.timeout, deadlines.at,
+                peer, refused = handshake(host, listener.port, ctx, timeout, deadlines.at,
                                           deadlines.cancel, target.client_cert_file is not None,
                                           self._prober.resolver)
                 if refused is not None:
@@ -529,7 +626,7 @@ class ListenerChecker:
             except ProbeError as exc:
                 reason, message = exc.reason, exc.message
             if reason == "tls_verify":
-                left = t0 + target.timeout - time.monotonic()
+                left = t0 + timeout - time.monotonic()
                 try:
                     peer = fetch_peer_unverified(host, listener.port, min(left, UNVERIFIED_FETCH_TIMEOUT),
                                                  self._prober.resolver, ctx.get_ca_certs(binary_form=True))

@@ -379,6 +379,9 @@ FAMILIES = (
     Family("fcmon_listener_failures", "counter", "Failed listener checks"),
     Family("fcmon_listener_discovery_success", "gauge", "1 if the last listServices named the listeners"),
     Family("fcmon_listeners", "gauge", "TLS listeners checked besides the endpoint"),
+    Family("fcmon_listeners_not_checked", "gauge",
+           "Listeners the last round did not check: over_cap (beyond max_listeners), "
+           "round_deadline (left for the next round by the round's deadline)"),
 )
 EXPIRY_DAYS = "fcmon_cert_expiry_days"
 LISTENER_EXPIRY_DAYS = "fcmon_listener_cert_expiry_days"
@@ -432,6 +435,9 @@ def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
     lr = s.listeners
     if lr is not None:
         add("fcmon_listeners", "fcmon_listeners", (), len(lr.results))
+        add("fcmon_listeners_not_checked", "fcmon_listeners_not_checked", (("reason", "over_cap"),), lr.over_cap)
+        add("fcmon_listeners_not_checked", "fcmon_listeners_not_checked", (("reason", "round_deadline"),),
+            lr.not_reached)
         if lr.discovery is not None:
             add("fcmon_listener_discovery_success", "fcmon_listener_discovery_success", (),
                 1 if lr.discovery else 0)

@@ -28,6 +28,7 @@ from apscheduler.triggers.base import BaseTrigger
 
 from .config import TargetConfig
 from .flight import SKIP_MISSED, SKIP_STILL_RUNNING, Flights, Skipped
+from .listeners import round_budget
 from .probe import Prober
 from .result import ProbeResult
 
@@ -69,7 +70,8 @@ def listener_pool_size(targets: Sequence[TargetConfig]) -> int:
         if not t.checks_listeners:
             continue
         checks = len(t.listeners) + (1 + EXPECTED_DISCOVERED if t.discovers_listeners else 0)
-        busy += (checks * t.timeout + 1.0) / t.listener_interval
+        # a round ends within ROUND_TIMEOUTS timeouts whatever it finds
+        busy += (min(checks * t.timeout, round_budget(t)) + 1.0) / t.listener_interval
     return max(2, min(MAX_WORKERS // 4, math.ceil(busy) + 2))
 
 

@@ -583,6 +583,8 @@ class Emulator:
                            variants=variants)
         self._listener_specs = tuple(listeners)
         self._listeners: Dict[str, ExtraListener] = {}
+        # services listServices names besides its own listeners (name_services)
+        self._named: List[Dict[str, Any]] = []
         self.faults = FaultTable()
         self.stopping = threading.Event()
         self._handshake_timeout = handshake_timeout
@@ -714,7 +716,14 @@ class Emulator:
         scheme = "https" if self._ssl_context is not None else "http"
         own = {"serviceName": f"{scheme}{self.port}", "description": "JSON DB API",
                "enabled": True, "port": str(self.port), "protocol": scheme}
-        return [own] + [x.service() for x in self._listeners.values()]
+        return [own] + [x.service() for x in self._listeners.values()] + list(self._named)
+
+    def name_services(self, ports: Sequence[int], protocol: str = "mqtts", prefix: str = "named") -> None:
+        """listServices also names these ports (enabled, `protocol`), which
+        the emulator does not serve: a test points them at sockets of its
+        own (a thousand that never handshake, say). Replaces the previous list."""
+        self._named = [{"serviceName": f"{prefix}{p}", "description": "named by the test", "enabled": True,
+                        "port": str(p), "protocol": protocol} for p in ports]
 
     def listeners(self) -> List[ExtraListener]:
         return list(self._listeners.values())
