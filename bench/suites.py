@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from fcmon.probe import CLEANUP_GRACE
 from fcmon.scheduler import first_round_offset
 
 from . import blackbox
@@ -355,13 +356,14 @@ class ScaleStep:
     ready_poll: float = 0.1
 
 
-def runs_due(first: float, phase: float, interval: float, horizon: float) -> int:
+def runs_due(first: float, phase: float, interval: float, horizon: float, min_gap: float = 0.0) -> int:
     """Runs of one target due by `horizon` under fcmon's schedule: the first
-    at `first`, then every phase + k * interval at least half an interval
-    after it (fcmon.scheduler.PhasedTrigger)."""
+    at `first`, then every phase + k * interval at least max(half an
+    interval, min_gap) after it (fcmon.scheduler.PhasedTrigger; min_gap is
+    the probe's timeout + cleanup grace)."""
     if horizon < first:
         return 0
-    k0 = math.ceil((first + interval / 2 - phase) / interval)
+    k0 = math.ceil((first + max(interval / 2, min(min_gap, interval)) - phase) / interval)
     later = phase + k0 * interval
     return 1 + (0 if horizon < later else int((horizon - later) // interval) + 1)
 
@@ -556,7 +558,7 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
         horizon = wall_e - 3.0 - t_listen_wall
         for name, i in zip(healthy, healthy_index):
             offset = step.interval * i / n
-            due = runs_due(min(offset, first_round_offset(i)), offset, step.interval, horizon)
+            due = runs_due(min(offset, first_round_offset(i)), offset, step.interval, horizon, step.timeout + CLEANUP_GRACE)
             got = probes.get(name, 0)
             if got < due:
                 missed += int(due - got)
@@ -1059,7 +1061,7 @@ def suite_starve(ctx: Ctx, hanging: int = 2000, healthy: int = 100, interval: fl
         due = got = 0
         for name, i in good:
             offset = interval * i / n
-            d = runs_due(min(offset, first_round_offset(i)), offset, interval, horizon)
+            d = runs_due(min(offset, first_round_offset(i)), offset, interval, horizon, timeout + CLEANUP_GRACE)
             due += d
             got += min(d, int(probes.get(name, 0)))
         out.update({
