@@ -64,7 +64,7 @@ from email.utils import formatdate
 from typing import Any, Callable, Deque, Dict, Iterable, List, Optional, Set, Tuple
 from urllib.parse import unquote
 
-from .httptls import TLSLayer
+from .httptls import HandshakeGate, TLSLayer
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +409,7 @@ class Server:
         self.open = 0  # connections open now (read in tests and the bench)
         self.rejected = 0
         self._per_client: Dict[str, int] = {}  # client_key -> connections open
+        self._handshakes = HandshakeGate()  # TLS handshakes in progress, shared fairly
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._thread: Optional[threading.Thread] = None
         self._tasks: Set["asyncio.Task[None]"] = set()
@@ -569,7 +570,7 @@ class Server:
             def failed(exc: BaseException) -> None:
                 self._quiet.debug("TLS handshake with %s failed: %r", conn.addr[0], exc)
 
-            protocol = conn.lower = TLSLayer(ctx, conn, HANDSHAKE_TIMEOUT, failed)
+            protocol = conn.lower = TLSLayer(ctx, conn, HANDSHAKE_TIMEOUT, failed, self._handshakes, conn.key)
         try:
             await loop.connect_accepted_socket(lambda: protocol, sock)
         except asyncio.CancelledError:

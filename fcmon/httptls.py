@@ -19,10 +19,66 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import Any, Callable, Optional
+from collections import deque
+from typing import Any, Callable, Deque, Dict, Optional
 
 # Plaintext handed up per SSLObject.read(): one TLS record at most.
 READ_SIZE = 16 * 1024
+# Handshakes in progress at most (OpenSSL holds about 50 KB for each): a
+# connection beyond waits, its reading paused, for a slot.
+MAX_HANDSHAKES = 1024
+# What a client may send before its handshake has a slot: a ClientHello
+# record (16 KiB and its header) at most.
+MAX_EARLY_BYTES = 16 * 1024 + 5 + 256
+
+
+class HandshakeGate:
+    """Slots for handshakes in progress, `limit` at most. A freed slot goes
+    to the waiting connection whose client (key) has the fewest handshakes
+    in progress, so one address holding many slots cannot keep a new client
+    (Prometheus) waiting: it gets the next slot that frees."""
+
+    def __init__(self, limit: int = MAX_HANDSHAKES):
+        self.limit = limit
+        self.busy = 0
+        self._by_key: Dict[str, int] = {}
+        self._waiting: Dict[str, Deque["TLSLayer"]] = {}
+
+    def acquire(self, layer: "TLSLayer") -> bool:
+        """A slot for `layer` now (True), or it waits (False) until `start()` is called."""
+        if self.busy < self.limit:
+            self._take(layer.key)
+            return True
+        self._waiting.setdefault(layer.key, deque()).append(layer)
+        return False
+
+    def release(self, key: str) -> None:
+        self.busy -= 1
+        left = self._by_key.get(key, 0) - 1
+        if left > 0:
+            self._by_key[key] = left
+        else:
+            self._by_key.pop(key, None)
+        if self._waiting and self.busy < self.limit:
+            nxt = min(self._waiting, key=lambda k: self._by_key.get(k, 0))
+            queue = self._waiting[nxt]
+            layer = queue.popleft()
+            if not queue:
+                del self._waiting[nxt]
+            self._take(nxt)
+            asyncio.get_running_loop().call_soon(layer.start)
+
+    def forget(self, layer: "TLSLayer") -> None:
+        """A waiting connection went away."""
+        queue = self._waiting.get(layer.key)
+        if queue is not None and layer in queue:
+            queue.remove(layer)
+            if not queue:
+                del self._waiting[layer.key]
+
+    def _take(self, key: str) -> None:
+        self.busy += 1
+        self._by_key[key] = self._by_key.get(key, 0) + 1
 
 
 class TLSLayer(asyncio.Protocol):
@@ -33,9 +89,14 @@ class TLSLayer(asyncio.Protocol):
     (and `inner.connection_lost` follows)."""
 
     def __init__(self, context: ssl.SSLContext, inner: asyncio.Protocol, handshake_timeout: float,
-                 on_failure: Callable[[BaseException], None] = lambda exc: None):
+                 on_failure: Callable[[BaseException], None] = lambda exc: None,
+                 gate: Optional[HandshakeGate] = None, key: str = ""):
         self._context = context
         self._inner = inner
+        self._gate = gate
+        self.key = key  # the client, for the gate's fair share
+        self._slot = False  # holds a gate slot
+        self._early: Optional[bytes] = None  # what came while waiting for a slot
         self._handshake_timeout = handshake_timeout
         self._on_failure = on_failure
         self._raw: Any = None
@@ -50,18 +111,42 @@ class TLSLayer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = transport
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
         self._timer = asyncio.get_running_loop().call_later(self._handshake_timeout, self._timed_out)
 
     def connection_lost(self, exc: Optional[BaseException]) -> None:
         self._cancel_timer()
+        self._early = None
+        if self._gate is not None:
+            self._gate.forget(self)
+        self._free_slot()
         self._ssl = self._incoming = self._outgoing = None
         self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._closing and not self._ready:
             return
+        if self._early is not None:  # still waiting for a slot
+            self._early += data
+            if len(self._early) > MAX_EARLY_BYTES:
+                self._fail(ssl.SSLError("more than a ClientHello before the handshake"))
+            return
         if self._ssl is None:
             # Only now: a connection that never speaks costs no TLS state.
+            if self._gate is not None and not self._slot:
+                if not self._gate.acquire(self):
+                    self._early = bytes(data)
+                    self._raw.pause_reading()
+                    # The wait has a deadline of its own; the handshake gets
+                    # its whole time once it has a slot.
+                    self._arm_timer()
+                    if len(self._early) > MAX_EARLY_BYTES:
+                        self._fail(ssl.SSLError("more than a ClientHello before the handshake"))
+                    return
+                self._slot = True
             self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
             self._ssl = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         assert self._incoming is not None
@@ -78,6 +163,7 @@ class TLSLayer(asyncio.Protocol):
                 return
             self._cancel_timer()
             self._flush()  # the server's last flight (and TLS 1.3 tickets)
+            self._free_slot()
             self._ready = True
             self._inner.connection_made(self)
         self._read_plaintext()
@@ -118,8 +204,25 @@ class TLSLayer(asyncio.Protocol):
         if self._outgoing is not None and self._outgoing.pending:
             self._raw.write(self._outgoing.read())
 
+    def start(self) -> None:
+        """The gate gave this waiting connection its slot."""
+        self._slot = True
+        early, self._early = self._early, None
+        if self._closing or self._raw is None or self._raw.is_closing() or early is None:
+            self._free_slot()
+            return
+        self._arm_timer()
+        self._raw.resume_reading()
+        self.data_received(early)
+
+    def _free_slot(self) -> None:
+        if self._slot and self._gate is not None:
+            self._slot = False
+            self._gate.release(self.key)
+
     def _fail(self, exc: BaseException) -> None:
         self._cancel_timer()
+        self._free_slot()
         self._closing = True
         try:
             self._on_failure(exc)
@@ -129,7 +232,8 @@ class TLSLayer(asyncio.Protocol):
     def _timed_out(self) -> None:
         self._timer = None
         if not self._ready:
-            self._fail(TimeoutError(f"TLS handshake not done within {self._handshake_timeout:.0f} s"))
+            waited = " (waiting for a handshake slot)" if self._early is not None else ""
+            self._fail(TimeoutError(f"TLS handshake not done within {self._handshake_timeout:.0f} s{waited}"))
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -378,3 +378,44 @@ def test_unknown_host_is_421(server: WebServer) -> None:
     answer = _raw(server.port, b"GET /api/v1/status HTTP/1.1\r\nHost: rebound.example.com:9731\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 421 ")
     assert _raw(server.port, b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1:9731\r\nConnection: close\r\n\r\n").startswith(b"HTTP/1.1 200 ")
+
+
+def test_tls_handshakes_in_progress_are_capped_and_a_new_client_gets_the_next_slot(
+        test_pki: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenSSL holds about 50 KB per handshake in progress: at most
+    MAX_HANDSHAKES at once. 127.0.0.2 starts 10 handshakes and stalls
+    (a ClientHello, then nothing) against 4 slots; the scraper from
+    127.0.0.1 gets the first slot that frees, ahead of the 6 waiting."""
+    import ssl
+
+    from fcmon.web import server_ssl_context
+
+    monkeypatch.setattr(httpd, "HANDSHAKE_TIMEOUT", 1.0)
+    web_config = WebConfig(tls_cert_file=test_pki.server.cert, tls_key_file=test_pki.server.key)
+    app = App(lambda: BODY, lambda: True, lambda: True, _probe, web_config)
+    web = WebServer(app, "127.0.0.1", 0, server_ssl_context(web_config))
+    web._server._handshakes.limit = 4
+    web.start()
+    ctx = ssl.create_default_context(cafile=str(test_pki.ca_file))
+    try:
+        stalled = []
+        for _ in range(10):
+            incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+            client = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+            with pytest.raises(ssl.SSLWantReadError):
+                client.do_handshake()
+            s = socket.create_connection(("127.0.0.1", web.port), timeout=10, source_address=("127.0.0.2", 0))
+            s.sendall(outgoing.read())
+            stalled.append(s)
+        gate = web._server._handshakes
+        wait_for(lambda: gate.busy == 4 and sum(len(q) for q in gate._waiting.values()) == 6)
+        with socket.create_connection(("127.0.0.1", web.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                assert tls.recv(100).startswith(b"HTTP/1.1 200 ")
+        assert gate.busy <= 4
+        for s in stalled:
+            s.close()
+        wait_for(lambda: gate.busy == 0 and not gate._waiting)
+    finally:
+        web.stop()
