@@ -16,18 +16,27 @@ import json
 import resource
 import signal
 import sys
-from typing import Dict
+from typing import Dict, Tuple
 
 LOOPBACK = "127.0.0.1"
+# Pollers connect from 127.0.3.1, 127.0.3.2, ... (PER_ADDRESS each): apart
+# from the scraper's 127.0.0.1 and within fcmon's per-client limit, so what
+# is measured is the pages' cost, not that limit.
+PER_ADDRESS = 100
 
 
-async def _poll(port: int, path: str, gzip: bool, counts: Dict[str, int], stop: asyncio.Event) -> None:
+def _source(i: int) -> Tuple[str, int]:
+    return (f"127.0.3.{i // PER_ADDRESS + 1}", 0)
+
+
+async def _poll(port: int, path: str, gzip: bool, counts: Dict[str, int], stop: asyncio.Event,
+                source: Tuple[str, int]) -> None:
     request = (f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n"
                + ("Accept-Encoding: gzip\r\n" if gzip else "") + "\r\n").encode()
     while not stop.is_set():
         writer = None
         try:
-            reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=1 << 20)
+            reader, writer = await asyncio.open_connection(LOOPBACK, port, limit=1 << 20, local_addr=source)
             while not stop.is_set():
                 writer.write(request)
                 await writer.drain()
@@ -57,12 +66,13 @@ async def _poll(port: int, path: str, gzip: bool, counts: Dict[str, int], stop: 
                 writer.close()
 
 
-async def _hangup(port: int, path: str, counts: Dict[str, int], stop: asyncio.Event) -> None:
+async def _hangup(port: int, path: str, counts: Dict[str, int], stop: asyncio.Event,
+                  source: Tuple[str, int]) -> None:
     """Send a request and close the connection without reading the answer."""
     request = f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\n\r\n".encode()
     while not stop.is_set():
         try:
-            _, writer = await asyncio.open_connection(LOOPBACK, port)
+            _, writer = await asyncio.open_connection(LOOPBACK, port, local_addr=source)
             writer.write(request)
             await writer.drain()
             writer.close()
@@ -81,9 +91,9 @@ async def _main(args: argparse.Namespace) -> Dict[str, int]:
     tasks = []
     for i in range(args.n):
         if args.hangup:
-            tasks.append(asyncio.ensure_future(_hangup(args.port, args.path, counts, stop)))
+            tasks.append(asyncio.ensure_future(_hangup(args.port, args.path, counts, stop, _source(i))))
         else:
-            tasks.append(asyncio.ensure_future(_poll(args.port, args.path, args.gzip, counts, stop)))
+            tasks.append(asyncio.ensure_future(_poll(args.port, args.path, args.gzip, counts, stop, _source(i))))
         if i % 100 == 99:
             await asyncio.sleep(0.05)  # a ramp, not a SYN flood
     print(json.dumps({"started": args.n}), flush=True)

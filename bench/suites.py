@@ -761,7 +761,10 @@ def suite_hostile(ctx: Ctx, clients: int = 3000, targets: int = 500) -> Dict[str
         _, text = scrape()
         failures0 = metric_sum(text, "fcmon_probe_failures_total")
         probes0 = metric_sum(text, "fcmon_probes_total")
-        attack = _SlowClients(port, clients)
+        # From 127.0.2.1, 127.0.2.2, ... 100 each: apart from the scraper's
+        # 127.0.0.1 and within the per-client limit, so that all of them are
+        # held (one address would be stopped at 1,024 by that limit).
+        attack = _SlowClients(port, clients, sources=[f"127.0.2.{i + 1}" for i in range(clients // 100 + 1)])
         attack.start()
         time.sleep(5)  # ramp up
         res["during"] = phase(during_s)
