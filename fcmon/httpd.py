@@ -638,7 +638,6 @@ class Server:
     async def _respond(self, head: Tuple[str, str, str, List[Tuple[str, str]]], conn: "_Conn") -> bool:
         """Answer one request; whether the connection may carry another."""
         method, target, version, headers = head
-        transport = conn.transport
         fields: Dict[str, str] = {}
         for name, value in headers:
             key = name.lower()
@@ -648,20 +647,13 @@ class Server:
         if fields.get("content-length", "0").strip() != "0" or "transfer-encoding" in fields:
             keep = False  # a body fcmon does not read: no second request after it
         if method not in ("GET", "HEAD"):
-            body = b"only GET and HEAD\n"
-            transport.write(_head("405 Method Not Allowed", [
-                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
-                ("Allow", "GET, HEAD")], keep=False) + body)
-            await conn.drain(WRITE_DEADLINE)
-            return False
+            return await _closing_answer(conn, "405 Method Not Allowed", b"only GET and HEAD\n",
+                                         ("Allow", "GET, HEAD"))
         wait = self.admit(conn.key)
         if wait is None:
-            body = b"too many failed authentications from this address, retry later\n"
-            transport.write(_head("429 Too Many Requests", [
-                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
-                ("Retry-After", "10")], keep=False) + body)
-            await conn.drain(WRITE_DEADLINE)
-            return False
+            return await _closing_answer(conn, "429 Too Many Requests",
+                                         b"too many failed authentications from this address, retry later\n",
+                                         ("Retry-After", "10"))
         if wait > 0:
             await asyncio.sleep(wait)
             if conn.closed:
@@ -720,12 +712,8 @@ class Server:
             work = pool.submit_bounded(functools.partial(_call_app, self.app, environ), conn.wanted)
         except Full:
             self._shed(lane)
-            body = b"busy, retry later\n"
-            transport.write(_head("503 Service Unavailable", [
-                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body))),
-                ("Retry-After", str(RETRY_AFTER))], keep=False) + body)
-            await conn.drain(WRITE_DEADLINE)
-            return False
+            return await _closing_answer(conn, "503 Service Unavailable", b"busy, retry later\n",
+                                         ("Retry-After", str(RETRY_AFTER)))
         try:
             status, out_headers, result, it, first = await asyncio.wrap_future(work)
         except Gone:
@@ -737,12 +725,7 @@ class Server:
             return False
         except Exception:
             log.exception("the web app failed on %s", environ["PATH_INFO"])
-            body = b"internal error\n"
-            transport.write(_head("500 Internal Server Error", [("Content-Type", "text/plain; charset=utf-8"),
-                                                                 ("Content-Length", str(len(body)))], keep=False)
-                            + body)
-            await conn.drain(WRITE_DEADLINE)
-            return False
+            return await _closing_answer(conn, "500 Internal Server Error", b"internal error\n")
         # The whole answer within WRITE_DEADLINE, or the connection is cut.
         deadline = loop.time() + WRITE_DEADLINE
         turns = self._turns.get(lane.name)
@@ -1071,6 +1054,14 @@ def _bare_lf(buf: bytearray) -> bool:
         if i == 0 or buf[i - 1] != 0x0D:
             return True
         i = buf.find(b"\n", i + 1)
+    return False
+
+
+async def _closing_answer(conn: "_Conn", status: str, body: bytes, *extra: Tuple[str, str]) -> bool:
+    """A short plain-text answer after which the connection closes (False: no next request)."""
+    conn.transport.write(_head(status, [("Content-Type", "text/plain; charset=utf-8"),
+                                        ("Content-Length", str(len(body))), *extra], keep=False) + body)
+    await conn.drain(WRITE_DEADLINE)
     return False
 
 

@@ -123,6 +123,24 @@ def run_fcmon(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
                           cwd=str(ROOT))
 
 
+def connect_from(source: str, port: int, n: int) -> List[socket.socket]:
+    """Up to `n` connections to 127.0.0.1:`port` from loopback address
+    `source` (127.0.0.2, ... for an attacker apart from the scraper's
+    127.0.0.1); those refused or reset are left out."""
+    out = []
+    for _ in range(n):
+        s = socket.socket()
+        s.settimeout(10)
+        s.bind((source, 0))
+        try:
+            s.connect(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        out.append(s)
+    return out
+
+
 def taken_port() -> socket.socket:
     """A loopback socket listening on a free port: that address is taken until it is closed."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

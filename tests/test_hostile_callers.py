@@ -19,7 +19,7 @@ import requests
 from fcmon.emulator import Emulator
 from fcmon.sockwait import wait_readable
 
-from support import PKI, FcmonProcess, sample, target_section, wait_for
+from support import PKI, FcmonProcess, connect_from, sample, target_section, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -67,18 +67,10 @@ def _counts(text: str) -> Tuple[float, float]:
     return probes, failed
 
 
-def _connect_many(port: int, n: int) -> List[socket.socket]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.settimeout(10)
-        try:
-            s.connect(("127.0.0.1", port))
-        except OSError:
-            s.close()
-            continue
+def _connect_many(port: int, n: int, source: str = "127.0.0.1") -> List[socket.socket]:
+    socks = connect_from(source, port, n)
+    for s in socks:
         s.setblocking(False)
-        socks.append(s)
     return socks
 
 
@@ -94,22 +86,6 @@ def _rejected(text: str, reason: Optional[str] = None) -> float:
     """fcmon_http_connections_rejected_total, for one reason or all."""
     return sum(sample(text, "fcmon_http_connections_rejected_total", reason=r) or 0.0
                for r in ([reason] if reason else ["full", "per_client", "held_back"]))
-
-
-def _connect_from(source: str, port: int, n: int) -> List[socket.socket]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.settimeout(10)
-        s.bind((source, 0))
-        try:
-            s.connect(("127.0.0.1", port))
-        except OSError:
-            s.close()
-            continue
-        s.setblocking(False)
-        socks.append(s)
-    return socks
 
 
 def _baseline(fc: FcmonProcess, base: str) -> Dict[str, int]:
@@ -389,7 +365,7 @@ def test_one_address_holding_the_cap_does_not_lock_out_the_scraper(
         answered = 0
         for _ in range(5):
             held = [s for s in held if not _closed_by_server(s) or s.close()]
-            held += _connect_from("127.0.0.2", port, 400 - len(held))
+            held += _connect_many(port, 400 - len(held), "127.0.0.2")
             # a scraper of its own each time: a new client, not a kept-alive one
             assert _session().get(base + "/metrics", timeout=10).status_code == 200
             answered += 1

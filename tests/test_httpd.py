@@ -24,7 +24,7 @@ import fcmon.httpd as httpd
 from fcmon.config import WebConfig
 from fcmon.web import App, WebServer
 
-from support import wait_for
+from support import connect_from, wait_for
 
 BODY = b"fcmon_up 1.0\n" * 1000
 
@@ -190,22 +190,6 @@ def test_slow_headers_are_dropped_by_the_whole_request_deadline(
     wait_for(lambda: server._server.open == 0)
 
 
-def _connect_from(source: str, port: int, n: int) -> List[socket.socket]:
-    """`n` connections from loopback address `source` (127.0.0.2, ...)."""
-    out = []
-    for _ in range(n):
-        s = socket.socket()
-        s.settimeout(10)
-        s.bind((source, 0))
-        try:
-            s.connect(("127.0.0.1", port))
-        except OSError:
-            s.close()
-            continue
-        out.append(s)
-    return out
-
-
 def _closed_at_once(s: socket.socket) -> bool:
     """Closed by the server with a FIN or a reset (on a loaded machine the
     reset can arrive before connect() returns)."""
@@ -226,10 +210,10 @@ def _get_from(source: str, port: int) -> bytes:
 
 def test_connections_beyond_the_cap_are_closed_and_counted(server: WebServer, rejected: List[str]) -> None:
     # 20 clients holding one each: the cap, not a client's share, is what is full.
-    idle = [s for i in range(20) for s in _connect_from(f"127.0.0.{10 + i}", server.port, 1)]
+    idle = [s for i in range(20) for s in connect_from(f"127.0.0.{10 + i}", server.port, 1)]
     try:
         wait_for(lambda: server._server.open == 20)
-        extra = _connect_from("127.0.0.1", server.port, 1)
+        extra = connect_from("127.0.0.1", server.port, 1)
         assert extra == [] or _closed_at_once(extra[0])
         for s in extra:
             s.close()
@@ -251,7 +235,7 @@ def _server(max_connections: int, per_client: int, rejected: List[str]) -> WebSe
 def test_one_address_holds_at_most_its_own_limit(rejected: List[str]) -> None:
     web = _server(20, 5, rejected)
     try:
-        held = _connect_from("127.0.0.2", web.port, 8)
+        held = connect_from("127.0.0.2", web.port, 8)
         wait_for(lambda: len(rejected) == 3)
         assert rejected == ["per_client"] * 3
         assert web._server.open == 5
@@ -268,14 +252,14 @@ def test_slots_held_back_answer_a_new_client_when_one_address_holds_the_rest(rej
     2 are held back for addresses that hold fewer than 4 (the scraper)."""
     web = _server(20, 1000, rejected)
     try:
-        held = _connect_from("127.0.0.2", web.port, 25)
+        held = connect_from("127.0.0.2", web.port, 25)
         wait_for(lambda: len(rejected) >= 7)
         assert set(rejected) == {"held_back"}
         assert web._server.open == 20 - httpd.held_back(20)
         for _ in range(3):
             assert _get_from("127.0.0.1", web.port).startswith(b"HTTP/1.1 200 ")
         # the attacker, reconnecting, still does not get them
-        more = _connect_from("127.0.0.2", web.port, 2)
+        more = connect_from("127.0.0.2", web.port, 2)
         assert all(_closed_at_once(s) for s in more)
         for s in held + more:
             s.close()
