@@ -232,6 +232,13 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
                                sessions_crit=args.sessions_crit, runbook_url=config.runbook_url)
     except OSError as exc:
         return unknown(f"cannot write {args.textfile}: {exc.strerror or exc}")
+    except Exception as exc:
+        # A bug while judging or rendering: UNKNOWN with its name (a crash
+        # exits 1, which Nagios reads as WARNING); the traceback on stderr.
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+        return unknown(f"internal error in fcmon while handling the results: {type(exc).__name__}")
     sys.stdout.write(text)
     return code
 

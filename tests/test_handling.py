@@ -75,3 +75,26 @@ def test_internal_result_keeps_the_target_and_drops_the_server_data() -> None:
     assert (out.target, out.started, out.ended, out.steps, out.session_leaked) == ("t", 1.0, 2.0,
                                                                                     (("connect", 0.1),), True)
     assert out.database_names == () and out.server is None and out.certs == ()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json", "prometheus"])
+def test_a_failure_while_rendering_check_output_is_unknown_not_a_crash(
+        fmt: str, test_pki: PKI, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture) -> None:
+    """`fcmon check` exits 3 UNKNOWN naming an internal error (a crash would
+    exit 1, which Nagios reads as WARNING); the traceback goes to stderr."""
+    from fcmon import check, cli
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the renderer")
+
+    if fmt == "prometheus":  # the store under the exposition (UNKNOWN renders through it too, empty)
+        monkeypatch.setattr(check.MetricsStore, "record", broken)
+    else:
+        monkeypatch.setattr(check, {"text": "render_text", "json": "render_json"}[fmt], broken)
+    config = write_config(tmp_path / "config.ini", target_section(test_pki, emulator, listeners="none"))
+    code = cli.main(["check", "--config", str(config), "--format", fmt], {})
+    out, err = capsys.readouterr()
+    assert code == 3
+    assert "internal error in fcmon while handling the results: RuntimeError" in out
+    assert "Traceback" in err and "Traceback" not in out
