@@ -48,7 +48,7 @@ from .client import (
     peer_info,
 )
 from .config import TargetConfig
-from .result import FAILURE_MESSAGE_MAX, SERVER_FIELD_MAX, CertInfo
+from .result import ERROR_MESSAGE_MAX, FAILURE_MESSAGE_MAX, SERVER_FIELD_MAX, CertInfo
 from .servertext import clean
 from .sockwait import wait_readable
 
@@ -153,8 +153,10 @@ def parse_listeners(body: Dict[str, Any], own_port: int) -> List[Listener]:
     code = body.get("errorCode")
     if code != 0:
         message = body.get("errorMessage")
+        # The server's errorMessage, cleaned here: this text is logged before any result holds it.
         raise DiscoveryUnsupported(f"listServices answered errorCode {code}"
-                                   + (f": {message}" if isinstance(message, str) and message else ""))
+                                   + (f": {clean(message, ERROR_MESSAGE_MAX)}"
+                                      if isinstance(message, str) and message else ""))
     result = body.get("result")
     items = result.get("listeners") if isinstance(result, dict) else None
     if not isinstance(items, list):

@@ -147,3 +147,11 @@ def test_check_with_every_server_field_hostile_exits_with_its_verdict(
         first = down.stdout.split("\n")[0]
         assert first.startswith("CRITICAL") and "\x00" not in first and "\x1b" not in first
         assert "FORGED" in first  # the message stays on the Nagios line
+
+
+def test_list_services_error_text_is_clean_before_it_is_logged() -> None:
+    from fcmon.listeners import DiscoveryUnsupported, parse_listeners
+
+    with pytest.raises(DiscoveryUnsupported) as err:
+        parse_listeners({"errorCode": 14701, "errorMessage": HOSTILE}, 8443)
+    assert is_clean(str(err.value)) and "FORGED" in str(err.value)
