@@ -87,6 +87,29 @@ class JournalPriorityFormatter(logging.Formatter):
         return "\n".join(prefix + line for line in self.inner.format(record).split("\n"))
 
 
+class EncodableFormatter(logging.Formatter):
+    """Wraps another formatter so that every line can be written as UTF-8.
+
+    Server text is cleaned before it reaches a result (fcmon/servertext.py),
+    but a lone surrogate from any other path (an exception's message, a
+    library) would make the handler fail to write the line, and the record
+    would be lost behind a "Logging error" traceback: such a character is
+    written as its escape (`\\ud800`) instead. One encode per record.
+    """
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = self.inner.format(record)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+        return line
+
+
 def make_formatter(fmt: str, environ: Mapping[str, str], stream: TextIO) -> logging.Formatter:
     formatter: logging.Formatter
     if fmt == "json":
@@ -98,7 +121,7 @@ def make_formatter(fmt: str, environ: Mapping[str, str], stream: TextIO) -> logg
         formatter = logging.Formatter(TEXT_FORMAT)
     if stream_is_journal(environ, stream):
         formatter = JournalPriorityFormatter(formatter)
-    return formatter
+    return EncodableFormatter(formatter)
 
 
 def setup_logging(

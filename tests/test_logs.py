@@ -289,3 +289,17 @@ def test_reload_line_names_what_changed() -> None:
     assert describe_reload([], [a]) == "1 target; added a"
     many = [t(f"n{i}") for i in range(25)]
     assert describe_reload([], many) == "25 targets; added " + ", ".join(f"n{i}" for i in range(10)) + " and 15 more"
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_a_lone_surrogate_from_any_path_does_not_lose_the_record(fmt: str, tmp_path: Path) -> None:
+    """Server text is cleaned before results hold it; a surrogate from
+    elsewhere (an exception's message) is written escaped, not lost."""
+    path = tmp_path / "log"
+    with open(path, "w", encoding="utf-8") as stream:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(make_formatter(fmt, {}, stream))
+        handler.handleError = lambda r: pytest.fail("the record could not be written")  # type: ignore[method-assign]
+        handler.emit(record("version v\ud800 seen"))
+    text = path.read_text("utf-8")
+    assert "version v\\ud800 seen" in text and text.count("\n") == 1
