@@ -32,38 +32,41 @@ def test_a_failure_while_handling_a_result_is_the_targets_internal(
     config = write_config(tmp_path / "config.ini", "[fcmon]\nlisten = 127.0.0.1:0\nschedule = false\n"
                           "probe_reuse_window = 0\n" + target_section(test_pki, emulator, listeners="none"))
     daemon = Daemon(load_config(config, {}), {})
-    real = exposition.render_target
+    try:
+        real = exposition.render_target
 
-    def broken(name: str, state):  # type: ignore[no-untyped-def]
-        latest = state.latest
-        if latest is not None and (latest.failure is None or latest.failure.reason != "internal"):
-            raise RuntimeError("a bug in the renderer")
-        return real(name, state)
+        def broken(name: str, state):  # type: ignore[no-untyped-def]
+            latest = state.latest
+            if latest is not None and (latest.failure is None or latest.failure.reason != "internal"):
+                raise RuntimeError("a bug in the renderer")
+            return real(name, state)
 
-    assert daemon.probe_now("prod") is not None
-    assert sample(_exposition(daemon), "fcmon_up", target="prod") == 1.0
-    monkeypatch.setattr(exposition, "render_target", broken)
-    with caplog.at_level(logging.ERROR, logger="fcmon.handling"):
-        emulator.set_fault("createSession", Fault(error_code=150))  # the server now fails...
         assert daemon.probe_now("prod") is not None
+        assert sample(_exposition(daemon), "fcmon_up", target="prod") == 1.0
+        monkeypatch.setattr(exposition, "render_target", broken)
+        with caplog.at_level(logging.ERROR, logger="fcmon.handling"):
+            emulator.set_fault("createSession", Fault(error_code=150))  # the server now fails...
+            assert daemon.probe_now("prod") is not None
+            assert daemon.probe_now("prod") is not None
+        text = _exposition(daemon)
+        # ...and the series do not freeze at up: the target is down, internal
+        assert sample(text, "fcmon_up", target="prod") == 0.0
+        assert sample(text, "fcmon_probe_failures_total", target="prod", stage="create_session",
+                      reason="internal") == 2.0
+        assert sample(text, "fcmon_probes_total", target="prod") == 3.0  # each probe counted once
+        status = {t.name: t for t in daemon.board.snapshot().targets}["prod"]
+        assert status.state == "down" and status.latest is not None
+        assert status.latest.failure is not None and status.latest.failure.reason == "internal"
+        errors = [r for r in caplog.records if r.name == "fcmon.handling"]
+        assert [r.levelno for r in errors] == [logging.ERROR, logging.ERROR]
+        assert errors[0].exc_info is not None and "RuntimeError" in caplog.text  # the traceback, once
+        assert errors[1].exc_info is None and "traceback logged before" in errors[1].getMessage()
+        monkeypatch.setattr(exposition, "render_target", real)
+        emulator.clear_faults()
         assert daemon.probe_now("prod") is not None
-    text = _exposition(daemon)
-    # ...and the series do not freeze at up: the target is down, internal
-    assert sample(text, "fcmon_up", target="prod") == 0.0
-    assert sample(text, "fcmon_probe_failures_total", target="prod", stage="create_session",
-                  reason="internal") == 2.0
-    assert sample(text, "fcmon_probes_total", target="prod") == 3.0  # each probe counted once
-    status = {t.name: t for t in daemon.board.snapshot().targets}["prod"]
-    assert status.state == "down" and status.latest is not None
-    assert status.latest.failure is not None and status.latest.failure.reason == "internal"
-    errors = [r for r in caplog.records if r.name == "fcmon.handling"]
-    assert [r.levelno for r in errors] == [logging.ERROR, logging.ERROR]
-    assert errors[0].exc_info is not None and "RuntimeError" in caplog.text  # the traceback, once
-    assert errors[1].exc_info is None and "traceback logged before" in errors[1].getMessage()
-    monkeypatch.setattr(exposition, "render_target", real)
-    emulator.clear_faults()
-    assert daemon.probe_now("prod") is not None
-    assert sample(_exposition(daemon), "fcmon_up", target="prod") == 1.0
+        assert sample(_exposition(daemon), "fcmon_up", target="prod") == 1.0
+    finally:
+        daemon.web.stop()  # its listening socket, bound at construction
 
 
 def test_internal_result_keeps_the_target_and_drops_the_server_data() -> None:
