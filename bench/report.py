@@ -194,7 +194,7 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         if tls:
             grew = tls["rss_peak_mb"] - tls["rss_before_mb"]
             rows.append(_row(
-                f"7b. {tls['connections']:,} idle connections to a [web] TLS endpoint (issue 16)",
+                f"7c. {tls['connections']:,} idle connections to a [web] TLS endpoint (issue 16)",
                 f"RSS {tls['rss_before_mb']:.0f} -> peak {tls['rss_peak_mb']:.0f} MB (+{grew:.0f} MB)",
                 "was 50 -> 1,346 MB", "",
                 "at most ~100 MB more", grew <= 100,
@@ -206,7 +206,7 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             if not one:
                 continue
             rows.append(_row(
-                f"7c. {one['connections']:,} connections from one address, scraper from another, per-client "
+                f"7d. {one['connections']:,} connections from one address, scraper from another, per-client "
                 f"limit {one.get('per_client_limit', 'default')} (issue 16)",
                 f"{one['answered']} of {one['scrapes']} scrapes answered, median "
                 f"{_f(one['scrape_median_s'], ' s', 3)}, max {_f(one['scrape_max_s'], ' s', 3)}",
