@@ -307,9 +307,14 @@ class ElasticPool(concurrent.futures.Executor):
                 future, fn, wanted = self._work.popleft()
                 self._cond.release()
                 try:
-                    if wanted is not None and not wanted():
+                    # A future cancelled meanwhile (its coroutine was, at
+                    # SIGTERM) takes no result: setting one would raise here
+                    # and end this thread uncounted.
+                    if not future.set_running_or_notify_cancel():
+                        pass
+                    elif wanted is not None and not wanted():
                         future.set_exception(Gone())
-                    elif future.set_running_or_notify_cancel():
+                    else:
                         try:
                             future.set_result(fn())
                         except BaseException as exc:  # handed to the waiting coroutine

@@ -403,3 +403,29 @@ def test_tls_handshakes_in_progress_are_capped_and_a_new_client_gets_the_next_sl
         wait_for(lambda: gate.busy == 0 and not gate._waiting)
     finally:
         web.stop()
+
+
+def test_pool_work_cancelled_while_queued_ends_no_thread() -> None:
+    """Work whose future was cancelled while it waited (its coroutine was
+    cancelled at SIGTERM) and whose client has gone: the worker used to set
+    Gone on the cancelled future, raise InvalidStateError (a traceback in
+    the log) and die without being counted, one thread fewer each time."""
+    pool = httpd.ElasticPool(1, "test-pool", idle=5.0, queue=10)
+    started, release = threading.Event(), threading.Event()
+    errors: List[Any] = []
+    old_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        busy = pool.submit_bounded(lambda: (started.set(), release.wait(10)), lambda: True)
+        assert started.wait(10)
+        queued = pool.submit_bounded(lambda: "ran", lambda: False)  # its client has gone
+        assert queued.cancel()
+        release.set()
+        busy.result(10)
+        after = pool.submit_bounded(lambda: "ran", lambda: True)
+        assert after.result(10) == "ran"  # the one thread is still there
+        assert pool.threads == 1
+        assert errors == []
+    finally:
+        threading.excepthook = old_hook
+        pool.shutdown()
