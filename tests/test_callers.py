@@ -12,6 +12,10 @@ and basic-auth guessers. Invariants on every case:
   SCRAPE_BOUND (Prometheus' default scrape_timeout);
 - RSS stays within RSS_BOUND_MB of its baseline during the mix and comes
   back within RSS_BACK_MB of it after the callers leave;
+- FairCom logins (createSession on the emulator) at most one per
+  `probe_reuse_window` for the one target, however many /probe calls the
+  mix makes (plus the scheduled ones: none during the mix, the interval is
+  60 s);
 - SIGTERM with the callers still there ends fcmon within its documented
   bound (the probe timeout + a few seconds), exit 0, and no traceback.
 
@@ -45,6 +49,7 @@ SCRAPE_BOUND = 10.0
 RSS_BOUND_MB = 100
 RSS_BACK_MB = 30
 PROBE_TIMEOUT = 0.9
+REUSE_WINDOW = 5.0  # [fcmon] probe_reuse_window's default
 SIGTERM_BOUND = PROBE_TIMEOUT + 10.0
 MIX_SECONDS = float(os.environ.get("CALLER_MIX_SECONDS", "3"))
 PASSWORD = "scrape-Pa55-mix"
@@ -254,7 +259,7 @@ def _config(tmp_path: Path, test_pki: PKI, emu: Emulator, mix: Mix) -> Path:
         (tmp_path / "web.password").write_text(PASSWORD + "\n")
         web += "basic_auth_username = prometheus\nbasic_auth_password_file = web.password\n"
     config = tmp_path / "config.ini"
-    config.write_text(f"[fcmon]\nlisten = 127.0.0.1:0\ninterval = 2\ntimeout = {PROBE_TIMEOUT}\n"
+    config.write_text(f"[fcmon]\nlisten = 127.0.0.1:0\ninterval = 60\ntimeout = {PROBE_TIMEOUT}\n"
                       + (f"[web]\n{web}" if web else "") + target_section(test_pki, emu, name="t0"))
     return config
 
@@ -274,6 +279,7 @@ def run_mix(tmp_path: Path, test_pki: PKI, emu: Emulator, mix: Mix) -> None:
         for _ in range(5):
             scraper.get(url, timeout=10)
         baseline = _rss_kb(fc.proc.pid)
+        logins0, mix_started = emu.sessions_created(), time.monotonic()
         callers = Callers(ep, mix.groups)
         callers.start()
         peak, took = baseline, []
@@ -304,10 +310,15 @@ def run_mix(tmp_path: Path, test_pki: PKI, emu: Emulator, mix: Mix) -> None:
             assert time.monotonic() - started <= SIGTERM_BOUND, mix
         finally:
             callers.stop()
+        logins = emu.sessions_created() - logins0
+        # One login per window at most (a window that starts just before the
+        # mix and one cut by SIGTERM count whole).
+        assert logins <= (time.monotonic() - mix_started) / REUSE_WINDOW + 2, (mix, logins)
         print(f"\n{mix}: scrapes {len(took)}, slowest {max(took):.2f} s; RSS {baseline // 1024} MB, "
-              f"peak {peak // 1024} MB; SIGTERM {time.monotonic() - started:.1f} s")
-    assert "Traceback" not in fc.text()
-    assert PASSWORD not in fc.text()
+              f"peak {peak // 1024} MB; SIGTERM {time.monotonic() - started:.1f} s; {logins} FairCom logins")
+    text = fc.text()
+    assert "Traceback" not in text, text[text.index("Traceback") - 300:][:4000]
+    assert PASSWORD not in text
 
 
 # `make test`: a derandomized handful (and every kind at once); `make
