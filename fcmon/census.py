@@ -24,7 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from .result import SessionCensus
 
@@ -55,6 +55,32 @@ def description_instance(description: object) -> Optional[str]:
 def is_fcmon(description: object) -> bool:
     """Any fcmon's session (this instance's, another's, or an older fcmon's without an id)."""
     return isinstance(description, str) and description.strip().startswith(DESCRIPTION_PREFIX)
+
+
+def list_sessions_request(token: str, usernames: Sequence[str]) -> dict:
+    return {"api": "admin", "action": "listSessions", "authToken": token,
+            "params": {"usernameFilter": list(usernames)}}
+
+
+def parse_user_counts(error_code: int, body: Any, usernames: Sequence[str]) -> Tuple[Tuple[str, int], ...]:
+    """listSessions' answer -> (username, live sessions) for each configured
+    user name, in config order (names compare case-insensitively, as
+    FairCom's do). Only the configured names: no label set grows with what
+    the server sends. Raises CensusUnavailable."""
+    if error_code != 0:
+        raise CensusUnavailable(f"listSessions answered errorCode {error_code}")
+    result = body.get("result") if isinstance(body, dict) else None
+    sessions = result.get("sessions") if isinstance(result, dict) else None
+    if not isinstance(sessions, list):
+        raise CensusUnavailable("listSessions answer has no result.sessions list")
+    if len(sessions) > SESSIONS_READ_MAX:
+        raise CensusUnavailable(f"listSessions listed {len(sessions)} sessions, more than any server allows")
+    counts = {name.upper(): 0 for name in usernames}
+    for s in sessions:
+        user = s.get("username") if isinstance(s, dict) else None
+        if isinstance(user, str) and user.upper() in counts:
+            counts[user.upper()] += 1
+    return tuple((name, counts[name.upper()]) for name in usernames)
 
 
 def describe_sessions_request(token: str) -> dict:

@@ -81,6 +81,9 @@ class TargetConfig:
     # Listeners checked per round at most (configured first, then
     # discovered); the rest are counted, not checked.
     max_listeners: int = 32
+    # listSessions counts for these user names (administrator accounts);
+    # empty: not asked
+    session_census_usernames: Tuple[str, ...] = ()
 
     @property
     def discovers_listeners(self) -> bool:
@@ -163,6 +166,7 @@ TARGET_KEYS = (
     "session_census",
     "account_sessions_limit",
     "max_listeners",
+    "session_census_usernames",
 )
 # Every target has its own address; inheriting one would point two target
 # labels at the same server.
@@ -179,6 +183,9 @@ DEFAULT_SESSION_IDLE_TIMEOUT = 300
 # FairCom's maxJsonApiSessionsPerUsername
 DEFAULT_ACCOUNT_SESSIONS_LIMIT = 50
 INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# session_census_usernames: a label value each, so a bounded list of names
+# of 1 to 64 bytes (FairCom's usernameFilter limit)
+MAX_CENSUS_USERNAMES = 20
 DEFAULT_LISTENER_INTERVAL = 600.0
 DEFAULT_MAX_LISTENERS = 32
 LISTENER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
@@ -378,7 +385,9 @@ def redacted_summary(config: Config) -> List[str]:
         )
         lines.append(f"  listeners: {_listeners_summary(t)}")
         lines.append("  session census: " + (f"on, account limit {t.account_sessions_limit}"
-                                              if t.session_census else "off"))
+                                              if t.session_census else "off")
+                     + (f", sessions counted for {', '.join(t.session_census_usernames)}"
+                        if t.session_census and t.session_census_usernames else ""))
     return lines
 
 
@@ -665,6 +674,24 @@ def _listeners(ctx: _Context, section: str, value: str) -> Any:
             ok = False
         items.append((name, port))
     return ("list", tuple(items)) if ok else INVALID
+
+
+def _usernames(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """NAME, NAME, ... -> a tuple of distinct user names (case-insensitive)."""
+    names = [n.strip() for n in value.split(",")]
+    bad = [n for n in names if not 1 <= len(n.encode("utf-8")) <= 64 or not n.isprintable()]
+    if bad:
+        ctx.problems.add(section, key, "each user name must be 1 to 64 bytes of printable text, "
+                         "separated by commas")
+        return INVALID
+    if len({n.upper() for n in names}) != len(names):
+        ctx.problems.add(section, key, "a user name is listed twice (names compare case-insensitively)")
+        return INVALID
+    if len(names) > MAX_CENSUS_USERNAMES:
+        ctx.problems.add(section, key, f"at most {MAX_CENSUS_USERNAMES} user names (each one is a label value), "
+                         f"got {len(names)}")
+        return INVALID
+    return tuple(names)
 
 
 def _endpoint(ctx: _Context, section: str, value: str) -> Any:
@@ -998,6 +1025,8 @@ def _parse_target_section(
             given[key] = _boolean(ctx, section, key, value)
         elif key == "listeners":
             given[key] = _listeners(ctx, section, value)
+        elif key == "session_census_usernames":
+            given[key] = _usernames(ctx, section, key, value)
         elif key in ("session_idle_timeout", "account_sessions_limit", "max_listeners"):
             given[key] = _integer(ctx, section, key, value, 1)
         else:
@@ -1116,6 +1145,11 @@ def _build_target(
             f"must be greater than timeout ({_num(timeout)}), got {_num(listener_interval)}",
         )
         ok = False
+    census_users = merged.get("session_census_usernames", ())
+    if census_users and census_users is not INVALID and merged.get("session_census", True) is False:
+        problems.add(section, "session_census_usernames",
+                     "needs session_census = true (the counts come with the census)")
+        ok = False
     values = list(merged.values()) + [password, key_password, interval, timeout]
     if (
         endpoint is None
@@ -1145,6 +1179,7 @@ def _build_target(
         session_census=merged.get("session_census", True),
         account_sessions_limit=merged.get("account_sessions_limit", DEFAULT_ACCOUNT_SESSIONS_LIMIT),
         max_listeners=merged.get("max_listeners", DEFAULT_MAX_LISTENERS),
+        session_census_usernames=merged.get("session_census_usernames", ()),
     )
 
 

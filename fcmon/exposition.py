@@ -220,6 +220,10 @@ def _render_census(t: str, s: _TargetState, p: List[str]) -> None:
     if c.oldest_idle is not None:
         p[_INDEX["fcmon_account_sessions_oldest_idle_seconds"]] = (
             f"fcmon_account_sessions_oldest_idle_seconds{{{t}}} {_value(c.oldest_idle)}\n")
+    if c.by_user:
+        p[_INDEX["fcmon_account_sessions_by_user"]] = "".join([
+            f'fcmon_account_sessions_by_user{{{t},username="{_escape(user)}"}} {_value(n)}\n'
+            for user, n in c.by_user])
 
 
 def _render_listeners(t: str, s: _TargetState, p: List[str]) -> Tuple[Tuple[bytes, float], ...]:

@@ -370,6 +370,8 @@ FAMILIES = (
     Family("fcmon_account_sessions_oldest_idle_seconds", "gauge",
            "Longest idle time among the account's sessions, on the server's clock (its timestamps "
            "against the probe's own session's)"),
+    Family("fcmon_account_sessions_by_user", "gauge",
+           "Live sessions per configured user name (session_census_usernames), from listSessions"),
     Family("fcmon_sessions_reaped", "counter",
            "Orphaned sessions of this fcmon instance (older than the longest possible probe) deleted by a probe"),
     Family("fcmon_listener_up", "gauge", "1 if the last TLS handshake with the listener verified"),
@@ -413,6 +415,8 @@ def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
         if c.oldest_idle is not None:
             add("fcmon_account_sessions_oldest_idle_seconds", "fcmon_account_sessions_oldest_idle_seconds", (),
                 c.oldest_idle)
+        for user, n in c.by_user:
+            add("fcmon_account_sessions_by_user", "fcmon_account_sessions_by_user", (("username", user),), n)
     for (stage, reason), n in sorted(s.failures.items()):
         add("fcmon_probe_failures", "fcmon_probe_failures_total", (("stage", stage), ("reason", reason)), n)
     for (action, code), n in sorted(s.api_errors.items()):

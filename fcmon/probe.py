@@ -15,7 +15,15 @@ import traceback
 from contextlib import contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .census import CensusUnavailable, Orphan, describe_sessions_request, parse_census, session_description
+from .census import (
+    CensusUnavailable,
+    Orphan,
+    describe_sessions_request,
+    list_sessions_request,
+    parse_census,
+    parse_user_counts,
+    session_description,
+)
 from .certs import CertFileError, FileCertCache, dedupe
 from .client import (
     ApiClient,
@@ -168,17 +176,20 @@ class Prober:
             self.instance_id = instance_id
             self._plans.clear()
 
-    def note_census(self, target: str, unavailable: Optional[str]) -> None:
-        """Log a target's census becoming unavailable (once, with why) or available again."""
-        before = self._census_noted.get(target)
+    def note_census(self, target: str, unavailable: Optional[str], what: str = "session census",
+                    series: str = "fcmon_account_sessions") -> None:
+        """Log a target's census (or per-user counts) becoming unavailable
+        (once, with why) or available again."""
+        key = f"{target}\0{what}"
+        before = self._census_noted.get(key)
         if unavailable == before:
             return
-        self._census_noted[target] = unavailable
+        self._census_noted[key] = unavailable
         if unavailable is not None:
-            log.info("%s: session census not available: %s (no fcmon_account_sessions series; "
-                     "the probe is not affected)", target, unavailable)
+            log.info("%s: %s not available: %s (no %s series; the probe is not affected)",
+                     target, what, unavailable, series)
         elif before is not None:
-            log.info("%s: session census available again", target)
+            log.info("%s: %s available again", target, what)
 
     def retain(self, targets: Sequence[TargetConfig]) -> None:
         self.contexts.retain(targets)
@@ -407,7 +418,8 @@ class _Probe:
             with extras.watch(client):
                 census, orphans = self._describe(client, extras)
                 reaped = self._reap(client, extras, orphans)
-            self.census = dataclasses.replace(census, reaped=reaped)
+                by_user = self._count_users(client, extras) if target.session_census_usernames else ()
+            self.census = dataclasses.replace(census, reaped=reaped, by_user=by_user)
         except CensusUnavailable as exc:
             self.census_unavailable = str(exc)
         except Exception as exc:  # a bug in the census: logged, never the probe's failure
@@ -432,6 +444,28 @@ class _Probe:
         reap_after = target.timeout + CLEANUP_GRACE + REAP_MARGIN
         return parse_census(response.error_code, response.body, self.token, self.prober.instance_id,
                             target.account_sessions_limit, self.created_stamp, reap_after)
+
+    def _count_users(self, client: ApiClient, extras: _Deadline) -> Tuple[Tuple[str, int], ...]:
+        """listSessions for the configured user names (an administrator sees
+        all users' sessions); not available is logged once, never a failure."""
+        assert self.token is not None
+        names = self.target.session_census_usernames
+        why: Optional[str] = None
+        counts: Tuple[Tuple[str, int], ...] = ()
+        if extras.remaining() <= 0:
+            why = "no time left for listSessions within the timeout"
+        else:
+            try:
+                body = json.dumps(list_sessions_request(self.token, names)).encode()
+                response = client.call(body, extras.remaining())
+                counts = parse_user_counts(response.error_code, response.body, names)
+            except ProbeError as exc:
+                self.extras_broke = True
+                why = "listSessions: " + ("no answer in time" if extras.fired else exc.reason)
+            except CensusUnavailable as exc:
+                why = str(exc)
+        self.prober.note_census(self.target.name, why, "per-user session counts", "fcmon_account_sessions_by_user")
+        return counts
 
     def _reap(self, client: ApiClient, extras: _Deadline, orphans: List[Orphan]) -> int:
         """deleteSession of this instance's orphans, oldest first, while time is left."""

@@ -129,6 +129,9 @@ class SessionCensus:
     limit: int
     oldest_idle: Optional[float] = None
     reaped: int = 0
+    # listSessions per configured user name (session_census_usernames; an
+    # administrator account sees every user's sessions): ((name, count), ...)
+    by_user: Tuple[Tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

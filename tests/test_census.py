@@ -309,3 +309,61 @@ def test_probe_without_instance_id_counts_but_never_reaps(test_pki: PKI, emu: Em
     result = Prober().probe(make_target(test_pki, emu))
     assert result.census is not None and (result.census.fcmon, result.census.reaped) == (2, 0)
     assert emu.open_sessions() == 1
+
+
+# -- listSessions per-user counts (optional, administrator accounts) ---------
+
+
+def test_per_user_counts_for_configured_names_only(test_pki: PKI, wall: WallClock,
+                                                   other: requests.Session, caplog: pytest.LogCaptureFixture) -> None:
+    users = {"ADMIN": "ADMIN", "APP": "app", "BATCH": "batch"}
+    with Emulator(test_pki.server.cert, test_pki.server.key, client_ca_file=test_pki.ca_file, users=users) as emu:
+        for name, n in (("APP", 2), ("BATCH", 3)):
+            for _ in range(n):
+                body = {"api": "admin", "action": "createSession",
+                        "params": {"username": name, "password": users[name]}}
+                assert other.post(emu.url, json=body, timeout=10).json()["errorCode"] == 0
+        target = make_target(test_pki, emu, session_census_usernames=("app", "NOBODY"))
+        prober = Prober(instance_id=ME)
+        result = prober.probe(target)
+        assert result.census is not None and result.census.by_user == (("app", 2), ("NOBODY", 0))
+        assert result.census.sessions == 1  # describeSessions: the account's own only
+        text = exposition(result)
+        assert sample(text, "fcmon_account_sessions_by_user", target="prod", username="app") == 2
+        assert sample(text, "fcmon_account_sessions_by_user", target="prod", username="BATCH") is None
+        sent = [r for r in emu.requests_seen() if r.get("action") == "listSessions"]
+        assert sent[-1]["params"] == {"usernameFilter": ["app", "NOBODY"]}
+        # without permission or the action: no counts, logged once, the census and the probe fine
+        emu.set_fault("listSessions", Fault(error_code=12030))
+        with caplog.at_level(logging.INFO, logger="fcmon.probe"):
+            results = [prober.probe(target) for _ in range(2)]
+        assert all(r.up and r.census is not None and r.census.by_user == () for r in results)
+        notes = [r for r in caplog.records if "per-user session counts not available" in r.getMessage()]
+        assert len(notes) == 1 and "12030" in notes[0].getMessage()
+        assert emu.open_sessions() == 5
+    # off by default: no listSessions at all
+    with Emulator(test_pki.server.cert, test_pki.server.key, client_ca_file=test_pki.ca_file) as emu:
+        Prober(instance_id=ME).probe(make_target(test_pki, emu))
+        assert "listSessions" not in [r.get("action") for r in emu.requests_seen()]
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("a, A", "listed twice"),
+    ("a,,b", "1 to 64 bytes"),
+    ("x" * 65, "1 to 64 bytes"),
+    (", ".join(f"u{i}" for i in range(21)), "at most 20"),
+])
+def test_census_usernames_are_validated(tmp_path: Any, value: str, problem: str) -> None:
+    from fcmon.config import ConfigError, parse_config
+
+    text = f"[target:a]\nendpoint = https://db:8443/api\nsession_census_usernames = {value}\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, tmp_path, {})
+    assert problem in str(err.value) and "session_census_usernames" in str(err.value)
+    off = "[target:a]\nendpoint = https://db:8443/api\nsession_census = false\nsession_census_usernames = APP\n"
+    with pytest.raises(ConfigError) as err:
+        parse_config(off, tmp_path, {})
+    assert "needs session_census = true" in str(err.value)
+    good = parse_config("[target:a]\nendpoint = https://db:8443/api\nsession_census_usernames = APP, batch\n",
+                        tmp_path, {})
+    assert good.targets[0].session_census_usernames == ("APP", "batch")

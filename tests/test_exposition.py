@@ -216,7 +216,7 @@ def test_renderer_matches_collector_on_varied_states() -> None:
                                     CallResult("listDatabases", 3.0 * k, 451 if k % 4 else 0))))
     store.record(replace(healthy("ünïcode"), databases=0, tls_cipher=None))
     store.record(replace(healthy("plain"), census=SessionCensus(46, 2, 50, 12.0, reaped=1)))
-    store.record(replace(healthy('q"uote'), census=SessionCensus(3, 1, 10)))
+    store.record(replace(healthy('q"uote'), census=SessionCensus(3, 1, 10, by_user=(("APP", 2), ('a"b\\c', 0)))))
     store.record_skipped("skipped-only", "still_running")
     store.record_listeners(listener_round("plain"))
     store.record_listeners(listener_round("plain", gone=True))
