@@ -57,6 +57,20 @@ def is_fcmon(description: object) -> bool:
     return isinstance(description, str) and description.strip().startswith(DESCRIPTION_PREFIX)
 
 
+def _sessions(action: str, error_code: int, body: Any) -> List[Any]:
+    """`result.sessions` of a describeSessions or listSessions answer, or
+    CensusUnavailable saying why not."""
+    if error_code != 0:
+        raise CensusUnavailable(f"{action} answered errorCode {error_code}")
+    result = body.get("result") if isinstance(body, dict) else None
+    sessions = result.get("sessions") if isinstance(result, dict) else None
+    if not isinstance(sessions, list):
+        raise CensusUnavailable(f"{action} answer has no result.sessions list")
+    if len(sessions) > SESSIONS_READ_MAX:
+        raise CensusUnavailable(f"{action} listed {len(sessions)} sessions, more than any server allows")
+    return sessions
+
+
 def list_sessions_request(token: str, usernames: Sequence[str]) -> dict:
     return {"api": "admin", "action": "listSessions", "authToken": token,
             "params": {"usernameFilter": list(usernames)}}
@@ -67,14 +81,7 @@ def parse_user_counts(error_code: int, body: Any, usernames: Sequence[str]) -> T
     user name, in config order (names compare case-insensitively, as
     FairCom's do). Only the configured names: no label set grows with what
     the server sends. Raises CensusUnavailable."""
-    if error_code != 0:
-        raise CensusUnavailable(f"listSessions answered errorCode {error_code}")
-    result = body.get("result") if isinstance(body, dict) else None
-    sessions = result.get("sessions") if isinstance(result, dict) else None
-    if not isinstance(sessions, list):
-        raise CensusUnavailable("listSessions answer has no result.sessions list")
-    if len(sessions) > SESSIONS_READ_MAX:
-        raise CensusUnavailable(f"listSessions listed {len(sessions)} sessions, more than any server allows")
+    sessions = _sessions("listSessions", error_code, body)
     counts = {name.upper(): 0 for name in usernames}
     for s in sessions:
         user = s.get("username") if isinstance(s, dict) else None
@@ -135,14 +142,7 @@ def parse_census(
     """describeSessions' answer -> (census, this instance's orphans oldest
     first). `reap_after`: sessions of this instance older than this many
     seconds are orphans (None: none are). Raises CensusUnavailable."""
-    if error_code != 0:
-        raise CensusUnavailable(f"describeSessions answered errorCode {error_code}")
-    result = body.get("result") if isinstance(body, dict) else None
-    sessions = result.get("sessions") if isinstance(result, dict) else None
-    if not isinstance(sessions, list):
-        raise CensusUnavailable("describeSessions answer has no result.sessions list")
-    if len(sessions) > SESSIONS_READ_MAX:
-        raise CensusUnavailable(f"describeSessions listed {len(sessions)} sessions, more than any server allows")
+    sessions = _sessions("describeSessions", error_code, body)
     entries = [s for s in sessions if isinstance(s, dict)]
     own = next((s for s in entries if s.get("authToken") == own_token), None)
     now: Optional[dt.datetime] = None

@@ -294,7 +294,7 @@ def run_check(
     results, rounds = check_all(targets, Prober(instance_id=instance_id),
                                 max_connections_per_host=max_connections_per_host)
     if debug_log is not None:
-        debug_log("\n".join(debuglog.render(r, t) for t, r in zip(targets, results)))
+        debug_log("\n".join(debuglog.render(r, t, instance_id) for t, r in zip(targets, results)))
     now = time.time()
     verdicts = [judge(r, warn_days, crit_days, now, x, sessions_warn, sessions_crit)
                 for r, x in zip(results, rounds)]

@@ -179,7 +179,7 @@ class Daemon:
         note = "" if fresh else (
             f"# This probe ended {kept.age(self.recent.now()):.1f} s ago: a fresh debug probe runs at most "
             f"once per probe_reuse_window ({self.recent.window:g} s) per target\n")
-        return (note + debuglog.render(kept.result, kept.target) + "\n# Metrics produced by this probe\n").encode() + \
+        return (note + debuglog.render(kept.result, kept.target, self.prober.instance_id) + "\n# Metrics produced by this probe\n").encode() + \
             generate_latest(registry)
 
     def _probe_request(self, name: str, debug: bool = False) -> Optional[Tuple[Kept, CollectorRegistry, bool]]:

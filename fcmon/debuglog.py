@@ -21,7 +21,8 @@ from .client import RequestPlan
 from .codes import describe
 from .config import TargetConfig
 from .levels import days_left, days_text
-from .probe import SESSION_DESCRIPTION, redact
+from .census import session_description
+from .probe import redact
 from .result import CallResult, CertInfo, ProbeResult
 
 REDACTED = "<redacted>"
@@ -34,9 +35,9 @@ _CERT_WHAT = {
 }
 
 
-def request_body(target: TargetConfig, action: str) -> str:
+def request_body(target: TargetConfig, action: str, instance_id: Optional[str] = None) -> str:
     """The JSON body fcmon sends for `action`, password and authToken redacted."""
-    plan = RequestPlan(target, SESSION_DESCRIPTION)
+    plan = RequestPlan(target, session_description(instance_id))
     if action == "createSession":
         body = json.loads(plan.create_session())
         params = body.get("params", {})
@@ -75,7 +76,7 @@ class _Log:
         self.lines.append(f"{_stamp(self.started + offset)} +{offset:.6f}s {text}")
 
 
-def render(result: ProbeResult, target: TargetConfig) -> str:
+def render(result: ProbeResult, target: TargetConfig, instance_id: Optional[str] = None) -> str:
     """The timestamped log of one probe: each line the wall time, the offset
     from the probe's start, and what happened."""
     log = _Log(result.started)
@@ -114,7 +115,7 @@ def render(result: ProbeResult, target: TargetConfig) -> str:
         if call.action == "deleteSession" and result.delete_reconnected:
             log.at(call.started, "deleteSession: over a new connection (the first one was cut or "
                                  "is in an unknown state)")
-        _call(log, call, target, result)
+        _call(log, call, target, result, instance_id)
     if result.delete_reconnected and not any(c.action == "deleteSession" for c in result.calls):
         log.at(result.duration, "deleteSession: could not connect again to delete the session")
 
@@ -124,6 +125,7 @@ def render(result: ProbeResult, target: TargetConfig) -> str:
     else:
         log.at(result.duration, f"probe ended: FAILED at {failure.stage}: {failure.reason} "
                                 f"({failure.message}) in {_seconds(result.duration)}")
+    _census(log, result)
     if result.session_gone:
         log.at(result.duration, "deleteSession: the session was already gone on the server "
                                 "(errorCode 12031): not a leak")
@@ -134,10 +136,24 @@ def render(result: ProbeResult, target: TargetConfig) -> str:
     return redact(text, [target.password or ""])
 
 
-def _call(log: _Log, call: CallResult, target: TargetConfig, result: ProbeResult) -> None:
+def _census(log: _Log, result: ProbeResult) -> None:
+    """What the session census saw (fcmon/census.py): counts, never a token."""
+    c = result.census
+    if c is not None:
+        idle = "" if c.oldest_idle is None else f", the longest idle {c.oldest_idle:.0f} s"
+        users = "".join(f", {name}: {n}" for name, n in c.by_user)
+        log.at(result.duration, f"session census (describeSessions): {c.sessions} of {c.limit} sessions of "
+                                f"the account, {c.fcmon} fcmon's{idle}; {c.reaped} orphan(s) of this "
+                                f"instance deleted{users}")
+    elif result.census_unavailable is not None:
+        log.at(result.duration, f"session census: not available: {result.census_unavailable}")
+
+
+def _call(log: _Log, call: CallResult, target: TargetConfig, result: ProbeResult,
+          instance_id: Optional[str] = None) -> None:
     at = call.started
     name = call.action
-    log.at(at, f"{name}: request POST {target.endpoint} {request_body(target, name)}")
+    log.at(at, f"{name}: request POST {target.endpoint} {request_body(target, name, instance_id)}")
     end = (at or 0.0) + call.duration
     parts = [f"HTTP {call.http_status}" if call.http_status is not None else "no HTTP response"]
     if call.error_code is not None:

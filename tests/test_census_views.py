@@ -99,3 +99,21 @@ def test_check_process_warns_with_45_other_sessions(test_pki: PKI, crowded: Emul
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 3 and "--sessions-warn" in bad.stdout
     assert crowded.open_sessions() == 45
+
+
+def test_debug_log_says_what_the_census_saw_and_the_description(test_pki: PKI, crowded: Emulator) -> None:
+    from fcmon import debuglog
+    from fcmon.probe import Prober
+    from support import make_target
+
+    _open(test_pki, crowded, 2)
+    target = make_target(test_pki, crowded)
+    result = Prober(instance_id="dbg-1").probe(target)
+    text = debuglog.render(result, target, "dbg-1")
+    assert "session census (describeSessions): 3 of 50 sessions of the account, 1 fcmon's" in text
+    assert '"description":"fcmon health check, instance dbg-1"' in text
+    for s in crowded.store.sessions():
+        assert s.token not in text
+    crowded.set_fault("describeSessions", __import__("fcmon.emulator", fromlist=["Fault"]).Fault(error_code=14701))
+    text = debuglog.render(Prober(instance_id="dbg-1").probe(target), target, "dbg-1")
+    assert "session census: not available: describeSessions answered errorCode 14701" in text
