@@ -198,6 +198,9 @@ class Prober:
             for name in list(self._plans):
                 if name not in keep:
                     del self._plans[name]
+            for key in list(self._census_noted):
+                if key.split("\0", 1)[0] not in keep:
+                    del self._census_noted[key]
 
     def plan(self, target: TargetConfig) -> RequestPlan:
         """The target's RequestPlan, built once and rebuilt when its config changes."""
