@@ -687,13 +687,23 @@ def verified_path(sock: ssl.SSLSocket, presented: List[bytes], anchors: Optional
     3.13, or after a failed verification (the unverified fetch, where
     `anchors` are the target's CA certificates): the path built from the
     presented certificates by names and signatures (`path_from_leaf`)."""
+    if len(presented) < 2:
+        return ()  # the leaf alone: no chain, and no CA list to fetch
+    if anchors is None:
+        anchors = sock.context.get_ca_certs(binary_form=True)
     if sock.context.verify_mode != ssl.CERT_NONE:
         chain = _verified_der(sock)
         if chain is not None:
-            return tuple(chain[1:-1])
-        if anchors is None:
-            anchors = sock.context.get_ca_certs(binary_form=True)
-    return path_from_leaf(presented, anchors or (), time.time())
+            # up to the first trust anchor (OpenSSL may go on past a trusted
+            # intermediate to the root), as path_from_leaf stops there
+            trusted = set(anchors)
+            out: List[bytes] = []
+            for der in chain[1:-1]:
+                if der in trusted:
+                    break
+                out.append(der)
+            return tuple(out)
+    return path_from_leaf(presented, anchors, time.time())
 
 
 def _peer_address(sock: Any) -> Optional[str]:

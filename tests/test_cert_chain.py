@@ -130,3 +130,20 @@ def test_certificate_caches_are_bounded_in_bytes(test_pki: PKI) -> None:
         certs.path_from_leaf([der, der], [der], time.time())
     for cache in (certs._infos, certs._parsed, certs._paths):
         assert cache.bytes <= bound
+
+
+def test_an_intermediate_in_ca_file_is_the_anchor_not_the_chain(test_pki: PKI, tmp_path: Path) -> None:
+    """ca_file holds the root and the intermediate: the path ends at the
+    intermediate, reported as cert="ca", on every Python (3.13's verified
+    chain goes on to the root; it is cut at the first trusted certificate)."""
+    intermediate = pki.make_ca("fcmon trusted intermediate", issuer=test_pki.ca)
+    leaf = pki.make_server(intermediate)
+    files = leaf.write(tmp_path, "leaf3")
+    files.cert.write_bytes(leaf.cert_pem + intermediate.cert_pem)
+    ca_file = tmp_path / "both.crt"
+    ca_file.write_bytes(test_pki.ca.cert_pem + intermediate.cert_pem)
+    with Emulator(cert_file=files.cert, key_file=files.key, client_ca_file=test_pki.ca_file) as emu:
+        result = Prober().probe(make_target(test_pki, emu, ca_file=ca_file))
+    assert result.up, result.failure
+    roles = sorted((c.role, c.serial) for c in result.certs if c.role in ("server", "chain", "ca"))
+    assert roles == sorted([("server", _serial(leaf)), ("ca", _serial(test_pki.ca)), ("ca", _serial(intermediate))])
