@@ -432,6 +432,7 @@ def fcmon_config(
     schedule: bool = True,
     log_level: str = "info",
     listeners: Optional[str] = None,
+    per_host: Optional[int] = 10000,
 ) -> Path:
     lines = [
         "[fcmon]",
@@ -441,8 +442,9 @@ def fcmon_config(
         f"log_level = {log_level}",
         f"schedule = {'true' if schedule else 'false'}",
         # The bench's fleets share one or a few emulators, where a real fleet
-        # has a host per server: the per-host cap is not what it measures.
-        "max_connections_per_host = 10000",
+        # has a host per server: the per-server cap is not what most suites
+        # measure (per_host=None: fcmon's default, as the scale suite runs).
+        *([f"max_connections_per_host = {per_host}"] if per_host is not None else []),
         "",
         "[defaults]",
         "username = ADMIN",

@@ -390,7 +390,11 @@ def scale_step(ctx: Ctx, emu: EmulatorProc, step: ScaleStep) -> Dict[str, Any]:
     targets, healthy, healthy_index = _scale_targets(n, emu.url, hang_url)
     healthy_set = set(healthy)
     port = free_port()
-    cfg = fcmon_config(ctx.work / f"scale{n}.ini", ctx.pki, port, targets, step.interval, step.timeout)
+    # The hanging server and the emulator share the host name (127.0.0.1, two
+    # ports) and fcmon's default per-server cap applies: a dead server's
+    # targets must not cost the healthy ones a probe.
+    cfg = fcmon_config(ctx.work / f"scale{n}.ini", ctx.pki, port, targets, step.interval, step.timeout,
+                       per_host=None)
     res: Dict[str, Any] = {
         "targets": n, "healthy": len(healthy), "hanging": n - len(healthy), "interval_s": step.interval,
         "timeout_s": step.timeout, "duration_s": step.duration,
@@ -1025,9 +1029,8 @@ def suite_starve(ctx: Ctx, hanging: int = 2000, healthy: int = 100, interval: fl
         else:
             targets.append((f"hang{i:04d}", hang_url))
     port = free_port()
-    cfg = fcmon_config(ctx.work / "starve.ini", ctx.pki, port, targets, interval, timeout)
     # The default per-server cap (8): what the case is about.
-    cfg.write_text(cfg.read_text().replace("max_connections_per_host = 10000\n", ""))
+    cfg = fcmon_config(ctx.work / "starve.ini", ctx.pki, port, targets, interval, timeout, per_host=None)
     out: Dict[str, Any] = {"hanging": hanging, "healthy": healthy, "interval_s": interval, "timeout_s": timeout,
                            "duration_s": duration, "host": "localhost"}
     f = FcmonProc(ctx.procs, cfg, port, name="fcmon-starve")
