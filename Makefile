@@ -14,7 +14,7 @@ DIST ?= dist
 # WHEELHOUSE_ARGS="--pip-arg=--python-version=3.11 --pip-arg=--platform=manylinux_2_28_x86_64 --pip-arg=--platform=manylinux2014_x86_64"
 WHEELHOUSE_ARGS ?=
 
-.PHONY: demo test test-fast chaos chaos-callers bench screenshot dist wheelhouse image deb packages test-packages lint clean
+.PHONY: demo test test-fast chaos chaos-callers chaos-fleet bench screenshot dist wheelhouse image deb packages test-packages lint clean
 
 # A $(VENV) of another Python than the PYTHON= given is rebuilt, and said so
 # (it used to be reused silently). Only when PYTHON is given: without it,
@@ -82,6 +82,17 @@ chaos-callers: $(STAMP)
 	CALLER_EXAMPLES=$(CALLER_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/test_callers.py --hypothesis-seed=$$seed $(PYTEST_ARGS) \
 	|| { echo "chaos-callers FAILED with seed $$seed: replay with make chaos-callers CALLER_SEED=$$seed CALLER_EXAMPLES=$(CALLER_EXAMPLES)"; exit 1; }
+
+# The generated fleet at length (tests/test_fleet.py): FLEET_EXAMPLES random
+# fleets (default 30, each run by the real scheduler for 4-7 s, and as
+# `fcmon run` for SIGTERM) from FLEET_SEED (default: a new one, printed).
+FLEET_EXAMPLES ?= 30
+chaos-fleet: $(STAMP)
+	@seed=$${FLEET_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "chaos-fleet: $(FLEET_EXAMPLES) fleets, seed $$seed"; \
+	FLEET_EXAMPLES=$(FLEET_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
+		tests/test_fleet.py --hypothesis-seed=$$seed $(PYTEST_ARGS) \
+	|| { echo "chaos-fleet FAILED with seed $$seed: replay with make chaos-fleet FLEET_SEED=$$seed FLEET_EXAMPLES=$(FLEET_EXAMPLES)"; exit 1; }
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

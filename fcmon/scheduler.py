@@ -324,6 +324,12 @@ class ProbeScheduler:
             # Tried, and its server is busy: readiness does not wait for it
             # (a dead server's 2,000 targets would hold /-/ready for minutes).
             self._completed(target, result=False)
+            with self._lock:
+                anchor = self._anchors.get(target.name)
+                if anchor is not None:
+                    # later runs' lateness is measured on the phase, not from
+                    # this first due time (it read as a whole interval late)
+                    anchor[0] = None
             self._skip(target.name, skip.reason, skip.message)
             return
         if not ran:

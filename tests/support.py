@@ -360,3 +360,26 @@ def threads_besides_resolver() -> int:
     pool = [t for t in threading.enumerate() if t.name == resolver.THREAD_NAME]
     assert len(pool) <= resolver.DEFAULT.max_threads
     return threading.active_count() - len(pool)
+
+
+def hung_ports(n: int):  # type: ignore[no-untyped-def]
+    """A context manager: `n` loopback ports that listen and never accept
+    (the kernel completes TCP handshakes into the backlog; a TLS
+    ClientHello is never answered). Yields their port numbers."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def ports():  # type: ignore[no-untyped-def]
+        socks = []
+        try:
+            for _ in range(n):
+                s = socket.socket()
+                s.bind(("127.0.0.1", 0))
+                s.listen(64)
+                socks.append(s)
+            yield [int(s.getsockname()[1]) for s in socks]
+        finally:
+            for s in socks:
+                s.close()
+
+    return ports()

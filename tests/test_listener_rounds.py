@@ -7,9 +7,7 @@ never answered)."""
 
 from __future__ import annotations
 
-import socket
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List
 
@@ -20,22 +18,7 @@ from fcmon.emulator import Emulator, ListenerSpec
 from fcmon.listeners import ListenerChecker, parse_listeners, round_budget
 from fcmon.probe import Prober
 
-from support import PKI, FcmonProcess, make_target, sample, scrape, write_config
-
-
-@contextmanager
-def hung_ports(n: int) -> Iterator[List[int]]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            s.listen(64)
-            socks.append(s)
-        yield [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+from support import PKI, FcmonProcess, hung_ports, make_target, sample, scrape, write_config
 
 
 def test_ports_are_ascii_decimal_only() -> None:
