@@ -181,7 +181,7 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             ratio = None if idle is None or busy is None or idle <= 0 else busy / idle
             many = pp["sigterm"][-1] if pp["sigterm"] else None
             rows.append(_row(
-                f"7b. Page pollers: /metrics ({pp['targets']:,} targets) with 20 pollers of /",
+                f"7d. Page pollers: /metrics ({pp['targets']:,} targets) with 20 pollers of /",
                 f"median {_f(busy, ' s', 3)}", f"idle {_f(idle, ' s', 3)}", _f(ratio, "x", 1), "< 2x",
                 ratio is not None and ratio < 2.0,
                 "" if many is None else (
@@ -213,6 +213,14 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                 "was 2 of 19", "", "every scrape answered", one["failed"] == 0,
                 f"descriptor limit {front['descriptor_limit']:,} (cap 4,096); peak {one['peak_descriptors']:,} "
                 f"descriptors; rejected: " + ", ".join(f"{k} {v:,.0f}" for k, v in one["rejected"].items())))
+        pb = hostile.get("probe_back_to_back")
+        if pb:
+            bound = pb["seconds"] / 5.0 + 1  # the default probe_reuse_window
+            rows.append(_row(
+                "7e. /probe back to back on one connection: FairCom logins",
+                f"{pb['logins']} in {pb['seconds']:.1f} s", f"{pb['calls']:,} calls", "",
+                f"<= {bound:.0f} (one per 5 s window + 1)", pb["logins"] <= bound,
+                f"answers {pb['statuses']}; before the reuse window: 1,000 logins in 9.1 s"))
     elif hostile:
         rows.append(_row("7. Hostile callers", "error", "", "", "", False, hostile["error"]))
     return rows

@@ -789,6 +789,8 @@ def suite_hostile(ctx: Ctx, clients: int = 3000, targets: int = 500) -> Dict[str
     res["page_pollers"] = page_pollers(ctx, counts=(20,), paths=("/",), sigterm_pollers=(3000,),
                                        phase_s=10.0 if ctx.quick else 20.0)
     res["front_door"] = front_door(ctx)
+    # /probe back to back on one connection: FairCom logins per window (issue 16).
+    res["probe_back_to_back"] = probe_back_to_back(ctx, 5.0 if ctx.quick else 10.0)
     return res
 
 
@@ -1102,7 +1104,8 @@ def page_pollers(ctx: Ctx, targets: int = 3000, healthy: int = 10,
                  counts: Sequence[int] = (2, 5, 20), paths: Sequence[str] = ("/", "/api/v1/status"),
                  sigterm_pollers: Sequence[int] = (300, 3000), phase_s: float = 15.0) -> Dict[str, Any]:
     """`fcmon run` with `targets` targets (all but `healthy` of them down:
-    their port refuses connections) while page pollers ask for the status
+    their port refuses connections) while page pollers (from 127.0.3.x;
+    the scraper from 127.0.0.1) ask for the status
     page or /api/v1/status again and again: the median /metrics latency
     (gzip, as Prometheus asks) idle and under 2, 5, 20 pollers of each page;
     then, for each of `sigterm_pollers`, a fresh process polled by that many
@@ -1145,6 +1148,8 @@ def page_pollers(ctx: Ctx, targets: int = 3000, healthy: int = 10,
                 "scrapes": len(lat), "failures": failed, "peak_rss_mb": peak}
 
     def pollers(port: int, n: int, path: str) -> Any:
+        # bench.pollers connects from 127.0.3.x (100 each), the scraper from
+        # 127.0.0.1: fcmon limits connections per client address.
         p = ctx.procs.start(f"pollers-{n}", [PYTHON, "-m", "bench.pollers", "--port", str(port),
                                               "--n", str(n), "--path", path])
         p.wait_for_line(r'"started"', 60)
@@ -1204,3 +1209,36 @@ def page_pollers(ctx: Ctx, targets: int = 3000, healthy: int = 10,
         finally:
             ctx.procs.stop(f.proc, 5)
     return out
+
+
+def probe_back_to_back(ctx: Ctx, seconds: float = 10.0) -> Dict[str, Any]:
+    """/probe?target= called back to back on one keep-alive connection for
+    `seconds` (`fcmon run`, schedule = false, one target, default
+    probe_reuse_window): the calls answered, and the FairCom logins they
+    caused (the emulator's createSession count)."""
+    import http.client
+
+    emu = ctx.fresh_emulator("emulator-probe-loop")
+    port = free_port()
+    cfg = fcmon_config(ctx.work / "probe-loop.ini", ctx.pki, port, [("loop", emu.url)], 60.0, 10.0,
+                       schedule=False)
+    f = FcmonProc(ctx.procs, cfg, port, name="fcmon-probe-loop")
+    try:
+        f.wait_listening(60)
+        created0 = int(emu.sessions()["created"])
+        conn = http.client.HTTPConnection(LOOPBACK, port, timeout=30)
+        calls, statuses = 0, {}  # type: Tuple[int, Dict[int, int]]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < seconds:
+            conn.request("GET", "/probe?target=loop")
+            resp = conn.getresponse()
+            resp.read()
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+            calls += 1
+        elapsed = time.monotonic() - t0
+        conn.close()
+        logins = int(emu.sessions()["created"]) - created0
+    finally:
+        ctx.procs.stop(f.proc, 30)
+        ctx.procs.stop(emu.proc, 10)
+    return {"seconds": elapsed, "calls": calls, "statuses": statuses, "logins": logins}
