@@ -181,7 +181,7 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             ratio = None if idle is None or busy is None or idle <= 0 else busy / idle
             many = pp["sigterm"][-1] if pp["sigterm"] else None
             rows.append(_row(
-                f"7d. Page pollers: /metrics ({pp['targets']:,} targets) with 20 pollers of /",
+                f"7b. Page pollers: /metrics ({pp['targets']:,} targets) with 20 pollers of /",
                 f"median {_f(busy, ' s', 3)}", f"idle {_f(idle, ' s', 3)}", _f(ratio, "x", 1), "< 2x",
                 ratio is not None and ratio < 2.0,
                 "" if many is None else (
