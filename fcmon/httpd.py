@@ -112,6 +112,11 @@ RETRY_AFTER = 5
 # A connection's unsent bytes before its writer waits (drain), and the
 # slices an answer is written in: what a slow reader holds is bounded.
 WRITE_HIGH_WATER = 64 * 1024
+# The kernel's send buffer for a connection answered from a `yields` lane:
+# the kernel grows loopback buffers to 4 MB per connection, and a poller
+# reading from that much kept using the CPU while its answer was paused for
+# a scrape; it also bounds the kernel memory thousands of pollers hold.
+YIELDING_SNDBUF = 256 * 1024
 WRITE_SLICE = 64 * 1024
 
 StartResponse = Callable[..., Any]
@@ -743,6 +748,14 @@ class Server:
         try:
             if not any(k.lower() == "content-length" for k, _ in out_headers):
                 keep = False  # close-delimited
+            if lane.yields and not conn.small_sndbuf:
+                conn.small_sndbuf = True
+                sock = transport.get_extra_info("socket")
+                try:
+                    if sock is not None:
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, YIELDING_SNDBUF)
+                except OSError:
+                    pass  # a hint: the answer goes out all the same
             transport.write(_head(status, out_headers, keep))
             if method == "HEAD":
                 await conn.drain(deadline - loop.time())
@@ -840,6 +853,7 @@ class _Conn(asyncio.Protocol):
         self.discard = False  # after a refusal: drop what comes
         self.closed = False
         self.peer_eof = False  # the client closed its side
+        self.small_sndbuf = False  # YIELDING_SNDBUF set
         self._released = False
         self._timer: Optional[asyncio.TimerHandle] = None
         self._request_started: Optional[float] = accepted

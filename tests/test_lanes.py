@@ -282,3 +282,35 @@ def test_page_answers_pause_while_a_scrape_is_answered() -> None:
     finally:
         scrape_held.set()
         server.stop()
+
+
+def test_page_answers_get_a_small_kernel_send_buffer() -> None:
+    """A `yields` lane's connection has its kernel send buffer set to
+    YIELDING_SNDBUF (not autotuned to megabytes); a `first` lane's keeps the
+    kernel's."""
+    def app(environ: Dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
+        return [b"ok\n"]
+
+    server = httpd.Server(app, "127.0.0.1", 0, lanes={"/metrics": httpd.Lane("scrape", first=True)},
+                          default_lane=httpd.Lane("page", yields=True))
+    server.start()
+    try:
+        sizes = {}
+        clients = []
+        for path in ("/metrics", "/"):
+            s = _send(server.port, path)
+            got = b""
+            while not got.endswith(b"ok\n"):  # answered; the connection stays open
+                got += s.recv(65536)
+            clients.append(s)
+        for conn in list(server._conns):
+            sock = conn.transport.get_extra_info("socket")
+            sizes[conn.small_sndbuf] = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        for s in clients:
+            s.close()
+        assert set(sizes) == {True, False}
+        # Linux doubles the value set (bookkeeping); autotuning is off once it is set.
+        assert sizes[True] <= 2 * httpd.YIELDING_SNDBUF
+    finally:
+        server.stop()
