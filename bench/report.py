@@ -117,6 +117,18 @@ def goal_rows(results: Dict[str, Any]) -> List[Dict[str, Any]]:
                              "p99 < 2 s", "", "not blocked", blocked_ok,
                              f"{sc['probes_during_phase']:g} probes in {sc['phase_wall_s']:.0f} s; "
                              f"steady state without scrapes: p99 {_f(big['steady']['lateness']['p99_s'], ' s', 3)}"))
+    sv = results.get("starve")
+    if sv and "error" not in sv:
+        rows.append(_row(
+            f"Isolation: {sv['healthy']} healthy targets beside {sv['hanging']:,} of a dead server, all on "
+            f"{sv['host']}: due probes of the healthy ones done",
+            f"{sv['healthy_done']}/{sv['healthy_due']}", f"{sv['healthy_due']}",
+            f"{sv['healthy_done_fraction'] * 100:.0f}%", ">= 90%", sv["healthy_done_fraction"] >= 0.9,
+            f"interval {sv['interval_s']:g} s, timeout {sv['timeout_s']:g} s, {sv['duration_s']:g} s, default "
+            f"per-server cap; fewest healthy targets probed in a 10 s window after 30 s: "
+            f"{sv['min_healthy_probed_per_window_after_30s']}; skips "
+            + ", ".join(f"{k} {v:g}" for k, v in sorted(sv["skipped_by_kind_and_reason"].items()) if v)
+            + f"; stop {sv['stop_s']:.1f} s"))
     st = results.get("startup")
     if st and "error" not in st:
         n, iv = st["targets"], st["interval_s"]
