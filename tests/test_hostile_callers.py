@@ -43,6 +43,24 @@ def _status(pid: int) -> Dict[str, int]:
     return out
 
 
+def _most_open(pid: int, before: Dict[str, int], n: int) -> Dict[str, int]:
+    """The process's status when it held the most of `n` new connections.
+
+    The whole-request deadline drops an idle connection 5 s after its
+    accept, and on a loaded machine the accepts of `n` connections can take
+    about as long: the count may never reach `n` at one instant. Memory per
+    connection is then measured on the most held at once (at least half)."""
+    best = _status(pid)
+    end = time.monotonic() + 4
+    while best["fds"] < before["fds"] + n and time.monotonic() < end:
+        time.sleep(0.05)
+        now = _status(pid)
+        if now["fds"] > best["fds"]:
+            best = now
+    assert best["fds"] - before["fds"] >= n // 2, (before, best)
+    return best
+
+
 def _session() -> requests.Session:
     s = requests.Session()
     s.trust_env = False
@@ -324,10 +342,8 @@ def test_idle_tls_connections_cost_a_few_kb_each(tmp_path: Path, test_pki: PKI, 
         wait_for(lambda: s.get(url, timeout=10).status_code == 200)
         before = _status(fc.proc.pid)
         idle = _connect_many(port, 1000)
-        # all open at once (the whole-request deadline drops them after 5 s)
-        during = wait_for(lambda: (lambda st: st if st["fds"] >= before["fds"] + 1000 else None)(
-            _status(fc.proc.pid)), timeout=4)
-        per_idle = (during["VmRSS"] - before["VmRSS"]) / 1000
+        during = _most_open(fc.proc.pid, before, 1000)
+        per_idle = (during["VmRSS"] - before["VmRSS"]) / (during["fds"] - before["fds"])
         for sock in idle:
             sock.close()
         wait_for(lambda: _status(fc.proc.pid)["fds"] <= before["fds"] + 2)
@@ -335,9 +351,8 @@ def test_idle_tls_connections_cost_a_few_kb_each(tmp_path: Path, test_pki: PKI, 
         before = _status(fc.proc.pid)
         shaken = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=10),
                                   server_hostname="localhost") for _ in range(300)]
-        during = wait_for(lambda: (lambda st: st if st["fds"] >= before["fds"] + 300 else None)(
-            _status(fc.proc.pid)), timeout=4)
-        per_shaken = (during["VmRSS"] - before["VmRSS"]) / 300
+        during = _most_open(fc.proc.pid, before, 300)
+        per_shaken = (during["VmRSS"] - before["VmRSS"]) / (during["fds"] - before["fds"])
         for tls in shaken:
             tls.close()
         assert s.get(url, timeout=10).status_code == 200
