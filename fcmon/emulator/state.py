@@ -27,7 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import __version__
 from .faults import TOKEN_PLACES, Fault
@@ -577,15 +577,9 @@ class JsonApi:
         """describeSessions: the calling account's sessions, in full;
         listSessions: {authToken, username, description} of the sessions the
         account may see (an administrator: all), narrowed by usernameFilter."""
-        token = request.get("authToken")
-        session = self.store.touch(token) if isinstance(token, str) else None
-        if session is None:
-            return self._unknown_token(request)
-        effective_api = api if api is not None else session.default_api
-        if effective_api != "admin":
-            return self._error(
-                request, ERR_UNKNOWN_ACTION, f"action {action!r} is not part of the {effective_api!r} api"
-            )
+        session = self._session_in(request, api, "admin", action)
+        if isinstance(session, Reply):
+            return session
         live = sorted(self.store.sessions(), key=lambda s: s.started)
         if action == "describeSessions":
             wanted = params.get("authTokens")
@@ -635,16 +629,27 @@ class JsonApi:
     def _db_action(
         self, request: Dict[str, Any], params: Dict[str, Any], action: str, api: Optional[str]
     ) -> Reply:
+        session = self._session_in(request, api, "db", action)
+        if isinstance(session, Reply):
+            return session
+        return self._list_databases(request, params)
+
+    def _session_in(
+        self, request: Dict[str, Any], api: Optional[str], wanted_api: str, action: str
+    ) -> Union[Session, Reply]:
+        """The live session the request's authToken names (touched), or the
+        error a server gives: unknown token, or an action of another api
+        (the session's default api applies when the request names none)."""
         token = request.get("authToken")
         session = self.store.touch(token) if isinstance(token, str) else None
         if session is None:
             return self._unknown_token(request)
         effective_api = api if api is not None else session.default_api
-        if effective_api != "db":
+        if effective_api != wanted_api:
             return self._error(
                 request, ERR_UNKNOWN_ACTION, f"action {action!r} is not part of the {effective_api!r} api"
             )
-        return self._list_databases(request, params)
+        return session
 
     def _list_databases(self, request: Dict[str, Any], params: Dict[str, Any]) -> Reply:
         partial = params.get("partialDatabaseName", "")
