@@ -64,13 +64,17 @@ screenshot: $(STAMP)
 # The generated adversary at length (tests/test_chaos.py): CHAOS_EXAMPLES
 # random cases (default 500) from CHAOS_SEED (default: a new one, printed).
 # A failure prints the seed that replays it: make chaos CHAOS_SEED=N.
+# Then the soak (tests/test_soak.py) at length: SOAK_SECONDS of warm-up and
+# as many measured (`make test` runs it for 15 + 15 s).
 CHAOS_EXAMPLES ?= 500
+SOAK_SECONDS ?= 30
 chaos: $(STAMP)
 	@seed=$${CHAOS_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	echo "chaos: $(CHAOS_EXAMPLES) cases, seed $$seed"; \
 	CHAOS_EXAMPLES=$(CHAOS_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider \
 		tests/test_chaos.py tests/test_census_chaos.py -k generated --hypothesis-seed=$$seed $(PYTEST_ARGS) \
 	|| { echo "chaos FAILED with seed $$seed: replay with make chaos CHAOS_SEED=$$seed CHAOS_EXAMPLES=$(CHAOS_EXAMPLES)"; exit 1; }
+	FCMON_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_soak.py $(PYTEST_ARGS)
 
 # The generated caller mix at length (tests/test_callers.py): CALLER_EXAMPLES
 # random mixes (default 30, each `fcmon run` as a process for about 10 s)

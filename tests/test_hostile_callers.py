@@ -43,6 +43,19 @@ def _status(pid: int) -> Dict[str, int]:
     return out
 
 
+def _back(pid: int, before: Dict[str, int], within: float, rss_kb: int, fds: int = 1 << 30) -> Dict[str, int]:
+    """The process's status once its memory (and descriptors) are back
+    within `rss_kb` (and `fds`) of `before`, or after `within` seconds,
+    whichever comes first: the caller asserts the bounds on it. Polling,
+    where a fixed sleep of `within` seconds used to wait for the same."""
+    end = time.monotonic() + within
+    while True:
+        now = _status(pid)
+        if (now["VmRSS"] - before["VmRSS"] < rss_kb and now["fds"] <= before["fds"] + fds) or time.monotonic() > end:
+            return now
+        time.sleep(0.1)
+
+
 def _most_open(pid: int, before: Dict[str, int], n: int) -> Dict[str, int]:
     """The process's status when it held the most of `n` new connections.
 
@@ -151,8 +164,7 @@ def test_slowloris_is_dropped_while_scrapes_and_probes_go_on(
         probes1, failed1 = _counts(_session().get(base + "/metrics", timeout=10).text)
         assert probes1 > probes0 and failed1 == failed0  # scheduled probes went on, none failed
         wait_for(lambda: _status(fc.proc.pid)["Threads"] <= before["Threads"], timeout=60)
-        time.sleep(2)
-        after = _status(fc.proc.pid)
+        after = _back(fc.proc.pid, before, 2, 20 * 1024, fds=5)
         print(f"\nslowloris: {len(socks)} clients dropped within {dropped_after:.1f} s; {scrapes} scrapes "
               f"answered meanwhile; before {before}, during {during}, after {after}")
         assert after["VmRSS"] - before["VmRSS"] < 20 * 1024
@@ -199,8 +211,7 @@ def test_fat_headers_get_431_and_memory_comes_back(tmp_path: Path, test_pki: PKI
         done.set()
         watcher.join()
         assert _session().get(base + "/metrics", timeout=10).status_code == 200
-        time.sleep(3)
-        after = _status(fc.proc.pid)
+        after = _back(fc.proc.pid, before, 3, 20 * 1024)
         print(f"\nfat headers: {sum(a.startswith(b'HTTP/1.1 431') for a in answers)} of 100 got 431; "
               f"RSS before {before['VmRSS']} kB, peak {peak[0]} kB, after {after['VmRSS']} kB")
         assert any(a.startswith(b"HTTP/1.1 431") for a in answers)
@@ -325,8 +336,7 @@ def test_slow_readers_hold_little_and_memory_comes_back(tmp_path: Path, test_pki
         for s in readers:
             s.close()
         wait_for(lambda: _status(fc.proc.pid)["fds"] <= before["fds"] + 2)
-        time.sleep(3)
-        after = _status(fc.proc.pid)
+        after = _back(fc.proc.pid, before, 3, 20 * 1024)
         print(f"\nslow readers: 200 clients reading a {size}-byte /metrics at 1 KB/s: RSS before "
               f"{before['VmRSS']} kB, peak {peak} kB, after {after['VmRSS']} kB")
         # What a reader holds is a block in progress, not its whole answer
