@@ -19,7 +19,8 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AbstractSet, Any, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import (AbstractSet, Any, Callable, Dict, FrozenSet, Iterator, List, Mapping, Optional, Sequence, Tuple,
+                    Union)
 from urllib.parse import urlsplit
 
 from .runbook import RUNBOOK_URL
@@ -38,92 +39,6 @@ class ConfigError(Exception):
         super().__init__("\n".join(self.problems))
 
 
-@dataclass(frozen=True)
-class WebConfig:
-    tls_cert_file: Optional[Path] = None
-    tls_key_file: Optional[Path] = None
-    client_ca_file: Optional[Path] = None
-    basic_auth_username: Optional[str] = None
-    basic_auth_password: Optional[str] = field(default=None, repr=False)
-    # Connections one client address (an IPv6 /64) may hold open at once.
-    max_connections_per_client: int = 1024
-    # Host header names served besides IP literals and localhost names;
-    # None: the machine's host name, or any name when basic auth is set.
-    allowed_hosts: Optional[Tuple[str, ...]] = None
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    name: str
-    endpoint: str
-    username: Optional[str] = None
-    password: Optional[str] = field(default=None, repr=False)
-    ca_file: Optional[Path] = None
-    client_cert_file: Optional[Path] = None
-    client_key_file: Optional[Path] = None
-    client_key_password: Optional[str] = field(default=None, repr=False)
-    interval: float = 60.0
-    timeout: float = 10.0
-    allow_insecure_http: bool = False
-    session_idle_timeout: int = 300
-    max_response_bytes: int = 1048576
-    # TLS listeners besides the endpoint (fcmon/listeners.py): "auto" asks
-    # listServices, "none" checks none, "list" checks `listeners` (and,
-    # with `listeners_discover`, the discovered ones too).
-    listeners_mode: str = "auto"
-    listeners: Tuple[Tuple[str, int], ...] = ()  # (NAME, PORT) as configured
-    listeners_discover: bool = True
-    listener_interval: float = 600.0
-    # describeSessions before deleteSession (fcmon/census.py), and the
-    # account's session limit the census is measured against
-    session_census: bool = True
-    account_sessions_limit: int = 50
-    # Listeners checked per round at most (configured first, then
-    # discovered); the rest are counted, not checked.
-    max_listeners: int = 32
-    # listSessions counts for these user names (administrator accounts);
-    # empty: not asked
-    session_census_usernames: Tuple[str, ...] = ()
-
-    @property
-    def discovers_listeners(self) -> bool:
-        return self.listeners_mode == "auto" or (self.listeners_mode == "list" and self.listeners_discover)
-
-    @property
-    def checks_listeners(self) -> bool:
-        return self.listeners_mode != "none"
-
-
-@dataclass(frozen=True)
-class Config:
-    listen_host: str = "127.0.0.1"
-    listen_port: int = 9731
-    interval: float = 60.0
-    timeout: float = 10.0
-    log_level: str = "info"
-    log_format: str = "text"
-    # False: probe only when /probe?target= is scraped (Prometheus-driven
-    # scheduling, hashmod sharding across instances).
-    schedule: bool = True
-    # Probes in flight to one FairCom server (endpoint host and port) at most:
-    # FairCom allows 25 connections per client IP by default.
-    max_connections_per_host: int = 8
-    # Probes that /probe may have started and not finished; beyond, 503.
-    max_probe_requests: int = 64
-    # /probe serves a probe's result again to calls for the same target for
-    # this many seconds after it ended (0: every call probes).
-    probe_reuse_window: float = 5.0
-    # names this fcmon in the sessions it creates (fcmon/instance.py); None:
-    # derived from the machine, the config path and the listen address
-    instance_id: Optional[str] = None
-    # where docs/runbook.md is published: the status page links failures
-    # and certificates to its sections (as the alert rules' runbook_url)
-    runbook_url: str = RUNBOOK_URL
-    web: WebConfig = WebConfig()
-    targets: Tuple[TargetConfig, ...] = ()
-    path: Optional[Path] = None
-
-
 # ---------------------------------------------------------------------------
 # Vocabulary
 
@@ -131,46 +46,9 @@ FCMON = "fcmon"
 WEB = "web"
 DEFAULTS = "defaults"
 TARGET_PREFIX = "target:"
-
-FCMON_KEYS = ("listen", "interval", "timeout", "log_level", "log_format", "schedule",
-              "max_connections_per_host", "max_probe_requests", "probe_reuse_window",
-              "instance_id", "runbook_url")
-WEB_KEYS = (
-    "tls_cert_file",
-    "tls_key_file",
-    "client_ca_file",
-    "basic_auth_username",
-    "basic_auth_password_file",
-    "max_connections_per_client",
-    "allowed_hosts",
-)
-TARGET_KEYS = (
-    "endpoint",
-    "username",
-    "password_file",
-    "password_env",
-    "password",
-    "ca_file",
-    "client_cert_file",
-    "client_key_file",
-    "client_key_password_file",
-    "client_key_password_env",
-    "interval",
-    "timeout",
-    "allow_insecure_http",
-    "session_idle_timeout",
-    "max_response_bytes",
-    "listeners",
-    "listeners_discover",
-    "listener_interval",
-    "session_census",
-    "account_sessions_limit",
-    "max_listeners",
-    "session_census_usernames",
-)
-# Every target has its own address; inheriting one would point two target
-# labels at the same server.
-DEFAULTS_KEYS = tuple(k for k in TARGET_KEYS if k != "endpoint")
+# A target's own section, as the key table and the messages name it.
+TARGET = "target:NAME"
+SECTIONS = (FCMON, WEB, DEFAULTS, TARGET)
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -179,17 +57,11 @@ PASSWORD_KEYS = ("password_file", "password_env", "password")
 CLIENT_PAIR_KEYS = ("client_cert_file", "client_key_file")
 KEY_PASSWORD_KEYS = ("client_key_password_file", "client_key_password_env")
 
-DEFAULT_SESSION_IDLE_TIMEOUT = 300
-# FairCom's maxJsonApiSessionsPerUsername
-DEFAULT_ACCOUNT_SESSIONS_LIMIT = 50
 INSTANCE_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 # session_census_usernames: a label value each, so a bounded list of names
 # of 1 to 64 bytes (FairCom's usernameFilter limit)
 MAX_CENSUS_USERNAMES = 20
-DEFAULT_LISTENER_INTERVAL = 600.0
-DEFAULT_MAX_LISTENERS = 32
 LISTENER_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")
-DEFAULT_MAX_RESPONSE_BYTES = 1048576
 MIN_MAX_RESPONSE_BYTES = 1024
 
 TARGET_NAME_RE = re.compile(r"[A-Za-z0-9_.:-]+")
@@ -230,6 +102,571 @@ class _Problems:
 
     def add_general(self, message: str) -> None:
         self.items.append(f"{self.prefix}{message}")
+
+
+# ---------------------------------------------------------------------------
+# Values
+
+
+class _Context:
+    def __init__(self, base_dir: Path, environ: Mapping[str, str], problems: _Problems) -> None:
+        self.base_dir = base_dir
+        self.environ = environ
+        self.problems = problems
+
+
+def _single_line(ctx: _Context, section: str, key: str, value: str) -> bool:
+    if value == "":
+        ctx.problems.add(section, key, "empty value: give a value or remove the line")
+        return False
+    if "\n" in value:
+        ctx.problems.add(
+            section,
+            key,
+            "value spans several lines (an indented line continues the line above): "
+            "write it on one line",
+        )
+        return False
+    return True
+
+
+def _number(ctx: _Context, section: str, key: str, value: str) -> Any:
+    try:
+        number = float(value)
+    except ValueError:
+        ctx.problems.add(section, key, f'expected a number of seconds, got "{value}"')
+        return INVALID
+    if not math.isfinite(number) or number <= 0:
+        ctx.problems.add(section, key, f"must be greater than 0, got {value}")
+        return INVALID
+    return number
+
+
+def _seconds_or_zero(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """A number of seconds, where 0 means off."""
+    try:
+        number = float(value)
+    except ValueError:
+        return _number(ctx, section, key, value)  # names the problem
+    if number == 0:
+        return 0.0
+    if number < 0:
+        ctx.problems.add(section, key, f"must be 0 (off) or a number of seconds, got {value}")
+        return INVALID
+    return _number(ctx, section, key, value)
+
+
+def _integer(ctx: _Context, section: str, key: str, value: str, minimum: int) -> Any:
+    try:
+        number = int(value)
+    except ValueError:
+        ctx.problems.add(section, key, f'expected a whole number, got "{value}"')
+        return INVALID
+    if number < minimum:
+        ctx.problems.add(section, key, f"must be at least {minimum}, got {number}")
+        return INVALID
+    return number
+
+
+def _boolean(ctx: _Context, section: str, key: str, value: str) -> Any:
+    states = configparser.ConfigParser.BOOLEAN_STATES
+    if value.lower() not in states:
+        ctx.problems.add(section, key, f'expected true or false, got "{value}"')
+        return INVALID
+    return states[value.lower()]
+
+
+def _choice(ctx: _Context, section: str, key: str, value: str, choices: Sequence[str]) -> Any:
+    if value.lower() in choices:
+        return value.lower()
+    hint = difflib.get_close_matches(value.lower(), list(choices), n=1)
+    ctx.problems.add(
+        section,
+        key,
+        f'expected one of {", ".join(choices)}, got "{value}"'
+        + (f", did you mean {hint[0]}?" if hint else ""),
+    )
+    return INVALID
+
+
+def _at_least(minimum: int) -> "Parser":
+    """A whole number of at least `minimum`."""
+    def parse(ctx: _Context, section: str, key: str, value: str) -> Any:
+        return _integer(ctx, section, key, value, minimum)
+    return parse
+
+
+def _one_of(choices: Sequence[str]) -> "Parser":
+    """One of `choices`, in any case."""
+    def parse(ctx: _Context, section: str, key: str, value: str) -> Any:
+        return _choice(ctx, section, key, value, choices)
+    return parse
+
+
+def _text(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """The value as written (one line, not empty: _single_line)."""
+    return value
+
+
+def _instance_id(ctx: _Context, section: str, key: str, value: str) -> Any:
+    if INSTANCE_ID_RE.fullmatch(value):
+        return value
+    ctx.problems.add(section, key, f'"{value}": 1 to 64 letters, digits and _ . - (it goes into '
+                     "the description of every session fcmon creates)")
+    return INVALID
+
+
+def parse_listen(value: str) -> Tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT -> (host without brackets, port); ValueError says why."""
+    m = re.fullmatch(r"\[([^\]]*)\]:([0-9]+)", value)
+    if m:
+        host, port_text = m.group(1), m.group(2)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'"{host}" in brackets is not an IPv6 address') from None
+    else:
+        host, sep, port_text = value.rpartition(":")
+        if not sep or not host or not port_text.isdigit():
+            raise ValueError("")
+        if ":" in host:
+            raise ValueError("an IPv6 address needs brackets, as in [::1]:9731")
+        if not _HOSTNAME_RE.fullmatch(host):
+            raise ValueError(f'"{host}" is not a host name or IP address')
+    port = int(port_text)
+    if port > 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+def _listen(ctx: _Context, section: str, key: str, value: str) -> Any:
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        why = f" ({exc})" if str(exc) else ""
+        ctx.problems.add(
+            section,
+            key,
+            f'expected HOST:PORT, got "{value}"{why}; use [::]:PORT or 0.0.0.0:PORT for all addresses',
+        )
+        return INVALID
+
+
+def _listeners(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """auto | none | NAME:PORT, ... -> (mode, ((name, port), ...)); every bad item reported."""
+    word = value.strip().lower()
+    if word in ("auto", "none"):
+        return (word, ())
+    items: List[Tuple[str, int]] = []
+    ok = True
+    for raw in value.split(","):
+        item = raw.strip()
+        name, sep, port_text = item.rpartition(":")
+        port = int(port_text) if port_text.isdigit() else -1
+        if not sep or not LISTENER_NAME_RE.fullmatch(name) or not 1 <= port <= 65535:
+            ctx.problems.add(
+                section, key,
+                f'"{item}" is not NAME:PORT (a name of letters, digits and _ . -, a port 1-65535); '
+                "write auto, none or a list such as mqtts:8883, wss:9002",
+            )
+            ok = False
+            continue
+        if any(n == name for n, _ in items):
+            ctx.problems.add(section, key, f'"{name}" is named twice')
+            ok = False
+        elif any(p == port for _, p in items):
+            ctx.problems.add(section, key, f"port {port} is listed twice")
+            ok = False
+        items.append((name, port))
+    return ("list", tuple(items)) if ok else INVALID
+
+
+def _usernames(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """NAME, NAME, ... -> a tuple of distinct user names (case-insensitive)."""
+    names = [n.strip() for n in value.split(",")]
+    bad = [n for n in names if not 1 <= len(n.encode("utf-8")) <= 64 or not n.isprintable()]
+    if bad:
+        ctx.problems.add(section, key, "each user name must be 1 to 64 bytes of printable text, "
+                         "separated by commas")
+        return INVALID
+    if len({n.upper() for n in names}) != len(names):
+        ctx.problems.add(section, key, "a user name is listed twice (names compare case-insensitively)")
+        return INVALID
+    if len(names) > MAX_CENSUS_USERNAMES:
+        ctx.problems.add(section, key, f"at most {MAX_CENSUS_USERNAMES} user names (each one is a label value), "
+                         f"got {len(names)}")
+        return INVALID
+    return tuple(names)
+
+
+def _endpoint(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """Shape of the URL; the scheme is checked later, once allow_insecure_http is known."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError when not a number in range
+    except ValueError as exc:
+        ctx.problems.add(section, key, f'"{value}" is not a valid URL: {exc}')
+        return INVALID
+    if "@" in parts.netloc:
+        # Not quoted: the user-info part may hold a password.
+        ctx.problems.add(
+            section,
+            key,
+            "must not contain user:password@; use username and password_file",
+        )
+        return INVALID
+    if parts.scheme.lower() not in ("https", "http"):
+        ctx.problems.add(
+            section,
+            key,
+            f'expected an https:// URL such as https://db1.example.com:8443/api, got "{value}"',
+        )
+        return INVALID
+    if not parts.hostname:
+        ctx.problems.add(section, key, f'"{value}" has no host name')
+        return INVALID
+    if not _HOSTNAME_RE.fullmatch(parts.hostname) and not _is_ip(parts.hostname):
+        ctx.problems.add(
+            section, key, f'"{value}": "{parts.hostname}" is not a host name or IP address'
+        )
+        return INVALID
+    if port == 0:
+        ctx.problems.add(section, key, f'"{value}": port 0 cannot be connected to')
+        return INVALID
+    if parts.query or parts.fragment:
+        ctx.problems.add(section, key, f'"{value}" must not have a ?query or #fragment')
+        return INVALID
+    return value
+
+
+def _runbook_url(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """Where docs/runbook.md is published; the page appends `#anchor`."""
+    value = value.strip()
+    if not re.match(r"^https?://[^\s#]+$", value):
+        ctx.problems.add(
+            section, key,
+            f"{value!r}: expected the http(s) URL of docs/runbook.md, without #anchor "
+            "(e.g. https://git.example.com/ops/fcmon/blob/v0.2.0/docs/runbook.md)")
+        return INVALID
+    return value
+
+
+_HOST_PATTERN = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)")
+
+
+def _host_patterns(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """`allowed_hosts`: names, `*.suffix` or `*`, separated by commas or spaces."""
+    items = [v for v in re.split(r"[,\s]+", value.strip().lower()) if v]
+    bad = [v for v in items if not _HOST_PATTERN.fullmatch(v.rstrip("."))]
+    if not items or bad:
+        ctx.problems.add(section, key, f'expected host names, "*.domain" or "*", got "{value}"')
+        return INVALID
+    return tuple(v.rstrip(".") for v in items)
+
+
+def resolve_path(value: str, base_dir: Path, environ: Mapping[str, str]) -> Optional[Path]:
+    """A path as the config means it: `$CREDENTIALS_DIRECTORY/...` in that
+    directory (None when it is not set), relative ones from the config's."""
+    m = _CREDENTIALS_RE.match(value)
+    if m:
+        creds = environ.get("CREDENTIALS_DIRECTORY")
+        if not creds:
+            return None
+        path = Path(creds) / value[m.end():]
+    else:
+        path = Path(value)
+    return path if path.is_absolute() else base_dir / path
+
+
+def _path(ctx: _Context, section: str, key: str, value: str) -> Any:
+    """Resolve a path (credentials dir, relative to the config) and check it can be opened."""
+    path = resolve_path(value, ctx.base_dir, ctx.environ)
+    if path is None:
+        ctx.problems.add(
+            section,
+            key,
+            f"{value}: $CREDENTIALS_DIRECTORY is not set "
+            "(systemd sets it for LoadCredential=; outside systemd use a plain path)",
+        )
+        return INVALID
+    try:
+        # Opening, not os.access(): root passes access() for unreadable files
+        # and directories, and the errno text is what the operator needs.
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        ctx.problems.add(section, key, f"{path}: {exc.strerror or exc}")
+        return INVALID
+    return path
+
+
+def _secret_from_file(ctx: _Context, section: str, key: str, value: str) -> Any:
+    path = _path(ctx, section, key, value)
+    if path is INVALID:
+        return INVALID
+    try:
+        with open(path, "rb") as f:
+            data = f.read(_MAX_PASSWORD_FILE_BYTES + 1)
+    except OSError as exc:
+        ctx.problems.add(section, key, f"{path}: {exc.strerror or exc}")
+        return INVALID
+    # Messages below describe the content, never quote it.
+    if len(data) > _MAX_PASSWORD_FILE_BYTES:
+        ctx.problems.add(section, key, f"{path}: too large for a password file")
+        return INVALID
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        ctx.problems.add(section, key, f"{path}: not UTF-8 text")
+        return INVALID
+    # Editors and `echo` add a final newline; it is never part of the password.
+    secret = text.rstrip("\r\n")
+    if not secret:
+        ctx.problems.add(section, key, f"{path}: file is empty")
+        return INVALID
+    if "\n" in secret or "\r" in secret:
+        ctx.problems.add(section, key, f"{path}: holds several lines; put only the password in it")
+        return INVALID
+    return secret
+
+
+def _secret_from_env(ctx: _Context, section: str, key: str, value: str) -> Any:
+    secret = ctx.environ.get(value)
+    if secret is None:
+        ctx.problems.add(section, key, f"environment variable {value} is not set")
+        return INVALID
+    if secret == "":
+        ctx.problems.add(section, key, f"environment variable {value} is empty")
+        return INVALID
+    return secret
+
+
+# ---------------------------------------------------------------------------
+# Keys: each key once, with its parser, its default and where it may be written
+
+Parser = Callable[[_Context, str, str, str], Any]
+# (ctx, section, key, value) -> the value, or INVALID after ctx.problems says why
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key. The dataclasses below take their defaults from here.
+
+    `fields`: the dataclass field(s) the value fills; a tuple value is spread
+    over several (listen -> listen_host, listen_port). A key allowed in
+    [fcmon] and in the target sections (interval, timeout) is inherited
+    [target:NAME] -> [defaults] -> [fcmon] -> `default`; any other target
+    key [target:NAME] -> [defaults] -> `default`. `secret`: the value read
+    (from the file, variable or line) is a password: its field has
+    repr=False and summaries show <redacted>.
+    """
+
+    name: str
+    parse: Parser
+    sections: Tuple[str, ...]
+    default: Any = None
+    fields: Tuple[str, ...] = ()
+    secret: bool = False
+
+    def __post_init__(self) -> None:
+        # A key the parser would not know how to read cannot be declared:
+        # there is no fallback branch to parse it as something else.
+        if not callable(self.parse):
+            raise TypeError(f"config key {self.name!r}: no parser (parse={self.parse!r})")
+        if not self.sections or any(s not in SECTIONS for s in self.sections):
+            raise ValueError(f"config key {self.name!r}: sections must be some of {SECTIONS}, "
+                             f"got {self.sections!r}")
+        if DEFAULTS in self.sections and TARGET not in self.sections:
+            raise ValueError(f"config key {self.name!r}: [defaults] only holds keys a target may have")
+        if not self.fields:
+            object.__setattr__(self, "fields", (self.name,))
+
+
+class KeyTable:
+    """The config keys by name, in the order written; refuses anything but a Key with a parser."""
+
+    def __init__(self, *keys: Key) -> None:
+        self._keys: Dict[str, Key] = {}
+        for key in keys:
+            if not isinstance(key, Key) or not callable(key.parse):
+                raise TypeError(f"not a config key with a parser: {key!r}")
+            if key.name in self._keys:
+                raise ValueError(f"config key {key.name!r} is in the table twice")
+            self._keys[key.name] = key
+
+    def __getitem__(self, name: str) -> Key:
+        return self._keys[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._keys.values())
+
+    def names(self, section: str) -> Tuple[str, ...]:
+        """The keys allowed in `section` (FCMON, WEB, DEFAULTS or TARGET)."""
+        return tuple(k.name for k in self if section in k.sections)
+
+    def field_default(self, name: str) -> Any:
+        """The default of dataclass field `name`, from the key(s) filling it."""
+        found = set()
+        for key in self:
+            if name in key.fields:
+                value = key.default if len(key.fields) == 1 else key.default[key.fields.index(name)]
+                found.add(repr(value))
+                result = value
+        if len(found) != 1:
+            raise KeyError(f"field {name!r}: {'no key fills it' if not found else 'keys disagree on its default'}")
+        return result
+
+
+# Every target has its own address (endpoint, not in [defaults]): inheriting
+# one would point two target labels at the same server.
+_ANY_TARGET = (TARGET, DEFAULTS)
+
+KEYS = KeyTable(
+    Key("listen", _listen, (FCMON,), ("127.0.0.1", 9731), fields=("listen_host", "listen_port")),
+    Key("interval", _number, (FCMON,) + _ANY_TARGET, 60.0),
+    Key("timeout", _number, (FCMON,) + _ANY_TARGET, 10.0),
+    Key("log_level", _one_of(LOG_LEVELS), (FCMON,), "info"),
+    Key("log_format", _one_of(LOG_FORMATS), (FCMON,), "text"),
+    # False: probe only when /probe?target= is scraped (Prometheus-driven
+    # scheduling, hashmod sharding across instances).
+    Key("schedule", _boolean, (FCMON,), True),
+    # Probes in flight to one FairCom server (endpoint host and port) at most:
+    # FairCom allows 25 connections per client IP by default.
+    Key("max_connections_per_host", _at_least(1), (FCMON,), 8),
+    # Probes that /probe may have started and not finished; beyond, 503.
+    Key("max_probe_requests", _at_least(1), (FCMON,), 64),
+    # /probe serves a probe's result again to calls for the same target for
+    # this many seconds after it ended (0: every call probes).
+    Key("probe_reuse_window", _seconds_or_zero, (FCMON,), 5.0),
+    # names this fcmon in the sessions it creates (fcmon/instance.py); None:
+    # derived from the machine, the config path and the listen address
+    Key("instance_id", _instance_id, (FCMON,)),
+    # where docs/runbook.md is published: the status page links failures
+    # and certificates to its sections (as the alert rules' runbook_url)
+    Key("runbook_url", _runbook_url, (FCMON,), RUNBOOK_URL),
+
+    Key("tls_cert_file", _path, (WEB,)),
+    Key("tls_key_file", _path, (WEB,)),
+    Key("client_ca_file", _path, (WEB,)),
+    Key("basic_auth_username", _text, (WEB,)),
+    Key("basic_auth_password_file", _secret_from_file, (WEB,), fields=("basic_auth_password",), secret=True),
+    # Connections one client address (an IPv6 /64) may hold open at once.
+    Key("max_connections_per_client", _at_least(1), (WEB,), 1024),
+    # Host header names served besides IP literals and localhost names;
+    # None: the machine's host name, or any name when basic auth is set.
+    Key("allowed_hosts", _host_patterns, (WEB,)),
+
+    Key("endpoint", _endpoint, (TARGET,)),
+    Key("username", _text, _ANY_TARGET),
+    # at most one of the three (PASSWORD_KEYS)
+    Key("password_file", _secret_from_file, _ANY_TARGET, fields=("password",), secret=True),
+    Key("password_env", _secret_from_env, _ANY_TARGET, fields=("password",), secret=True),
+    Key("password", _text, _ANY_TARGET, secret=True),
+    Key("ca_file", _path, _ANY_TARGET),
+    Key("client_cert_file", _path, _ANY_TARGET),
+    Key("client_key_file", _path, _ANY_TARGET),
+    Key("client_key_password_file", _secret_from_file, _ANY_TARGET, fields=("client_key_password",), secret=True),
+    Key("client_key_password_env", _secret_from_env, _ANY_TARGET, fields=("client_key_password",), secret=True),
+    Key("allow_insecure_http", _boolean, _ANY_TARGET, False),
+    Key("session_idle_timeout", _at_least(1), _ANY_TARGET, 300),
+    Key("max_response_bytes", _at_least(MIN_MAX_RESPONSE_BYTES), _ANY_TARGET, 1048576),
+    # TLS listeners besides the endpoint (fcmon/listeners.py): "auto" asks
+    # listServices, "none" checks none, "list" checks the (NAME, PORT)s
+    # given (and, with `listeners_discover`, the discovered ones too).
+    Key("listeners", _listeners, _ANY_TARGET, ("auto", ()), fields=("listeners_mode", "listeners")),
+    Key("listeners_discover", _boolean, _ANY_TARGET, True),
+    Key("listener_interval", _number, _ANY_TARGET, 600.0),
+    # describeSessions before deleteSession (fcmon/census.py), and the
+    # account's session limit the census is measured against (FairCom's
+    # maxJsonApiSessionsPerUsername)
+    Key("session_census", _boolean, _ANY_TARGET, True),
+    Key("account_sessions_limit", _at_least(1), _ANY_TARGET, 50),
+    # Listeners checked per round at most (configured first, then
+    # discovered); the rest are counted, not checked.
+    Key("max_listeners", _at_least(1), _ANY_TARGET, 32),
+    # listSessions counts for these user names (administrator accounts);
+    # empty: not asked
+    Key("session_census_usernames", _usernames, _ANY_TARGET, ()),
+)
+
+FCMON_KEYS = KEYS.names(FCMON)
+WEB_KEYS = KEYS.names(WEB)
+TARGET_KEYS = KEYS.names(TARGET)
+DEFAULTS_KEYS = KEYS.names(DEFAULTS)
+# Keys naming a file that holds a secret (fcmon validate warns when every
+# user of the host can read it).
+SECRET_FILE_KEYS = tuple(k.name for k in KEYS if k.parse is _secret_from_file)
+_default = KEYS.field_default
+
+
+# The parsed config. Every default is the key table's (_default); what each
+# field means is said there, next to its key.
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    tls_cert_file: Optional[Path] = _default("tls_cert_file")
+    tls_key_file: Optional[Path] = _default("tls_key_file")
+    client_ca_file: Optional[Path] = _default("client_ca_file")
+    basic_auth_username: Optional[str] = _default("basic_auth_username")
+    basic_auth_password: Optional[str] = field(default=_default("basic_auth_password"), repr=False)
+    max_connections_per_client: int = _default("max_connections_per_client")
+    allowed_hosts: Optional[Tuple[str, ...]] = _default("allowed_hosts")
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str  # from the section header, [target:NAME]
+    endpoint: str
+    username: Optional[str] = _default("username")
+    password: Optional[str] = field(default=_default("password"), repr=False)
+    ca_file: Optional[Path] = _default("ca_file")
+    client_cert_file: Optional[Path] = _default("client_cert_file")
+    client_key_file: Optional[Path] = _default("client_key_file")
+    client_key_password: Optional[str] = field(default=_default("client_key_password"), repr=False)
+    interval: float = _default("interval")
+    timeout: float = _default("timeout")
+    allow_insecure_http: bool = _default("allow_insecure_http")
+    session_idle_timeout: int = _default("session_idle_timeout")
+    max_response_bytes: int = _default("max_response_bytes")
+    listeners_mode: str = _default("listeners_mode")  # auto, none or list
+    listeners: Tuple[Tuple[str, int], ...] = _default("listeners")  # (NAME, PORT) as configured
+    listeners_discover: bool = _default("listeners_discover")
+    listener_interval: float = _default("listener_interval")
+    session_census: bool = _default("session_census")
+    account_sessions_limit: int = _default("account_sessions_limit")
+    max_listeners: int = _default("max_listeners")
+    session_census_usernames: Tuple[str, ...] = _default("session_census_usernames")
+
+    @property
+    def discovers_listeners(self) -> bool:
+        return self.listeners_mode == "auto" or (self.listeners_mode == "list" and self.listeners_discover)
+
+    @property
+    def checks_listeners(self) -> bool:
+        return self.listeners_mode != "none"
+
+
+@dataclass(frozen=True)
+class Config:
+    listen_host: str = _default("listen_host")
+    listen_port: int = _default("listen_port")
+    interval: float = _default("interval")
+    timeout: float = _default("timeout")
+    log_level: str = _default("log_level")
+    log_format: str = _default("log_format")
+    schedule: bool = _default("schedule")
+    max_connections_per_host: int = _default("max_connections_per_host")
+    max_probe_requests: int = _default("max_probe_requests")
+    probe_reuse_window: float = _default("probe_reuse_window")
+    instance_id: Optional[str] = _default("instance_id")
+    runbook_url: str = _default("runbook_url")
+    web: WebConfig = WebConfig()
+    targets: Tuple[TargetConfig, ...] = ()
+    path: Optional[Path] = None  # set by load_config
 
 
 # ---------------------------------------------------------------------------
@@ -314,22 +751,7 @@ def parse_config(
     if problems.items:
         raise ConfigError(problems.items)
     log.debug("%s: %d target(s)", source, len(targets))
-    return Config(
-        listen_host=fcmon["listen"][0],
-        listen_port=fcmon["listen"][1],
-        interval=fcmon["interval"],
-        timeout=fcmon["timeout"],
-        log_level=fcmon["log_level"],
-        log_format=fcmon["log_format"],
-        schedule=fcmon["schedule"],
-        max_connections_per_host=fcmon["max_connections_per_host"],
-        max_probe_requests=fcmon["max_probe_requests"],
-        probe_reuse_window=fcmon["probe_reuse_window"],
-        instance_id=fcmon["instance_id"],
-        runbook_url=fcmon["runbook_url"],
-        web=web,
-        targets=tuple(targets),
-    )
+    return Config(web=web, targets=tuple(targets), **_fields(fcmon))
 
 
 def redacted_summary(config: Config) -> List[str]:
@@ -527,303 +949,6 @@ def _key_hint(key: str, section: str, allowed: Sequence[str]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# Values
-
-
-class _Context:
-    def __init__(self, base_dir: Path, environ: Mapping[str, str], problems: _Problems) -> None:
-        self.base_dir = base_dir
-        self.environ = environ
-        self.problems = problems
-
-
-def _single_line(ctx: _Context, section: str, key: str, value: str) -> bool:
-    if value == "":
-        ctx.problems.add(section, key, "empty value: give a value or remove the line")
-        return False
-    if "\n" in value:
-        ctx.problems.add(
-            section,
-            key,
-            "value spans several lines (an indented line continues the line above): "
-            "write it on one line",
-        )
-        return False
-    return True
-
-
-def _number(ctx: _Context, section: str, key: str, value: str) -> Any:
-    try:
-        number = float(value)
-    except ValueError:
-        ctx.problems.add(section, key, f'expected a number of seconds, got "{value}"')
-        return INVALID
-    if not math.isfinite(number) or number <= 0:
-        ctx.problems.add(section, key, f"must be greater than 0, got {value}")
-        return INVALID
-    return number
-
-
-def _seconds_or_zero(ctx: _Context, section: str, key: str, value: str) -> Any:
-    """A number of seconds, where 0 means off."""
-    try:
-        number = float(value)
-    except ValueError:
-        return _number(ctx, section, key, value)  # names the problem
-    if number == 0:
-        return 0.0
-    if number < 0:
-        ctx.problems.add(section, key, f"must be 0 (off) or a number of seconds, got {value}")
-        return INVALID
-    return _number(ctx, section, key, value)
-
-
-def _integer(ctx: _Context, section: str, key: str, value: str, minimum: int) -> Any:
-    try:
-        number = int(value)
-    except ValueError:
-        ctx.problems.add(section, key, f'expected a whole number, got "{value}"')
-        return INVALID
-    if number < minimum:
-        ctx.problems.add(section, key, f"must be at least {minimum}, got {number}")
-        return INVALID
-    return number
-
-
-def _boolean(ctx: _Context, section: str, key: str, value: str) -> Any:
-    states = configparser.ConfigParser.BOOLEAN_STATES
-    if value.lower() not in states:
-        ctx.problems.add(section, key, f'expected true or false, got "{value}"')
-        return INVALID
-    return states[value.lower()]
-
-
-def _choice(ctx: _Context, section: str, key: str, value: str, choices: Sequence[str]) -> Any:
-    if value.lower() in choices:
-        return value.lower()
-    hint = difflib.get_close_matches(value.lower(), list(choices), n=1)
-    ctx.problems.add(
-        section,
-        key,
-        f'expected one of {", ".join(choices)}, got "{value}"'
-        + (f", did you mean {hint[0]}?" if hint else ""),
-    )
-    return INVALID
-
-
-def parse_listen(value: str) -> Tuple[str, int]:
-    """HOST:PORT or [IPV6]:PORT -> (host without brackets, port); ValueError says why."""
-    m = re.fullmatch(r"\[([^\]]*)\]:([0-9]+)", value)
-    if m:
-        host, port_text = m.group(1), m.group(2)
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f'"{host}" in brackets is not an IPv6 address') from None
-    else:
-        host, sep, port_text = value.rpartition(":")
-        if not sep or not host or not port_text.isdigit():
-            raise ValueError("")
-        if ":" in host:
-            raise ValueError("an IPv6 address needs brackets, as in [::1]:9731")
-        if not _HOSTNAME_RE.fullmatch(host):
-            raise ValueError(f'"{host}" is not a host name or IP address')
-    port = int(port_text)
-    if port > 65535:
-        raise ValueError(f"port {port} is out of range 0-65535")
-    return host, port
-
-
-def _listen(ctx: _Context, value: str) -> Any:
-    try:
-        return parse_listen(value)
-    except ValueError as exc:
-        why = f" ({exc})" if str(exc) else ""
-        ctx.problems.add(
-            FCMON,
-            "listen",
-            f'expected HOST:PORT, got "{value}"{why}; use [::]:PORT or 0.0.0.0:PORT for all addresses',
-        )
-        return INVALID
-
-
-def _listeners(ctx: _Context, section: str, value: str) -> Any:
-    """auto | none | NAME:PORT, ... -> (mode, ((name, port), ...)); every bad item reported."""
-    word = value.strip().lower()
-    if word in ("auto", "none"):
-        return (word, ())
-    items: List[Tuple[str, int]] = []
-    ok = True
-    for raw in value.split(","):
-        item = raw.strip()
-        name, sep, port_text = item.rpartition(":")
-        port = int(port_text) if port_text.isdigit() else -1
-        if not sep or not LISTENER_NAME_RE.fullmatch(name) or not 1 <= port <= 65535:
-            ctx.problems.add(
-                section, "listeners",
-                f'"{item}" is not NAME:PORT (a name of letters, digits and _ . -, a port 1-65535); '
-                "write auto, none or a list such as mqtts:8883, wss:9002",
-            )
-            ok = False
-            continue
-        if any(n == name for n, _ in items):
-            ctx.problems.add(section, "listeners", f'"{name}" is named twice')
-            ok = False
-        elif any(p == port for _, p in items):
-            ctx.problems.add(section, "listeners", f"port {port} is listed twice")
-            ok = False
-        items.append((name, port))
-    return ("list", tuple(items)) if ok else INVALID
-
-
-def _usernames(ctx: _Context, section: str, key: str, value: str) -> Any:
-    """NAME, NAME, ... -> a tuple of distinct user names (case-insensitive)."""
-    names = [n.strip() for n in value.split(",")]
-    bad = [n for n in names if not 1 <= len(n.encode("utf-8")) <= 64 or not n.isprintable()]
-    if bad:
-        ctx.problems.add(section, key, "each user name must be 1 to 64 bytes of printable text, "
-                         "separated by commas")
-        return INVALID
-    if len({n.upper() for n in names}) != len(names):
-        ctx.problems.add(section, key, "a user name is listed twice (names compare case-insensitively)")
-        return INVALID
-    if len(names) > MAX_CENSUS_USERNAMES:
-        ctx.problems.add(section, key, f"at most {MAX_CENSUS_USERNAMES} user names (each one is a label value), "
-                         f"got {len(names)}")
-        return INVALID
-    return tuple(names)
-
-
-def _endpoint(ctx: _Context, section: str, value: str) -> Any:
-    """Shape of the URL; the scheme is checked later, once allow_insecure_http is known."""
-    try:
-        parts = urlsplit(value)
-        port = parts.port  # raises ValueError when not a number in range
-    except ValueError as exc:
-        ctx.problems.add(section, "endpoint", f'"{value}" is not a valid URL: {exc}')
-        return INVALID
-    if "@" in parts.netloc:
-        # Not quoted: the user-info part may hold a password.
-        ctx.problems.add(
-            section,
-            "endpoint",
-            "must not contain user:password@; use username and password_file",
-        )
-        return INVALID
-    if parts.scheme.lower() not in ("https", "http"):
-        ctx.problems.add(
-            section,
-            "endpoint",
-            f'expected an https:// URL such as https://db1.example.com:8443/api, got "{value}"',
-        )
-        return INVALID
-    if not parts.hostname:
-        ctx.problems.add(section, "endpoint", f'"{value}" has no host name')
-        return INVALID
-    if not _HOSTNAME_RE.fullmatch(parts.hostname) and not _is_ip(parts.hostname):
-        ctx.problems.add(
-            section, "endpoint", f'"{value}": "{parts.hostname}" is not a host name or IP address'
-        )
-        return INVALID
-    if port == 0:
-        ctx.problems.add(section, "endpoint", f'"{value}": port 0 cannot be connected to')
-        return INVALID
-    if parts.query or parts.fragment:
-        ctx.problems.add(section, "endpoint", f'"{value}" must not have a ?query or #fragment')
-        return INVALID
-    return value
-
-
-def _runbook_url(ctx: _Context, value: str) -> Any:
-    """Where docs/runbook.md is published; the page appends `#anchor`."""
-    value = value.strip()
-    if not re.match(r"^https?://[^\s#]+$", value):
-        ctx.problems.add(
-            FCMON, "runbook_url",
-            f"{value!r}: expected the http(s) URL of docs/runbook.md, without #anchor "
-            "(e.g. https://git.example.com/ops/fcmon/blob/v0.2.0/docs/runbook.md)")
-        return INVALID
-    return value
-
-
-def resolve_path(value: str, base_dir: Path, environ: Mapping[str, str]) -> Optional[Path]:
-    """A path as the config means it: `$CREDENTIALS_DIRECTORY/...` in that
-    directory (None when it is not set), relative ones from the config's."""
-    m = _CREDENTIALS_RE.match(value)
-    if m:
-        creds = environ.get("CREDENTIALS_DIRECTORY")
-        if not creds:
-            return None
-        path = Path(creds) / value[m.end():]
-    else:
-        path = Path(value)
-    return path if path.is_absolute() else base_dir / path
-
-
-def _path(ctx: _Context, section: str, key: str, value: str) -> Any:
-    """Resolve a path (credentials dir, relative to the config) and check it can be opened."""
-    path = resolve_path(value, ctx.base_dir, ctx.environ)
-    if path is None:
-        ctx.problems.add(
-            section,
-            key,
-            f"{value}: $CREDENTIALS_DIRECTORY is not set "
-            "(systemd sets it for LoadCredential=; outside systemd use a plain path)",
-        )
-        return INVALID
-    try:
-        # Opening, not os.access(): root passes access() for unreadable files
-        # and directories, and the errno text is what the operator needs.
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        ctx.problems.add(section, key, f"{path}: {exc.strerror or exc}")
-        return INVALID
-    return path
-
-
-def _secret_from_file(ctx: _Context, section: str, key: str, value: str) -> Any:
-    path = _path(ctx, section, key, value)
-    if path is INVALID:
-        return INVALID
-    try:
-        with open(path, "rb") as f:
-            data = f.read(_MAX_PASSWORD_FILE_BYTES + 1)
-    except OSError as exc:
-        ctx.problems.add(section, key, f"{path}: {exc.strerror or exc}")
-        return INVALID
-    # Messages below describe the content, never quote it.
-    if len(data) > _MAX_PASSWORD_FILE_BYTES:
-        ctx.problems.add(section, key, f"{path}: too large for a password file")
-        return INVALID
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        ctx.problems.add(section, key, f"{path}: not UTF-8 text")
-        return INVALID
-    # Editors and `echo` add a final newline; it is never part of the password.
-    secret = text.rstrip("\r\n")
-    if not secret:
-        ctx.problems.add(section, key, f"{path}: file is empty")
-        return INVALID
-    if "\n" in secret or "\r" in secret:
-        ctx.problems.add(section, key, f"{path}: holds several lines; put only the password in it")
-        return INVALID
-    return secret
-
-
-def _secret_from_env(ctx: _Context, section: str, key: str, value: str) -> Any:
-    secret = ctx.environ.get(value)
-    if secret is None:
-        ctx.problems.add(section, key, f"environment variable {value} is not set")
-        return INVALID
-    if secret == "":
-        ctx.problems.add(section, key, f"environment variable {value} is empty")
-        return INVALID
-    return secret
-
-
-# ---------------------------------------------------------------------------
 # Sections
 
 
@@ -850,53 +975,41 @@ def _mark_unknown(values: Dict[str, Any], written: Sequence[str], meant: Sequenc
     return guessed
 
 
-def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str] = ()) -> Dict[str, Any]:
-    out: Dict[str, Any] = {
-        "listen": ("127.0.0.1", 9731),
-        "interval": 60.0,
-        "timeout": 10.0,
-        "log_level": "info",
-        "log_format": "text",
-        "schedule": True,
-        "max_connections_per_host": 8,
-        "max_probe_requests": 64,
-        "probe_reuse_window": 5.0,
-        "instance_id": None,
-        "runbook_url": RUNBOOK_URL,
-    }
+def _read_keys(
+    kind: str, section: str, items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str] = ()
+) -> Tuple[Dict[str, Any], FrozenSet[str]]:
+    """The keys given in one section of `kind` (FCMON, WEB, DEFAULTS, TARGET), each
+    read by its own parser (INVALID when it cannot be used), every unknown one
+    reported; and the keys only guessed from a misspelling (_mark_unknown)."""
+    allowed = KEYS.names(kind)
+    given: Dict[str, Any] = {}
     meant = list(meant)
     for key, value in items:
-        if key not in FCMON_KEYS:
-            guess = _unknown(ctx, FCMON, key, FCMON_KEYS)
+        if key not in allowed:
+            guess = _unknown(ctx, section, key, allowed)
             if guess is not None:
                 meant.append(guess)
             continue
-        if not _single_line(ctx, FCMON, key, value):
-            out[key] = INVALID
-        elif key == "listen":
-            out[key] = _listen(ctx, value)
-        elif key in ("interval", "timeout"):
-            out[key] = _number(ctx, FCMON, key, value)
-        elif key == "log_level":
-            out[key] = _choice(ctx, FCMON, key, value, LOG_LEVELS)
-        elif key == "schedule":
-            out[key] = _boolean(ctx, FCMON, key, value)
-        elif key in ("max_connections_per_host", "max_probe_requests"):
-            out[key] = _integer(ctx, FCMON, key, value, 1)
-        elif key == "probe_reuse_window":
-            out[key] = _seconds_or_zero(ctx, FCMON, key, value)
-        elif key == "instance_id":
-            if INSTANCE_ID_RE.fullmatch(value):
-                out[key] = value
-            else:
-                ctx.problems.add(FCMON, key, f'"{value}": 1 to 64 letters, digits and _ . - (it goes into '
-                                 "the description of every session fcmon creates)")
-                out[key] = INVALID
-        elif key == "runbook_url":
-            out[key] = _runbook_url(ctx, value)
+        if _single_line(ctx, section, key, value):
+            given[key] = KEYS[key].parse(ctx, section, key, value)
         else:
-            out[key] = _choice(ctx, FCMON, key, value, LOG_FORMATS)
-    _mark_unknown(out, [k for k, _ in items], [k for k in meant if k in FCMON_KEYS])
+            given[key] = INVALID
+    guessed = _mark_unknown(given, [k for k, _ in items], [k for k in meant if k in allowed])
+    return given, guessed
+
+
+def _fields(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Key name -> value, as dataclass keyword arguments (a tuple value spread over its key's fields)."""
+    out: Dict[str, Any] = {}
+    for name, value in values.items():
+        fields = KEYS[name].fields
+        out.update({fields[0]: value} if len(fields) == 1 else zip(fields, value))
+    return out
+
+
+def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str] = ()) -> Dict[str, Any]:
+    given, _guessed = _read_keys(FCMON, FCMON, items, ctx, meant)
+    out = {k: given.get(k, KEYS[k].default) for k in FCMON_KEYS}
     interval, timeout = out["interval"], out["timeout"]
     if interval is not INVALID and timeout is not INVALID and timeout >= interval:
         ctx.problems.add(
@@ -906,60 +1019,14 @@ def _parse_fcmon(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[st
 
 
 def _parse_web(items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str] = ()) -> WebConfig:
-    values: Dict[str, Any] = {}
-    meant = list(meant)
-    for key, value in items:
-        if key not in WEB_KEYS:
-            guess = _unknown(ctx, WEB, key, WEB_KEYS)
-            if guess is not None:
-                meant.append(guess)
-            continue
-        if not _single_line(ctx, WEB, key, value):
-            values[key] = INVALID
-        elif key == "basic_auth_username":
-            values[key] = value
-        elif key == "basic_auth_password_file":
-            values[key] = _secret_from_file(ctx, WEB, key, value)
-        elif key == "max_connections_per_client":
-            values[key] = _integer(ctx, WEB, key, value, 1)
-        elif key == "allowed_hosts":
-            values[key] = _host_patterns(ctx, value)
-        else:
-            values[key] = _path(ctx, WEB, key, value)
-    guessed = _mark_unknown(values, [k for k, _ in items], [k for k in meant if k in WEB_KEYS])
-
+    values, guessed = _read_keys(WEB, WEB, items, ctx, meant)
     p = ctx.problems
     _require_together(p, WEB, values, "tls_cert_file", "tls_key_file", guessed)
     _require_together(p, WEB, values, "basic_auth_username", "basic_auth_password_file", guessed)
     if "client_ca_file" in values and "client_ca_file" not in guessed and "tls_cert_file" not in values:
         p.add(WEB, "client_ca_file", "needs tls_cert_file and tls_key_file: client certificates need TLS")
-
-    def get(key: str) -> Any:
-        v = values.get(key)
-        return None if v is INVALID else v
-
-    return WebConfig(
-        tls_cert_file=get("tls_cert_file"),
-        tls_key_file=get("tls_key_file"),
-        client_ca_file=get("client_ca_file"),
-        basic_auth_username=get("basic_auth_username"),
-        basic_auth_password=get("basic_auth_password_file"),
-        max_connections_per_client=get("max_connections_per_client") or WebConfig.max_connections_per_client,
-        allowed_hosts=get("allowed_hosts"),
-    )
-
-
-_HOST_PATTERN = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*)")
-
-
-def _host_patterns(ctx: _Context, value: str) -> Any:
-    """`allowed_hosts`: names, `*.suffix` or `*`, separated by commas or spaces."""
-    items = [v for v in re.split(r"[,\s]+", value.strip().lower()) if v]
-    bad = [v for v in items if not _HOST_PATTERN.fullmatch(v.rstrip("."))]
-    if not items or bad:
-        ctx.problems.add(WEB, "allowed_hosts", f'expected host names, "*.domain" or "*", got "{value}"')
-        return INVALID
-    return tuple(v.rstrip(".") for v in items)
+    # An unusable key (reported) leaves its default: the config is refused anyway.
+    return WebConfig(**_fields({k: v for k, v in values.items() if v is not INVALID}))
 
 
 def _require_together(
@@ -996,43 +1063,8 @@ class _Section:
 def _parse_target_section(
     section: str, items: List[Tuple[str, str]], ctx: _Context, meant: Sequence[str] = ()
 ) -> _Section:
-    allowed = DEFAULTS_KEYS if section == DEFAULTS else TARGET_KEYS
-    given: Dict[str, Any] = {}
-    meant = list(meant)
-    for key, value in items:
-        if key not in allowed:
-            guess = _unknown(ctx, section, key, allowed)
-            if guess is not None:
-                meant.append(guess)
-            continue
-        if not _single_line(ctx, section, key, value):
-            given[key] = INVALID
-        elif key == "endpoint":
-            given[key] = _endpoint(ctx, section, value)
-        elif key == "username":
-            given[key] = value
-        elif key in ("password_file", "client_key_password_file"):
-            given[key] = _secret_from_file(ctx, section, key, value)
-        elif key in ("password_env", "client_key_password_env"):
-            given[key] = _secret_from_env(ctx, section, key, value)
-        elif key == "password":
-            given[key] = value
-        elif key in ("ca_file", "client_cert_file", "client_key_file"):
-            given[key] = _path(ctx, section, key, value)
-        elif key in ("interval", "timeout", "listener_interval"):
-            given[key] = _number(ctx, section, key, value)
-        elif key in ("allow_insecure_http", "listeners_discover", "session_census"):
-            given[key] = _boolean(ctx, section, key, value)
-        elif key == "listeners":
-            given[key] = _listeners(ctx, section, value)
-        elif key == "session_census_usernames":
-            given[key] = _usernames(ctx, section, key, value)
-        elif key in ("session_idle_timeout", "account_sessions_limit", "max_listeners"):
-            given[key] = _integer(ctx, section, key, value, 1)
-        else:
-            given[key] = _integer(ctx, section, key, value, MIN_MAX_RESPONSE_BYTES)
+    given, guessed = _read_keys(DEFAULTS if section == DEFAULTS else TARGET, section, items, ctx, meant)
     written = [k for k, _ in items]
-    guessed = _mark_unknown(given, written, [k for k in meant if k in allowed])
 
     sec = _Section(section, given, guessed=guessed)
     p = ctx.problems
@@ -1095,9 +1127,14 @@ def _build_target(
     key_password = kp_src.client_key_password if kp_src else None
     kp_key = kp_src.first(KEY_PASSWORD_KEYS) if kp_src else None
 
+    # What the target gets: its own key, else [defaults]' (both in merged),
+    # else [fcmon]'s for a key [fcmon] has too, else the table's default.
+    values = {k: merged[k] if k in merged else fcmon[k] if k in fcmon else KEYS[k].default
+              for k in TARGET_KEYS if k not in PASSWORD_KEYS + KEY_PASSWORD_KEYS}
+
     ok = True
-    endpoint = merged.get("endpoint")
-    insecure = merged.get("allow_insecure_http", False)
+    endpoint = values["endpoint"]
+    insecure = values["allow_insecure_http"]
     if endpoint is None:
         problems.add(
             section,
@@ -1115,21 +1152,20 @@ def _build_target(
             )
             ok = False
 
-    if pw_key is not None and pw_key not in pw_src.guessed and merged.get("username") is None:
+    if pw_key is not None and pw_key not in pw_src.guessed and values["username"] is None:
         where = "" if pw_src is own else f" (inherited from [{pw_src.name}])"
         problems.add(section, pw_key, f"given without username{where}")
         ok = False
-    if kp_key is not None and kp_src is own and kp_key not in own.guessed and merged.get("client_key_file") is None:
+    if kp_key is not None and kp_src is own and kp_key not in own.guessed and values["client_key_file"] is None:
         problems.add(section, kp_key, "given without client_key_file")
         ok = False
 
     _check_interval_timeout(section, own, fcmon, defaults, problems)
 
-    interval = _effective("interval", own, defaults, fcmon)
-    timeout = _effective("timeout", own, defaults, fcmon)
-    listeners = merged.get("listeners", ("auto", ()))
-    discover = merged.get("listeners_discover", True)
-    listener_interval = merged.get("listener_interval", DEFAULT_LISTENER_INTERVAL)
+    timeout = values["timeout"]
+    listeners = values["listeners"]
+    discover = values["listeners_discover"]
+    listener_interval = values["listener_interval"]
     if listeners is not INVALID and discover is False and listeners[0] == "auto":
         problems.add(
             section,
@@ -1145,42 +1181,19 @@ def _build_target(
             f"must be greater than timeout ({_num(timeout)}), got {_num(listener_interval)}",
         )
         ok = False
-    census_users = merged.get("session_census_usernames", ())
-    if census_users and census_users is not INVALID and merged.get("session_census", True) is False:
+    census_users = values["session_census_usernames"]
+    if census_users and census_users is not INVALID and values["session_census"] is False:
         problems.add(section, "session_census_usernames",
                      "needs session_census = true (the counts come with the census)")
         ok = False
-    values = list(merged.values()) + [password, key_password, interval, timeout]
     if (
         endpoint is None
         or not ok
-        or any(v is INVALID for v in values)
+        or any(v is INVALID for v in list(values.values()) + [password, key_password])
         or not TARGET_NAME_RE.fullmatch(name)
     ):
         return None
-    return TargetConfig(
-        name=name,
-        endpoint=endpoint,
-        username=merged.get("username"),
-        password=password,
-        ca_file=merged.get("ca_file"),
-        client_cert_file=merged.get("client_cert_file"),
-        client_key_file=merged.get("client_key_file"),
-        client_key_password=key_password,
-        interval=interval,
-        timeout=timeout,
-        allow_insecure_http=insecure,
-        session_idle_timeout=merged.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT),
-        max_response_bytes=merged.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES),
-        listeners_mode=listeners[0],
-        listeners=listeners[1],
-        listeners_discover=discover,
-        listener_interval=listener_interval,
-        session_census=merged.get("session_census", True),
-        account_sessions_limit=merged.get("account_sessions_limit", DEFAULT_ACCOUNT_SESSIONS_LIMIT),
-        max_listeners=merged.get("max_listeners", DEFAULT_MAX_LISTENERS),
-        session_census_usernames=merged.get("session_census_usernames", ()),
-    )
+    return TargetConfig(name=name, password=password, client_key_password=key_password, **_fields(values))
 
 
 def _effective(
@@ -1246,5 +1259,4 @@ def _is_ip(text: str) -> bool:
 
 def _secret(value: Optional[str]) -> str:
     return "<none>" if value is None else "<redacted>"
-
 

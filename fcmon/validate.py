@@ -22,7 +22,7 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Uni
 from cryptography import x509
 
 from . import certs
-from .config import Config, ConfigError, load_config, redacted_summary, resolve_path
+from .config import SECRET_FILE_KEYS, Config, ConfigError, load_config, redacted_summary, resolve_path
 from .levels import whole_days
 
 log = logging.getLogger(__name__)
@@ -169,10 +169,6 @@ def _private_file_warning(path: Path, where: str, found: _Findings) -> None:
             "chmod 600 (or 640 with fcmon's group), or pass it with LoadCredential= (README)")
 
 
-# Keys naming a file that holds a secret, and where their sections are.
-_SECRET_FILE_KEYS = ("password_file", "client_key_password_file", "basic_auth_password_file")
-
-
 def _secret_file_warnings(config: Config, environ: Mapping[str, str], found: _Findings) -> None:
     """World-readable password files. The config keeps the secrets, not their
     files' names, so the file is read again for the names (it loaded: no
@@ -186,7 +182,7 @@ def _secret_file_warnings(config: Config, environ: Mapping[str, str], found: _Fi
         return
     seen = set()
     for section in parser.sections():
-        for key in _SECRET_FILE_KEYS:
+        for key in SECRET_FILE_KEYS:
             value = parser.get(section, key, fallback=None)
             if not value:
                 continue
