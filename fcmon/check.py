@@ -161,7 +161,7 @@ def listener_perfdata(target: str, round_: Optional[ListenerRound], warn_days: f
     return out
 
 
-def render_text(verdicts: Sequence[Verdict], warn_days: float = 30.0, crit_days: float = 7.0,
+def render_text(verdicts: Sequence[Verdict], warn_days: float = CERT_WARN_DAYS, crit_days: float = CERT_CRIT_DAYS,
                 now: Optional[float] = None, sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
                 sessions_crit: float = levels.SESSIONS_CRIT_PERCENT) -> str:
     status = overall(verdicts)

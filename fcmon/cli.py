@@ -46,9 +46,9 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
                        help="probe only this target (repeatable)")
     check.add_argument("--format", choices=("text", "json", "prometheus"), default="text")
     check.add_argument("--warn-days", type=float, default=CERT_WARN_DAYS, metavar="N",
-                       help=f"WARNING when a certificate expires within N days (default {CERT_WARN_DAYS:g})")
+                       help=f"WARNING when a certificate has less than N days left (default {CERT_WARN_DAYS:g})")
     check.add_argument("--crit-days", type=float, default=CERT_CRIT_DAYS, metavar="N",
-                       help=f"CRITICAL when a certificate expires within N days (default {CERT_CRIT_DAYS:g})")
+                       help=f"CRITICAL when a certificate has less than N days left (default {CERT_CRIT_DAYS:g})")
     check.add_argument("--sessions-warn", type=float, default=80.0, metavar="PCT",
                        help="WARNING when the account holds more than PCT%% of its session limit "
                        "(account_sessions_limit; default 80)")

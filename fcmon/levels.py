@@ -1,13 +1,18 @@
 """How bad it is: one rule for certificates, targets and listeners, in every output.
 
-The status page, /api/v1/status, `fcmon check` (text, JSON, perfdata) and
-the alert rules judge the same way:
+The status page, /api/v1/status, `fcmon check` (text, JSON, perfdata), the
+alert rules and the dashboard's colours judge the same way (held to this
+module by tests/test_status.py::test_the_threshold_boundary_is_the_same_everywhere,
+tests/test_alerts.py::test_certificate_alerts_fire_at_the_level_fcmon_levels_gives
+and ::test_dashboard_colours_certificates_as_levels_does):
 
 - a certificate with `d` days left (exact, from its notAfter) is `expired`
   when d < 0, `critical` when d < crit (7), `warning` when d < warn (30),
   else `ok`. At exactly 7 days it is a warning, at exactly 30 days ok: the
-  rules' `< 7 * 86400 >= 0` and `< 30 * 86400 >= 7 * 86400`, and Nagios'
-  perfdata ranges `30:` and `7:` (alert below the number) say the same.
+  rules' `< 7 * 86400 >= 0` and `< 30 * 86400 >= 7 * 86400`, Nagios'
+  perfdata ranges `30:` and `7:` (alert below the number) and Grafana's
+  threshold steps at 7 and 30 (a step applies from its value up) say the
+  same.
 - for people (page, check's text, logs) days are whole days, rounded down
   (`days_text`): "6 days left" is critical, "7 days left" a warning, so the
   number shown never crosses a threshold the level did not. Metrics and

@@ -207,6 +207,72 @@ def test_certificate_alerts_use_the_base_unit_and_split_the_thresholds() -> None
         assert critical["labels"]["severity"] == expired["labels"]["severity"] == "critical"
 
 
+#: Certificate alert families: (alert name part, metric, extra labels), one per
+#: cert label value the rules select.
+CERT_FAMILIES = (
+    ("Server", "fcmon_cert_not_after_timestamp_seconds", {"cert": "server"}),
+    ("Server", "fcmon_cert_not_after_timestamp_seconds", {"cert": "chain"}),
+    ("Client", "fcmon_cert_not_after_timestamp_seconds", {"cert": "client"}),
+    ("CA", "fcmon_cert_not_after_timestamp_seconds", {"cert": "ca"}),
+    ("Listener", "fcmon_listener_cert_not_after_timestamp_seconds",
+     {"cert": "server", "listener": "mqtts8883", "port": "8883"}),
+    ("Listener", "fcmon_listener_cert_not_after_timestamp_seconds",
+     {"cert": "chain", "listener": "mqtts8883", "port": "8883"}),
+)
+
+
+def test_certificate_alerts_fire_at_the_level_fcmon_levels_gives(tmp_path: Path) -> None:
+    """One rule (fcmon/levels.py) for the alerts too: for every certificate
+    family, at each threshold, one second either side and a little inside,
+    the alert firing is the one for the level cert_level gives (none for
+    ok). Each series keeps its seconds left constant (not_after grows with
+    time()), so every `for:` has elapsed at 30m."""
+    from fcmon.levels import DEFAULT_THRESHOLDS, SECONDS_PER_DAY, cert_level
+
+    promtool = require_tool("promtool")
+    day = int(SECONDS_PER_DAY)
+    warn, crit = int(DEFAULT_THRESHOLDS.warn_days * day), int(DEFAULT_THRESHOLDS.crit_days * day)
+    lefts = [400 * day, warn + 1, warn, warn - 1, warn - day // 100, crit + 1, crit, crit - 1,
+             crit - day // 100, 1, 0, -1, -crit]
+    suffix = {"warning": "ExpiringSoon", "critical": "ExpiringCritical", "expired": "Expired"}
+    rules = alert_rules()
+    series, expected = [], []
+    levels_seen = set()
+    for f, (role, metric, extra) in enumerate(CERT_FAMILIES):
+        for i, left in enumerate(lefts):
+            labels = {"target": f"t{f}_{i}", "subject": "CN=x", "serial": f"s{f}_{i}", **extra}
+            text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            series.append({"series": f"{metric}{{{text}}}", "values": f"{left}+60x40"})
+            level = cert_level(left / SECONDS_PER_DAY)
+            levels_seen.add((left, level))
+            if level == "ok":
+                continue
+            name = f"Fcmon{role}Cert{suffix[level]}"
+            severity = rules[name]["labels"]["severity"]
+            expected.append({"labels": f'ALERTS{{alertname="{name}",alertstate="firing",severity="{severity}",{text}}}',
+                             "value": 1})
+    # the boundaries themselves: exactly 30 days ok, exactly 7 a warning, exactly 0 critical
+    assert {(warn, "ok"), (warn - 1, "warning"), (crit, "warning"), (crit - 1, "critical"),
+            (0, "critical"), (-1, "expired")} <= levels_seen
+    doc = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [{
+                "expr": 'ALERTS{alertstate="firing",alertname=~"Fcmon(Server|Client|CA|Listener)Cert.*"}',
+                "eval_time": "30m",
+                "exp_samples": expected,
+            }],
+        }],
+    }
+    test_file = tmp_path / "levels.test.yml"
+    test_file.write_text(yaml.safe_dump(doc))
+    code, out = run_tool(promtool, "test", "rules", str(test_file), cwd=tmp_path)
+    assert code == 0 and "SUCCESS" in out, out
+
+
 def test_every_alert_fires_and_stays_silent_in_the_unit_tests() -> None:
     rules = alert_rules()
     doc = load_yaml(RULE_TESTS)
@@ -285,3 +351,24 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     path.write_text(json.dumps(rules))
     code, out = run_tool(promtool, "check", "rules", str(path))
     assert code == 0, out
+
+
+def test_dashboard_colours_certificates_as_levels_does() -> None:
+    """Grafana colours a value by the last step at or below it: red below 7
+    days, orange from exactly 7 (a warning, as fcmon/levels.py says) and
+    green from exactly 30 (ok). Every panel showing days left uses these."""
+    from fcmon.levels import DEFAULT_THRESHOLDS
+
+    def walk(panels: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        return [q for p in panels for q in [p] + walk(p.get("panels", []))]
+
+    days_panels = [p for p in walk(dashboard()["panels"])
+                   if any("cert_not_after_timestamp_seconds" in t["expr"] and "/ 86400" in t["expr"]
+                          for t in p.get("targets", []))]
+    assert len(days_panels) >= 2, "server and listener certificates"
+    for panel in days_panels:
+        steps = panel["fieldConfig"]["defaults"]["thresholds"]
+        assert steps["mode"] == "absolute", panel["title"]
+        assert [(s["color"], s["value"]) for s in steps["steps"]] == [
+            ("red", None), ("orange", DEFAULT_THRESHOLDS.crit_days), ("green", DEFAULT_THRESHOLDS.warn_days)
+        ], panel["title"]
