@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import difflib
+import functools
 import ipaddress
 import logging
 import math
@@ -191,16 +192,12 @@ def _choice(ctx: _Context, section: str, key: str, value: str, choices: Sequence
 
 def _at_least(minimum: int) -> "Parser":
     """A whole number of at least `minimum`."""
-    def parse(ctx: _Context, section: str, key: str, value: str) -> Any:
-        return _integer(ctx, section, key, value, minimum)
-    return parse
+    return functools.partial(_integer, minimum=minimum)
 
 
 def _one_of(choices: Sequence[str]) -> "Parser":
     """One of `choices`, in any case."""
-    def parse(ctx: _Context, section: str, key: str, value: str) -> Any:
-        return _choice(ctx, section, key, value, choices)
-    return parse
+    return functools.partial(_choice, choices=choices)
 
 
 def _text(ctx: _Context, section: str, key: str, value: str) -> Any:
