@@ -31,8 +31,8 @@ def main() -> int:
     t_begin = time.monotonic()
 
     from fcmon.config import load_config
-    from fcmon.metrics import MetricsStore
-    from fcmon.probe import Prober
+    from fcmon.export.metrics import MetricsStore
+    from fcmon.probe.run import Prober
 
     config = load_config(args.config)
     target = config.targets[0]

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from fcmon.probe import CLEANUP_GRACE
-from fcmon.scheduler import first_round_offset
+from fcmon.probe.run import CLEANUP_GRACE
+from fcmon.service.scheduler import first_round_offset
 
 from . import blackbox
 from .procs import (
@@ -360,7 +360,7 @@ class ScaleStep:
 def runs_due(first: float, phase: float, interval: float, horizon: float, min_gap: float = 0.0) -> int:
     """Runs of one target due by `horizon` under fcmon's schedule: the first
     at `first`, then every phase + k * interval at least max(half an
-    interval, min_gap) after it (fcmon.scheduler.PhasedTrigger; min_gap is
+    interval, min_gap) after it (fcmon.service.scheduler.PhasedTrigger; min_gap is
     the probe's timeout + cleanup grace)."""
     if horizon < first:
         return 0

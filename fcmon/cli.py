@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
 from . import __version__
-from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
+from .probe.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from .config import ConfigError, default_config_path, load_config
 
 EPILOG = "Docs: README.md. Config reference: config.ini (every key, commented)."
@@ -117,7 +117,7 @@ def main(argv: Optional[List[str]] = None, environ: Mapping[str, str] = os.envir
         if args.command == "check":
             return _check(args, environ)
         if args.command == "validate":
-            from .validate import validate
+            from .commands.validate import validate
 
             summary, problems = validate(Path(args.config), environ)
             for line in summary:
@@ -174,15 +174,15 @@ def _assets(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     """`run` and `demo`: the daemon; an address it cannot bind is one line, exit 1."""
-    from .logs import stream_is_journal
-    from .web import ListenError
+    from .service.logs import stream_is_journal
+    from .web.app import ListenError
 
     try:
         if args.command == "demo":
-            from .demo import run_demo
+            from .commands.demo import run_demo
 
             return run_demo(args.listen, environ=environ)
-        from .daemon import run_daemon
+        from .service.daemon import run_daemon
 
         return run_daemon(Path(args.config), environ)
     except ListenError as exc:
@@ -197,9 +197,9 @@ def _serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 
 def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
-    from .check import UNKNOWN, config_summary, render_prometheus, render_unknown, run_check, \
+    from .commands.check import UNKNOWN, config_summary, render_prometheus, render_unknown, run_check, \
         select_targets, write_atomically
-    from .instance import instance_id
+    from .service.instance import instance_id
 
     def unknown(summary: str, problems: Sequence[str] = (), config_ok: Optional[bool] = None) -> int:
         sys.stdout.write(render_unknown(args.format, summary, problems, config_ok))

@@ -538,7 +538,7 @@ KEYS = KeyTable(
     # /probe serves a probe's result again to calls for the same target for
     # this many seconds after it ended (0: every call probes).
     Key("probe_reuse_window", _seconds_or_zero, (FCMON,), 5.0),
-    # names this fcmon in the sessions it creates (fcmon/instance.py); None:
+    # names this fcmon in the sessions it creates (fcmon/service/instance.py); None:
     # derived from the machine, the config path and the listen address
     Key("instance_id", _instance_id, (FCMON,)),
     # where docs/runbook.md is published: the status page links failures
@@ -570,13 +570,13 @@ KEYS = KeyTable(
     Key("allow_insecure_http", _boolean, _ANY_TARGET, False),
     Key("session_idle_timeout", _at_least(1), _ANY_TARGET, 300),
     Key("max_response_bytes", _at_least(MIN_MAX_RESPONSE_BYTES), _ANY_TARGET, 1048576),
-    # TLS listeners besides the endpoint (fcmon/listeners.py): "auto" asks
+    # TLS listeners besides the endpoint (fcmon/probe/listeners.py): "auto" asks
     # listServices, "none" checks none, "list" checks the (NAME, PORT)s
     # given (and, with `listeners_discover`, the discovered ones too).
     Key("listeners", _listeners, _ANY_TARGET, ("auto", ()), fields=("listeners_mode", "listeners")),
     Key("listeners_discover", _boolean, _ANY_TARGET, True),
     Key("listener_interval", _number, _ANY_TARGET, 600.0),
-    # describeSessions before deleteSession (fcmon/census.py), and the
+    # describeSessions before deleteSession (fcmon/probe/census.py), and the
     # account's session limit the census is measured against (FairCom's
     # maxJsonApiSessionsPerUsername)
     Key("session_census", _boolean, _ANY_TARGET, True),

@@ -560,7 +560,7 @@ def mutate_body(answer: Dict[str, object], kind: str, server: Optional[ChaosServ
 
 
 # -- the session census: describeSessions and listSessions answers, each
-# field of the documented shape spoilt in turn (fcmon/census.py must read
+# field of the documented shape spoilt in turn (fcmon/probe/census.py must read
 # them all without a failure of the probe).
 
 CENSUS_BODY = (

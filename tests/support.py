@@ -352,10 +352,10 @@ class Blackhole:
 def threads_besides_resolver() -> int:
     """Threads alive, not counting fcmon's resolver pool: its threads
     (bounded by Resolver.max_threads) outlive a probe by design, idle for
-    fcmon.resolver.IDLE_SECONDS, so a probe's baseline leaves them out."""
+    fcmon.probe.resolver.IDLE_SECONDS, so a probe's baseline leaves them out."""
     import threading
 
-    from fcmon import resolver
+    from fcmon.probe import resolver
 
     pool = [t for t in threading.enumerate() if t.name == resolver.THREAD_NAME]
     assert len(pool) <= resolver.DEFAULT.max_threads

@@ -222,12 +222,12 @@ CERT_FAMILIES = (
 
 
 def test_certificate_alerts_fire_at_the_level_fcmon_levels_gives(tmp_path: Path) -> None:
-    """One rule (fcmon/levels.py) for the alerts too: for every certificate
+    """One rule (fcmon/probe/levels.py) for the alerts too: for every certificate
     family, at each threshold, one second either side and a little inside,
     the alert firing is the one for the level cert_level gives (none for
     ok). Each series keeps its seconds left constant (not_after grows with
     time()), so every `for:` has elapsed at 30m."""
-    from fcmon.levels import DEFAULT_THRESHOLDS, SECONDS_PER_DAY, cert_level
+    from fcmon.probe.levels import DEFAULT_THRESHOLDS, SECONDS_PER_DAY, cert_level
 
     promtool = require_tool("promtool")
     day = int(SECONDS_PER_DAY)
@@ -355,9 +355,9 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
 
 def test_dashboard_colours_certificates_as_levels_does() -> None:
     """Grafana colours a value by the last step at or below it: red below 7
-    days, orange from exactly 7 (a warning, as fcmon/levels.py says) and
+    days, orange from exactly 7 (a warning, as fcmon/probe/levels.py says) and
     green from exactly 30 (ok). Every panel showing days left uses these."""
-    from fcmon.levels import DEFAULT_THRESHOLDS
+    from fcmon.probe.levels import DEFAULT_THRESHOLDS
 
     def walk(panels: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         return [q for p in panels for q in [p] + walk(p.get("panels", []))]

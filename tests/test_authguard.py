@@ -1,5 +1,5 @@
 """Failed basic auth: counted, logged without secrets, slowed per address
-(fcmon/authguard.py), the wait spent on the event loop, not a thread."""
+(fcmon/web/authguard.py), the wait spent on the event loop, not a thread."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import List
 
 import pytest
 
-import fcmon.authguard as authguard
-from fcmon.authguard import AuthGuard
+import fcmon.web.authguard as authguard
+from fcmon.web.authguard import AuthGuard
 from fcmon.config import WebConfig
-from fcmon.web import App, WebServer
+from fcmon.web.app import App, WebServer
 
 from support import wait_for
 
@@ -80,7 +80,7 @@ def test_guesser_is_slowed_and_others_are_not(monkeypatch: pytest.MonkeyPatch,
     web = WebServer(app, "127.0.0.1", 0, None)
     web.start()
     try:
-        caplog.set_level(logging.WARNING, logger="fcmon.authguard")
+        caplog.set_level(logging.WARNING, logger="fcmon.web.authguard")
         # One guess after another: FREE_FAILURES at once, then one a PENALTY.
         started = time.monotonic()
         for i in range(8):
@@ -102,7 +102,7 @@ def test_guesser_is_slowed_and_others_are_not(monkeypatch: pytest.MonkeyPatch,
         assert set(statuses) <= {"401", "429"}
         assert statuses.count("401") <= int(1.0 / 0.2) + 2
         assert len(failures) == 8 + statuses.count("401")
-        lines = [r.getMessage() for r in caplog.records if r.name == "fcmon.authguard"]
+        lines = [r.getMessage() for r in caplog.records if r.name == "fcmon.web.authguard"]
         assert lines and "127.0.0.2" in lines[0]
         assert len(lines) <= 1 + int(elapsed / authguard.LOG_EVERY)  # rate-limited
         assert not any("guess" in line or PASSWORD in line or "prometheus" in line for line in lines)

@@ -15,7 +15,7 @@ from typing import Any, Iterator, List
 import pytest
 import requests
 
-from fcmon.census import (
+from fcmon.probe.census import (
     CensusUnavailable,
     description_instance,
     is_fcmon,
@@ -25,9 +25,9 @@ from fcmon.census import (
 )
 from fcmon.config import Config
 from fcmon.emulator import Emulator, Fault
-from fcmon.instance import instance_id
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.probe import CLEANUP_GRACE, REAP_MARGIN, REAP_MAX_PER_PROBE, Prober
+from fcmon.service.instance import instance_id
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.run import CLEANUP_GRACE, REAP_MARGIN, REAP_MAX_PER_PROBE, Prober
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
@@ -249,7 +249,7 @@ def test_unknown_action_is_not_available_logged_once_and_the_probe_is_up(
     emu.set_fault("describeSessions", Fault(error_code=14701, error_message="unknown action"))
     prober = Prober(instance_id=ME)
     target = make_target(test_pki, emu)
-    with caplog.at_level(logging.INFO, logger="fcmon.probe"):
+    with caplog.at_level(logging.INFO, logger="fcmon.probe.run"):
         results = [prober.probe(target) for _ in range(3)]
     assert all(r.up and r.census is None for r in results)
     assert results[0].census_unavailable == "describeSessions answered errorCode 14701"
@@ -260,7 +260,7 @@ def test_unknown_action_is_not_available_logged_once_and_the_probe_is_up(
     assert sample(text, "fcmon_account_sessions", target="prod") is None
     assert sample(text, "fcmon_up", target="prod") == 1
     emu.clear_faults()
-    with caplog.at_level(logging.INFO, logger="fcmon.probe"):
+    with caplog.at_level(logging.INFO, logger="fcmon.probe.run"):
         back = prober.probe(target)
     assert back.census is not None
     assert any("session census available again" in r.getMessage() for r in caplog.records)
@@ -335,7 +335,7 @@ def test_per_user_counts_for_configured_names_only(test_pki: PKI, wall: WallCloc
         assert sent[-1]["params"] == {"usernameFilter": ["app", "NOBODY"]}
         # without permission or the action: no counts, logged once, the census and the probe fine
         emu.set_fault("listSessions", Fault(error_code=12030))
-        with caplog.at_level(logging.INFO, logger="fcmon.probe"):
+        with caplog.at_level(logging.INFO, logger="fcmon.probe.run"):
             results = [prober.probe(target) for _ in range(2)]
         assert all(r.up and r.census is not None and r.census.by_user == () for r in results)
         notes = [r for r in caplog.records if "per-user session counts not available" in r.getMessage()]

@@ -16,9 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fcmon.census import parse_census
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.probe import Prober
+from fcmon.probe.census import parse_census
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.run import Prober
 from prometheus_client import CollectorRegistry
 
 from chaos import BODY, CENSUS_BODY, FRAMING, HOW, MESSAGE_WHERE, ChaosServer, Fault, census_answer
@@ -83,7 +83,7 @@ def test_each_census_body(kind: str, test_pki: PKI, census_server: ChaosServer, 
 def test_the_grammar_parses_without_surprise() -> None:
     """Every body, as parse_census sees it (listSessions' too): a census or
     CensusUnavailable, never another exception."""
-    from fcmon.census import CensusUnavailable
+    from fcmon.probe.census import CensusUnavailable
 
     for action in ("describeSessions", "listSessions"):
         for kind in CENSUS_BODY:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import pytest
 import requests
 
-from fcmon.census import description_instance
+from fcmon.probe.census import description_instance
 from fcmon.emulator import Emulator, Fault
 
 from support import PKI, FcmonProcess, require_tool, sample, scrape, target_section, wait_for
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 
 INTERVAL = 3.0
 TIMEOUT = 1.5
-# timeout + delete grace + timestamp margin (fcmon/probe.py)
+# timeout + delete grace + timestamp margin (fcmon/probe/run.py)
 LONGEST_PROBE = TIMEOUT + 0.9 + 2.0
 
 

@@ -10,12 +10,12 @@ from typing import Iterator, List
 import pytest
 import requests
 
-from fcmon import statuspage
-from fcmon.check import OK, WARNING, CRITICAL, judge, render_text
+from fcmon.web import statuspage
+from fcmon.commands.check import OK, WARNING, CRITICAL, judge, render_text
 from fcmon.config import TargetConfig
 from fcmon.emulator import Emulator
-from fcmon.result import Failure, ProbeResult, SessionCensus
-from fcmon.status import StatusBoard
+from fcmon.probe.result import Failure, ProbeResult, SessionCensus
+from fcmon.export.status import StatusBoard
 
 from support import PKI, fcmon_command, target_section
 
@@ -102,8 +102,8 @@ def test_check_process_warns_with_45_other_sessions(test_pki: PKI, crowded: Emul
 
 
 def test_debug_log_says_what_the_census_saw_and_the_description(test_pki: PKI, crowded: Emulator) -> None:
-    from fcmon import debuglog
-    from fcmon.probe import Prober
+    from fcmon.probe import debuglog
+    from fcmon.probe.run import Prober
     from support import make_target
 
     _open(test_pki, crowded, 2)

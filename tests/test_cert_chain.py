@@ -17,10 +17,11 @@ from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from fcmon import certs, pki
+from fcmon.probe import certs
+from fcmon import pki
 from fcmon.emulator import Emulator
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.probe import Prober
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.run import Prober
 
 from support import PKI, make_target, sample
 

@@ -34,17 +34,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from fcmon import check, debuglog, statuspage
-from fcmon.client import ApiClient
+from fcmon.commands import check
+from fcmon.probe import debuglog
+from fcmon.web import statuspage
+from fcmon.probe.client import ApiClient
 from fcmon.config import TargetConfig
-from fcmon.exposition import TextRenderer
-from fcmon.listeners import ListenerResult, ListenerRound, parse_listeners
-from fcmon.logs import TEXT_FORMAT, JsonFormatter
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.probe import Prober
-from fcmon.result import REASONS, STAGES, ProbeResult
-from fcmon.servertext import REPLACED, clean
-from fcmon.status import StatusBoard
+from fcmon.export.exposition import TextRenderer
+from fcmon.probe.listeners import ListenerResult, ListenerRound, parse_listeners
+from fcmon.service.logs import TEXT_FORMAT, JsonFormatter
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.run import Prober
+from fcmon.probe.result import REASONS, STAGES, ProbeResult
+from fcmon.probe.servertext import REPLACED, clean
+from fcmon.export.status import StatusBoard
 
 from chaos import (
     ACTIONS,
@@ -204,13 +206,13 @@ def check_renderers(result: ProbeResult, target: TargetConfig, texts: Texts,
     }
     f = result.failure
     daemon_like = [  # what the daemon logs of a result
-        logging.makeLogRecord({"name": "fcmon.daemon", "levelno": logging.WARNING, "levelname": "WARNING",
+        logging.makeLogRecord({"name": "fcmon.service.daemon", "levelno": logging.WARNING, "levelname": "WARNING",
                                "msg": "target %s: probe failed at %s: %s (%s)",
                                "args": (result.target, f.stage, f.reason, f.message) if f else ("", "", "", "")}),
-        logging.makeLogRecord({"name": "fcmon.daemon", "levelno": logging.INFO, "levelname": "INFO",
+        logging.makeLogRecord({"name": "fcmon.service.daemon", "levelno": logging.INFO, "levelname": "INFO",
                                "msg": "target %s: server version changed from %r to %r",
                                "args": (result.target, "old", result.server.version if result.server else None)}),
-        logging.makeLogRecord({"name": "fcmon.daemon", "levelno": logging.DEBUG, "levelname": "DEBUG",
+        logging.makeLogRecord({"name": "fcmon.service.daemon", "levelno": logging.DEBUG, "levelname": "DEBUG",
                                "msg": "target %s: %s", "args": (result.target, debuglog.summary(result))}),
     ]
     for formatter in (logging.Formatter(TEXT_FORMAT), JsonFormatter()):
@@ -295,7 +297,7 @@ def test_cut_body_is_closed_even_while_its_error_is_held(
         framing: str, test_pki: PKI, chaos: ChaosServer, prober: Prober) -> None:
     """The error (and its traceback, which holds the response) may live on;
     the socket must not: fcmon closes it where it cuts the body."""
-    from fcmon.client import ApiClient, ProbeError
+    from fcmon.probe.client import ApiClient, ProbeError
 
     target = chaos_target(test_pki, chaos, max_response_bytes=1000)
     chaos.arm(Fault(action="createSession", framing=framing, keep_alive=False, body="padded"))
@@ -389,7 +391,7 @@ def test_out_of_file_descriptors_is_internal_at_the_stage_it_hit(
 _NO_THREADS = """
 import json, resource, threading
 from fcmon.config import TargetConfig
-from fcmon.probe import Prober
+from fcmon.probe.run import Prober
 
 prober = Prober()  # its deadline thread starts with the first probe
 target = TargetConfig(name="t", endpoint="https://localhost:1/api", timeout=1.0, interval=10.0)
@@ -503,7 +505,7 @@ def test_generated_adversary(fault: Fault, test_pki: PKI, chaos: ChaosServer, pr
 # and characters that mean something to a renderer (labels, HTML, Nagios).
 HOSTILE_PIECES = (
     "\ud800", "\udfff", "\udc80", "\x00", "\x01", "\x1b[31m", "\x1b]0;title\x07", "\n", "\r\n",
-    "\nERROR fcmon.daemon: target x: forged line", "\t", "\x0b", "\x0c", "\x1c", "\x7f", "\x85", "\x9b",
+    "\nERROR fcmon.service.daemon: target x: forged line", "\t", "\x0b", "\x0c", "\x1c", "\x7f", "\x85", "\x9b",
     "\u202a", "\u202e", "\u2066", "\u2069", "\u200e", "\u200f", "\u061c", "\u2028", "\u2029", "\ufeff",
     "|", "'", '"', "\\", "<script>", "&amp;", "=", "{", "}", "é", "漢", "🙂", " ", "v",
 )

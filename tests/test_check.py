@@ -220,8 +220,8 @@ def test_perfdata_parser_rejects_what_nagios_would() -> None:
 
 def test_internal_failure_is_unknown_not_critical() -> None:
     """fcmon's own failure says nothing about the server (Nagios: UNKNOWN)."""
-    from fcmon.check import CRITICAL, UNKNOWN, judge
-    from fcmon.result import Failure, ProbeResult
+    from fcmon.commands.check import CRITICAL, UNKNOWN, judge
+    from fcmon.probe.result import Failure, ProbeResult
 
     def verdict(reason: str) -> int:
         result = ProbeResult(target="prod", started=0.0, ended=0.0, duration=0.0,
@@ -234,7 +234,7 @@ def test_internal_failure_is_unknown_not_critical() -> None:
 
 def test_perfdata_labels_from_server_text_stay_perfdata() -> None:
     # A listener's name comes from the server: whatever it holds, the line parses.
-    from fcmon.check import _perf_label
+    from fcmon.commands.check import _perf_label
 
     hostile = "mq tt='x'|y\nz\t"
     label = _perf_label("prod", "listener", hostile, "up")

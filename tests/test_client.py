@@ -18,11 +18,11 @@ from typing import Iterator, List
 import pytest
 import requests
 
-from fcmon import client as fc
-from fcmon.client import ApiClient, ProbeError, RequestPlan
+from fcmon.probe import client as fc
+from fcmon.probe.client import ApiClient, ProbeError, RequestPlan
 from fcmon.config import TargetConfig
 from fcmon.emulator import Emulator, Fault
-from fcmon.probe import SESSION_DESCRIPTION, Prober
+from fcmon.probe.run import SESSION_DESCRIPTION, Prober
 
 from support import PKI, make_target
 

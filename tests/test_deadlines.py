@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from fcmon.deadlines import DeadlineWatcher
+from fcmon.probe.deadlines import DeadlineWatcher
 
 
 def test_fires_in_order_and_cancel_holds() -> None:

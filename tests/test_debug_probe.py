@@ -12,11 +12,12 @@ from typing import Iterator, Tuple
 import pytest
 import requests
 
-from fcmon import debuglog, pki
+from fcmon.probe import debuglog
+from fcmon import pki
 from fcmon.config import load_config
-from fcmon.daemon import Daemon
+from fcmon.service.daemon import Daemon
 from fcmon.emulator import Emulator, Fault
-from fcmon.probe import Prober
+from fcmon.probe.run import Prober
 
 from support import PKI, fcmon_command, free_port, make_target, sample
 
@@ -152,7 +153,7 @@ def test_debug_probe_of_a_refused_login_and_unknown_target(daemon, emu: Emulator
 
 def test_log_level_debug_logs_one_line_per_probe(daemon, emu: Emulator, caplog) -> None:  # type: ignore[no-untyped-def]
     d, _ = daemon
-    with caplog.at_level(logging.DEBUG, logger="fcmon.daemon"):
+    with caplog.at_level(logging.DEBUG, logger="fcmon.service.daemon"):
         d.probe_now("prod")
         emu.set_fault("listDatabases", Fault(error_code=12031))
         d.probe_now("prod")

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Dict
 
-from fcmon.metrics import FcmonCollector, MetricsStore
+from fcmon.export.metrics import FcmonCollector, MetricsStore
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 _ROW = re.compile(r"^\| `(fcmon_[a-z_]+)` \| (gauge|counter|histogram|info|summary) \|", re.M)

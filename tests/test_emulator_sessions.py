@@ -4,7 +4,7 @@ describeSessions and listSessions in FairCom's documented shapes, the
 per-IP session limit next to the per-user one, permanent sessions
 (idleConnectionTimeoutSeconds 0), the answer variants real clients have
 met, and the promise that every errorCode the emulator sends means in
-fcmon/codes.py what the emulator means by it. Real TLS with client
+fcmon/probe/codes.py what the emulator means by it. Real TLS with client
 certificates, as everywhere.
 """
 
@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterator
 import pytest
 import requests
 
-from fcmon import codes
+from fcmon.probe import codes
 from fcmon.emulator import (
     ERR_INVALID_PARAMETER,
     ERR_SESSION_LIMIT,

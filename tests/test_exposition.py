@@ -14,10 +14,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-import fcmon.exposition as exposition
-from fcmon.exposition import TextRenderer
-from fcmon.metrics import FAMILIES, FcmonCollector, MetricsStore
-from fcmon.result import CallResult, CertInfo, Failure, SessionCensus
+import fcmon.export.exposition as exposition
+from fcmon.export.exposition import TextRenderer
+from fcmon.export.metrics import FAMILIES, FcmonCollector, MetricsStore
+from fcmon.probe.result import CallResult, CertInfo, Failure, SessionCensus
 
 from support import require_tool
 from test_metrics import NOW, failed, healthy, listener_round, target

@@ -19,7 +19,7 @@ import pytest
 
 from fcmon import pki
 from fcmon.emulator import Emulator, Fault
-from fcmon.probe import Prober
+from fcmon.probe.run import Prober
 
 from support import PKI, make_target, wait_for
 
@@ -183,7 +183,7 @@ def test_client_certificate_from_unknown_ca(tls_max, test_pki: PKI, tmp_path) ->
 
 
 def test_matrix_covers_every_reason_but_network_ones() -> None:
-    from fcmon.result import REASONS, STAGES
+    from fcmon.probe.result import REASONS, STAGES
 
     assert {r.stage for r in MATRIX if r.stage} == set(STAGES) - {"connect"}
     covered = {r.reason for r in MATRIX} | {"tls_verify", "client_cert_rejected"}

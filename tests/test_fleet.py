@@ -47,10 +47,10 @@ from hypothesis import strategies as st
 
 from fcmon.config import TargetConfig
 from fcmon.emulator import Emulator, Fault, ListenerSpec
-from fcmon.flight import SKIP_REASONS, Flights
-from fcmon.listeners import ListenerChecker, round_budget
-from fcmon.probe import CLEANUP_GRACE, Prober
-from fcmon.scheduler import ProbeScheduler
+from fcmon.probe.flight import SKIP_REASONS, Flights
+from fcmon.probe.listeners import ListenerChecker, round_budget
+from fcmon.probe.run import CLEANUP_GRACE, Prober
+from fcmon.service.scheduler import ProbeScheduler
 
 from support import (PKI, Blackhole, FcmonProcess, free_port, hung_ports, make_target, threads_besides_resolver,
                      write_config)

@@ -13,13 +13,13 @@ from typing import Iterator, List
 import pytest
 import requests
 
-from fcmon.check import probe_all
+from fcmon.commands.check import probe_all
 from fcmon.config import load_config
-from fcmon.daemon import Daemon
+from fcmon.service.daemon import Daemon
 from fcmon.emulator import Emulator, Fault
-from fcmon.flight import SKIP_SERVER_BUSY, WAITERS_PER_SLOT, Busy, Flights, Skipped, Slots, host_of, server_of
-from fcmon.probe import Prober
-from fcmon.scheduler import ProbeScheduler
+from fcmon.probe.flight import SKIP_SERVER_BUSY, WAITERS_PER_SLOT, Busy, Flights, Skipped, Slots, host_of, server_of
+from fcmon.probe.run import Prober
+from fcmon.service.scheduler import ProbeScheduler
 
 from support import PKI, Blackhole, make_target, sample, target_section, wait_for
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from fcmon import exposition
+from fcmon.export import exposition
 from fcmon.config import load_config
-from fcmon.daemon import Daemon
+from fcmon.service.daemon import Daemon
 from fcmon.emulator import Emulator, Fault
-from fcmon.handling import internal_result
-from fcmon.result import Failure, ProbeResult
+from fcmon.service.handling import internal_result
+from fcmon.probe.result import Failure, ProbeResult
 
 from support import PKI, sample, target_section, write_config
 
@@ -44,7 +44,7 @@ def test_a_failure_while_handling_a_result_is_the_targets_internal(
         assert daemon.probe_now("prod") is not None
         assert sample(_exposition(daemon), "fcmon_up", target="prod") == 1.0
         monkeypatch.setattr(exposition, "render_target", broken)
-        with caplog.at_level(logging.ERROR, logger="fcmon.handling"):
+        with caplog.at_level(logging.ERROR, logger="fcmon.service.handling"):
             emulator.set_fault("createSession", Fault(error_code=150))  # the server now fails...
             assert daemon.probe_now("prod") is not None
             assert daemon.probe_now("prod") is not None
@@ -57,7 +57,7 @@ def test_a_failure_while_handling_a_result_is_the_targets_internal(
         status = {t.name: t for t in daemon.board.snapshot().targets}["prod"]
         assert status.state == "down" and status.latest is not None
         assert status.latest.failure is not None and status.latest.failure.reason == "internal"
-        errors = [r for r in caplog.records if r.name == "fcmon.handling"]
+        errors = [r for r in caplog.records if r.name == "fcmon.service.handling"]
         assert [r.levelno for r in errors] == [logging.ERROR, logging.ERROR]
         assert errors[0].exc_info is not None and "RuntimeError" in caplog.text  # the traceback, once
         assert errors[1].exc_info is None and "traceback logged before" in errors[1].getMessage()
@@ -86,7 +86,8 @@ def test_a_failure_while_rendering_check_output_is_unknown_not_a_crash(
         capsys: pytest.CaptureFixture) -> None:
     """`fcmon check` exits 3 UNKNOWN naming an internal error (a crash would
     exit 1, which Nagios reads as WARNING); the traceback goes to stderr."""
-    from fcmon import check, cli
+    from fcmon.commands import check
+    from fcmon import cli
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("a bug in the renderer")

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from fcmon.emulator import Emulator
-from fcmon.sockwait import wait_readable
+from fcmon.probe.sockwait import wait_readable
 
 from support import PKI, FcmonProcess, connect_from, sample, target_section, wait_for
 
@@ -350,7 +350,7 @@ def test_slow_readers_hold_little_and_memory_comes_back(tmp_path: Path, test_pki
 def test_idle_tls_connections_cost_a_few_kb_each(tmp_path: Path, test_pki: PKI, emulator: Emulator) -> None:
     """asyncio's TLS layer gave each accepted connection a 256 KiB read buffer
     before any handshake (4,000 idle connections: 50 -> 1,346 MB). fcmon's
-    own layer (fcmon/httptls.py) stays small: the bound is 100 MB for 4,000
+    own layer (fcmon/web/httptls.py) stays small: the bound is 100 MB for 4,000
     idle connections, 25 KB each; one that finished its handshake keeps
     OpenSSL's session state (about 17 KB measured), bounded at 40 KB."""
     web = f"[web]\ntls_cert_file = {test_pki.server.cert}\ntls_key_file = {test_pki.server.key}\n"

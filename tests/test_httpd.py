@@ -1,4 +1,4 @@
-"""The front door (fcmon/httpd.py) against hostile callers, in process and
+"""The front door (fcmon/web/httpd.py) against hostile callers, in process and
 fast: methods, sizes, the whole-request deadline, the connection cap, and
 threads back to their baseline. Process-level attacks are in
 test_hostile_callers.py."""
@@ -20,9 +20,9 @@ from typing import Any, Iterator, List, Optional
 import pytest
 from prometheus_client import CollectorRegistry
 
-import fcmon.httpd as httpd
+import fcmon.web.httpd as httpd
 from fcmon.config import WebConfig
-from fcmon.web import App, WebServer
+from fcmon.web.app import App, WebServer
 
 from support import connect_from, wait_for
 
@@ -313,7 +313,7 @@ time.sleep(30)
     tid = web._server._thread.native_id  # type: ignore[union-attr]
     stat = open(f"/proc/self/task/{tid}/stat", "rb", buffering=0)  # before descriptors run out
     try:
-        with caplog.at_level(logging.WARNING, logger="fcmon.httpd"):
+        with caplog.at_level(logging.WARNING, logger="fcmon.web.httpd"):
             resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 10, hard))
             try:
                 assert holder.stdout is not None and holder.stdout.readline().strip() == "connected"
@@ -353,7 +353,7 @@ time.sleep(30)
     ("anything", WebConfig(allowed_hosts=("*",)), True),
 ])
 def test_host_names_served(host: Optional[str], web: WebConfig, allowed: bool) -> None:
-    from fcmon.web import host_allowed
+    from fcmon.web.app import host_allowed
 
     assert host_allowed(host, web, frozenset({"monitor-7"})) is allowed
 
@@ -372,7 +372,7 @@ def test_tls_handshakes_in_progress_are_capped_and_a_new_client_gets_the_next_sl
     127.0.0.1 gets the first slot that frees, ahead of the 6 waiting."""
     import ssl
 
-    from fcmon.web import server_ssl_context
+    from fcmon.web.app import server_ssl_context
 
     monkeypatch.setattr(httpd, "HANDSHAKE_TIMEOUT", 1.0)
     web_config = WebConfig(tls_cert_file=test_pki.server.cert, tls_key_file=test_pki.server.key)

@@ -61,12 +61,15 @@ def test_dist_contents_sdist_has_tests_and_docs_wheel_has_assets_and_nothing_els
 
 
 def test_contents_check_catches_a_drifted_asset(release_dists: Dists, tmp_path: Path) -> None:
-    """The byte-for-byte comparison is real: a wheel whose unit differs fails it."""
+    """The byte-for-byte comparison is real: a wheel whose unit differs fails it;
+    so is the module list: a wheel without one of the sub-packages' modules fails it."""
     import zipfile
 
     bad = tmp_path / release_dists.wheel.name
     with zipfile.ZipFile(release_dists.wheel) as src, zipfile.ZipFile(bad, "w") as dst:
         for item in src.infolist():
+            if item.filename == "fcmon/probe/run.py":
+                continue
             data = src.read(item)
             if item.filename == "fcmon/assets/systemd/fcmon.service":
                 data += b"# drift\n"
@@ -75,6 +78,7 @@ def test_contents_check_catches_a_drifted_asset(release_dists: Dists, tmp_path: 
     problems = release.wheel_problems(bad)
     assert "wheel: asset systemd/fcmon.service differs from the repository's systemd/fcmon.service" in problems
     assert "wheel: test or bench file tests/test_x.py" in problems
+    assert "wheel: module fcmon/probe/run.py missing" in problems
 
 
 def test_contents_check_catches_an_sdist_without_tests(release_dists: Dists, tmp_path: Path) -> None:

@@ -1,5 +1,5 @@
-"""Who waits behind whom in the front door (fcmon/httpd.py's lanes), and the
-shared page renderings (fcmon/pages.py).
+"""Who waits behind whom in the front door (fcmon/web/httpd.py's lanes), and the
+shared page renderings (fcmon/web/pages.py).
 
 The server is the real one over loopback; the app behind it holds its page
 requests on an event, standing in for a slow page render, so that what is
@@ -18,8 +18,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List
 
 import pytest
 
-from fcmon import httpd, web
-from fcmon.pages import Pages
+from fcmon.web import httpd, app as web
+from fcmon.web.pages import Pages
 
 from support import wait_for
 

@@ -15,8 +15,8 @@ import pytest
 
 from fcmon import pki
 from fcmon.emulator import Emulator, ListenerSpec
-from fcmon.listeners import ListenerChecker, parse_listeners, round_budget
-from fcmon.probe import Prober
+from fcmon.probe.listeners import ListenerChecker, parse_listeners, round_budget
+from fcmon.probe.run import Prober
 
 from support import PKI, FcmonProcess, hung_ports, make_target, sample, scrape, write_config
 

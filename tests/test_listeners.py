@@ -19,8 +19,8 @@ from prometheus_client.exposition import generate_latest
 
 from fcmon import pki
 from fcmon.emulator import Emulator, ListenerSpec
-from fcmon.exposition import TextRenderer
-from fcmon.listeners import (
+from fcmon.export.exposition import TextRenderer
+from fcmon.probe.listeners import (
     CONFIGURED_PROTOCOL,
     DiscoveryUnsupported,
     Listener,
@@ -29,8 +29,8 @@ from fcmon.listeners import (
     merge,
     parse_listeners,
 )
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.probe import Prober
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.run import Prober
 
 from support import PKI, make_target, reap, sample, threads_besides_resolver
 
@@ -251,7 +251,7 @@ def test_server_without_listservices_is_not_a_failure(test_pki: PKI, certs: Dict
         target = make_target(test_pki, old, listeners_mode="list",
                              listeners=(("mqtts", old.listener("mqtts").port),))
         checker = ListenerChecker(Prober())
-        with caplog.at_level(logging.INFO, logger="fcmon.listeners"):
+        with caplog.at_level(logging.INFO, logger="fcmon.probe.listeners"):
             rounds = [checker.run(target) for _ in range(3)]
         for r in rounds:
             assert r is not None and r.discovery is False
@@ -320,7 +320,7 @@ def test_discovery_names_the_probes_reason_and_leaves_the_warning_to_it(  # type
                                  (old.url, "tls_verify")):
             target = make_target(test_pki, emu, endpoint=endpoint, timeout=2.0)
             caplog.clear()
-            with caplog.at_level(logging.DEBUG, logger="fcmon.listeners"):
+            with caplog.at_level(logging.DEBUG, logger="fcmon.probe.listeners"):
                 round_ = checker.run(target)
             probe = prober.probe(target)
             assert probe.failure is not None and probe.failure.reason == reason
@@ -372,7 +372,7 @@ def test_rounds_leak_no_descriptor_thread_or_connection(test_pki: PKI, emu: Emul
 
 def test_listener_pool_covers_hung_listeners_of_a_fleet() -> None:
     from fcmon.config import TargetConfig
-    from fcmon.scheduler import listener_pool_size
+    from fcmon.service.scheduler import listener_pool_size
 
     fleet = [TargetConfig(name=f"t{i}", endpoint="https://x/api", timeout=10) for i in range(300)]
     # discovery + 2 listeners, each up to 10 s, every 600 s
@@ -381,7 +381,7 @@ def test_listener_pool_covers_hung_listeners_of_a_fleet() -> None:
 
 
 def test_hung_listener_rounds_never_delay_probes(test_pki: PKI, emu: Emulator) -> None:
-    from fcmon.scheduler import ProbeScheduler
+    from fcmon.service.scheduler import ProbeScheduler
 
     hang = emu.listener("hang").port
     targets = [make_target(test_pki, emu, name=f"t{i}", interval=1.0, timeout=0.9, listener_interval=1.0,
@@ -470,8 +470,8 @@ def test_check_judges_listener_certificates_with_perfdata_and_json(
 
 
 def test_status_page_and_json_have_a_row_per_listener() -> None:
-    from fcmon.status import StatusBoard
-    from fcmon.statuspage import render_html, render_json
+    from fcmon.export.status import StatusBoard
+    from fcmon.web.statuspage import render_html, render_json
     from test_metrics import NOW, listener_round, target
 
     board = StatusBoard("test", clock=lambda: NOW)

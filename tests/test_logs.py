@@ -19,9 +19,9 @@ import pytest
 
 from fcmon import pki
 from fcmon.config import TargetConfig
-from fcmon.daemon import describe_reload
+from fcmon.service.daemon import describe_reload
 from fcmon.emulator import Emulator
-from fcmon.logs import (
+from fcmon.service.logs import (
     JournalPriorityFormatter,
     JsonFormatter,
     make_formatter,

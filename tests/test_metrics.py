@@ -10,9 +10,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
 from fcmon.config import TargetConfig
-from fcmon.listeners import Listener, ListenerResult, ListenerRound
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
+from fcmon.probe.listeners import Listener, ListenerResult, ListenerRound
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
 
 from support import require_tool
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 import pytest
 
 from fcmon.config import WebConfig
-from fcmon.web import App
+from fcmon.web.app import App
 
 from support import ROOT
 
@@ -154,7 +154,7 @@ def test_emulator_generates_short_lived_certificates_to_rehearse_an_expiry(tmp_p
 
 
 def test_a_missing_file_inherited_from_defaults_is_reported_once(tmp_path: Path) -> None:
-    from fcmon.validate import validate
+    from fcmon.commands.validate import validate
 
     config = tmp_path / "config.ini"
     config.write_text("[defaults]\nca_file = nowhere/ca.crt\nusername = u\npassword_file = nowhere/pw\n"

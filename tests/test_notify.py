@@ -20,9 +20,9 @@ from typing import Iterator, List, Optional, Tuple
 import pytest
 
 from fcmon.config import load_config
-from fcmon.daemon import Daemon
+from fcmon.service.daemon import Daemon
 from fcmon.emulator import Emulator
-from fcmon.notify import (
+from fcmon.service.notify import (
     STALL_SLACK,
     Notifier,
     notify_address,
@@ -267,7 +267,7 @@ def test_notifier_sends_to_path_and_abstract_sockets(short_dir: Path) -> None:
 def test_notifier_failure_is_logged_once_and_recovers(short_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     address = str(short_dir / "later.sock")
     n = Notifier({"NOTIFY_SOCKET": address})
-    with caplog.at_level(logging.INFO, logger="fcmon.notify"):
+    with caplog.at_level(logging.INFO, logger="fcmon.service.notify"):
         assert n.send("WATCHDOG=1") is False
         assert n.send("WATCHDOG=1") is False
         ns = NotifySocket(address)
@@ -317,7 +317,7 @@ def test_main_loop_stops_pinging_when_probes_stop_completing(  # type: ignore[no
     codes: List[int] = []
     thread = threading.Thread(target=lambda: codes.append(daemon.run()), daemon=True)
     try:
-        with caplog.at_level(logging.INFO, logger="fcmon.daemon"):
+        with caplog.at_level(logging.INFO, logger="fcmon.service.daemon"):
             thread.start()
             ns.wait("READY=1")
             stalled = ns.wait_status("probes stalled")

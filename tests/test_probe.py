@@ -11,10 +11,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from fcmon import pki
-from fcmon.certs import load_pem_certificates
+from fcmon.probe.certs import load_pem_certificates
 from fcmon.emulator import Emulator, Fault
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.probe import Prober
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.run import Prober
 
 from support import PKI, free_port, make_target
 

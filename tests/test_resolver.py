@@ -1,4 +1,4 @@
-"""Name resolution inside the probe's deadline (fcmon/resolver.py).
+"""Name resolution inside the probe's deadline (fcmon/probe/resolver.py).
 
 The hang is real: fcmon runs as a process in a mount namespace of its own
 (`unshare -m`, root only) where /etc/resolv.conf is bind-mounted to a file
@@ -24,7 +24,7 @@ import pytest
 import requests
 
 from fcmon.emulator import Emulator
-from fcmon.resolver import RESOLVER_THREADS, Resolver, ResolveTimeout
+from fcmon.probe.resolver import RESOLVER_THREADS, Resolver, ResolveTimeout
 
 from support import IN_CI, PKI, FcmonProcess, sample, scrape, write_config
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from fcmon import runbook
-from fcmon.listeners import LISTENER_REASONS
-from fcmon.result import CERT_ROLES, REASONS
+from fcmon.probe.listeners import LISTENER_REASONS
+from fcmon.probe.result import CERT_ROLES, REASONS
 
 from support import ROOT, markdown_anchors
 
@@ -65,9 +65,9 @@ def test_certificate_levels_name_alerts_that_exist() -> None:
 def test_runbook_url_moves_every_link_of_the_page_and_the_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from fcmon import statuspage
+    from fcmon.web import statuspage
     from fcmon.config import ConfigError, load_config
-    from fcmon.status import StatusBoard
+    from fcmon.export.status import StatusBoard
 
     from test_status import Clock, down, target
 

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 
 from fcmon.emulator import Emulator, Fault
-from fcmon.flight import Flights
-from fcmon.probe import Prober
-from fcmon.scheduler import (
+from fcmon.probe.flight import Flights
+from fcmon.probe.run import Prober
+from fcmon.service.scheduler import (
     FIRST_ROUND_BURST,
     FIRST_ROUND_SPACING,
     FIRST_ROUND_SPACING_AFTER_BURST,

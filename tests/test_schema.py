@@ -14,11 +14,14 @@ import re
 import subprocess
 from typing import Any, Dict, List, Set
 
-from fcmon import check, levels, runbook, statuspage
+from fcmon.commands import check
+from fcmon.probe import levels
+from fcmon import runbook
+from fcmon.web import statuspage
 from fcmon.emulator import Emulator
-from fcmon.listeners import Listener, ListenerResult, ListenerRound
-from fcmon.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
-from fcmon.status import StatusBoard
+from fcmon.probe.listeners import Listener, ListenerResult, ListenerRound
+from fcmon.probe.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
+from fcmon.export.status import StatusBoard
 
 from support import PKI, ROOT, fcmon_command, free_port, target_section
 from test_status import DAY, HOSTILE, Clock, target

@@ -76,7 +76,7 @@ client_key_file = {test_pki.client.key}
     text = fc.text() + "\n".join(outputs)
     assert len(tokens) > 10
     assert "probe failed" in fc.text()  # the faults were seen and logged
-    assert "DEBUG fcmon.daemon: target inline: probe failed at " in fc.text()  # the per-probe debug line
+    assert "DEBUG fcmon.service.daemon: target inline: probe failed at " in fc.text()  # the per-probe debug line
     assert SECRET not in text
     leaked = [t for t in tokens if t in text]
     assert leaked == []
@@ -96,7 +96,7 @@ def test_census_tokens_never_leave(test_pki: PKI, tmp_path) -> None:  # type: ig
 
     import requests
 
-    from fcmon.census import session_description
+    from fcmon.probe.census import session_description
 
     offset = [0.0]
     with Emulator(cert_file=test_pki.server.cert, key_file=test_pki.server.key,

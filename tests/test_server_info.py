@@ -11,14 +11,14 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fcmon import codes
+from fcmon.probe import codes
 from fcmon.config import load_config
-from fcmon.daemon import Daemon
+from fcmon.service.daemon import Daemon
 from fcmon.emulator import Emulator, Fault
-from fcmon.exposition import TextRenderer
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.probe import Prober
-from fcmon.result import SERVER_FIELD_MAX, ServerInfo
+from fcmon.export.exposition import TextRenderer
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.run import Prober
+from fcmon.probe.result import SERVER_FIELD_MAX, ServerInfo
 
 from support import PKI, make_target, sample, target_section
 
@@ -92,7 +92,7 @@ def test_only_the_fields_sent_become_labels() -> None:
     assert long.version is not None and len(long.version) == SERVER_FIELD_MAX
     assert ServerInfo.from_result("not an object") == ServerInfo()
 
-    from fcmon.metrics import server_labels
+    from fcmon.export.metrics import server_labels
     assert server_labels(ServerInfo(None, "db2", "u")) == (("hostname", "db2"),)
     assert server_labels(ServerInfo()) == ()
 
@@ -103,7 +103,7 @@ def test_version_change_is_logged_once(test_pki: PKI, named_emulator: Emulator, 
                       + target_section(test_pki, named_emulator))
     daemon = Daemon(load_config(config, {}), {})
     try:
-        with caplog.at_level(logging.INFO, logger="fcmon.daemon"):
+        with caplog.at_level(logging.INFO, logger="fcmon.service.daemon"):
             assert daemon.probe_now("prod") is not None
             assert daemon.probe_now("prod") is not None
             named_emulator.api.server_version = "FairCom EDGE Server 4.2.0 (test)"

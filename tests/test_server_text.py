@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from fcmon.emulator import Emulator, Fault, ListenerSpec
-from fcmon.probe import Prober
-from fcmon.result import (
+from fcmon.probe.run import Prober
+from fcmon.probe.result import (
     CERT_NAME_MAX,
     ERROR_MESSAGE_MAX,
     FAILURE_MESSAGE_MAX,
@@ -25,7 +25,7 @@ from fcmon.result import (
     ProbeResult,
     ServerInfo,
 )
-from fcmon.servertext import ELLIPSIS, REPLACED, REPLACEMENT, clean, is_clean
+from fcmon.probe.servertext import ELLIPSIS, REPLACED, REPLACEMENT, clean, is_clean
 
 from support import PKI, FcmonProcess, make_target, run_fcmon, sample, target_section, wait_for, write_config
 
@@ -150,7 +150,7 @@ def test_check_with_every_server_field_hostile_exits_with_its_verdict(
 
 
 def test_list_services_error_text_is_clean_before_it_is_logged() -> None:
-    from fcmon.listeners import DiscoveryUnsupported, parse_listeners
+    from fcmon.probe.listeners import DiscoveryUnsupported, parse_listeners
 
     with pytest.raises(DiscoveryUnsupported) as err:
         parse_listeners({"errorCode": 14701, "errorMessage": HOSTILE}, 8443)

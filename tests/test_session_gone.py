@@ -13,8 +13,8 @@ from fcmon.emulator import Emulator, Fault
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from fcmon.metrics import FcmonCollector, MetricsStore
-from fcmon.probe import Prober
+from fcmon.export.metrics import FcmonCollector, MetricsStore
+from fcmon.probe.run import Prober
 
 from support import PKI, make_target, sample
 
@@ -38,7 +38,7 @@ def test_session_already_gone_is_not_a_leak_nor_a_failure(
         emulator.set_fault("deleteSession", Fault(delete_gone_as_error=fault.delete_gone_as_error,
                                                   warning_code_keys=fault.warning_code_keys))
     emulator.set_fault("listDatabases", Fault(session_gone=True))
-    with caplog.at_level(logging.WARNING, logger="fcmon.probe"):
+    with caplog.at_level(logging.WARNING, logger="fcmon.probe.run"):
         results = [prober.probe(target) for _ in range(3)]
     for r in results:
         assert r.up, r.failure

@@ -13,9 +13,9 @@ from typing import Iterator, List
 import pytest
 
 from fcmon.emulator import Emulator, ListenerSpec
-from fcmon.listeners import ListenerChecker
-from fcmon.probe import Prober
-from fcmon.sockwait import wait_readable
+from fcmon.probe.listeners import ListenerChecker
+from fcmon.probe.run import Prober
+from fcmon.probe.sockwait import wait_readable
 from support import PKI, make_target
 
 HIGH = 1100

@@ -16,12 +16,13 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 import yaml
 
-from fcmon import runbook, statuspage
-from fcmon.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
+from fcmon import runbook
+from fcmon.web import statuspage
+from fcmon.probe.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
 from fcmon.config import TargetConfig, WebConfig
-from fcmon.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
-from fcmon.status import MAX_EVENTS, StatusBoard, cert_level, one_line
-from fcmon.web import App
+from fcmon.probe.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo
+from fcmon.export.status import MAX_EVENTS, StatusBoard, cert_level, one_line
+from fcmon.web.app import App
 
 from support import ROOT
 
@@ -423,7 +424,7 @@ def test_reload_error_line_holds_no_secret(tmp_path) -> None:  # type: ignore[no
     (6.999, "critical", "CRITICAL"), (0.0, "critical", "CRITICAL"), (-0.001, "expired", "CRITICAL"),
 ])
 def test_the_threshold_boundary_is_the_same_everywhere(days: float, level: str, nagios: str) -> None:
-    from fcmon import check
+    from fcmon.commands import check
 
     now = 1_800_000_000.0
     cert = CertInfo("server", "CN=db1", "aa", now + days * DAY)

@@ -192,8 +192,8 @@ def test_security_exposure_is_at_most_2() -> None:
 
 def test_descriptor_limit_covers_the_connection_cap_and_the_probes_reserve(unit: Unit) -> None:
     from fcmon.config import Config
-    from fcmon.httpd import BASE_FD_RESERVE, MAX_CONNECTIONS, connection_cap
-    from fcmon.scheduler import MAX_WORKERS
+    from fcmon.web.httpd import BASE_FD_RESERVE, MAX_CONNECTIONS, connection_cap
+    from fcmon.service.scheduler import MAX_WORKERS
 
     limit = int(one(unit, "Service", "LimitNOFILE"))
     # The largest reserve fcmon keeps (daemon.fd_reserve): a full scheduler

@@ -10,7 +10,7 @@ import pytest
 
 from fcmon import pki
 from fcmon.config import load_config
-from fcmon.validate import validate, validate_files
+from fcmon.commands.validate import validate, validate_files
 
 KEY_PASSWORD = "k3y-Pa55phrase"
 PASSWORD = "db-Pa55word"

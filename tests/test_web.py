@@ -136,7 +136,7 @@ def test_plain_listener_on_ipv6_loopback(test_pki: PKI, emulator: Emulator, tmp_
 
 def test_endpoint_context_settings(test_pki: PKI) -> None:
     from fcmon.config import WebConfig
-    from fcmon.web import server_ssl_context
+    from fcmon.web.app import server_ssl_context
 
     assert server_ssl_context(WebConfig()) is None
     tls = server_ssl_context(WebConfig(tls_cert_file=test_pki.server.cert, tls_key_file=test_pki.server.key))

@@ -10,11 +10,11 @@ from typing import Any, List
 import pytest
 from prometheus_client import CollectorRegistry
 
-import fcmon.exposition as exposition
+import fcmon.export.exposition as exposition
 from fcmon.config import WebConfig
-from fcmon.exposition import TextRenderer
-from fcmon.metrics import MetricsStore
-from fcmon.web import App, WebServer, accepts_gzip
+from fcmon.export.exposition import TextRenderer
+from fcmon.export.metrics import MetricsStore
+from fcmon.web.app import App, WebServer, accepts_gzip
 
 from test_metrics import NOW, failed, healthy, target
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from fcmon.emulator import Emulator, Fault
-from fcmon.web import PAGE_LANE, PROBE_LANE, SCRAPE_LANE
+from fcmon.web.app import PAGE_LANE, PROBE_LANE, SCRAPE_LANE
 
 from support import PKI, FcmonProcess, sample, target_section, wait_for
 

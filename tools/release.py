@@ -90,6 +90,13 @@ def wheel_problems(wheel: Path, root: Path = ROOT) -> List[str]:
                 problems.append(f"wheel: cache or build file {n}")
             if re.search(r"(^|/)(tests?|bench)(/|$)", n):
                 problems.append(f"wheel: test or bench file {n}")
+        # Every module of the checkout, sub-packages included (fcmon/probe/,
+        # fcmon/web/, ...): package discovery that missed one would ship a
+        # wheel that fails at its first import of it.
+        for module in sorted(p.relative_to(root).as_posix() for p in (root / NAME).rglob("*.py")
+                             if not _CACHE.search(p.relative_to(root).as_posix())):
+            if module not in names:
+                problems.append(f"wheel: module {module} missing")
         expected = _assetfiles(root).collect(root)
         prefix = f"{NAME}/assets/"
         shipped = sorted(n[len(prefix):] for n in names if n.startswith(prefix))

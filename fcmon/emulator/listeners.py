@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
-from ..sockwait import wait_readable
+from ..probe.sockwait import wait_readable
 
 log = logging.getLogger(__name__)
 

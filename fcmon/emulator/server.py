@@ -32,7 +32,7 @@ from typing import Any, Callable, Deque, Dict, List, Mapping, Optional, Sequence
 from urllib.parse import urlsplit
 
 from .. import __version__
-from ..sockwait import wait_readable
+from ..probe.sockwait import wait_readable
 from .faults import Fault, FaultTable
 from .listeners import ExtraListener, ListenerSpec
 from .state import JsonApi, SessionStore, Variants, parse_body

@@ -9,7 +9,7 @@ Error codes. FairCom documents 12031 (authToken matches no session), 84
 logon). It does not document the codes for a bad password on the JSON API,
 a session limit, an unknown action or a malformed request; for those the
 emulator sends a candidate constant from FairCom's C SDK header with the
-meaning fcmon/codes.py gives it (`SENT` maps every code sent here to that
+meaning fcmon/probe/codes.py gives it (`SENT` maps every code sent here to that
 meaning, and a test holds the two together), each failure with its own code.
 They must not be taken as FairCom's confirmed values.
 """
@@ -53,7 +53,7 @@ ERR_UNKNOWN_ACTION = 14701
 ERR_INVALID_PARAMETER = 12012
 
 #: Every errorCode this emulator sends (injected faults aside), with the
-#: meaning fcmon/codes.py must give it.
+#: meaning fcmon/probe/codes.py must give it.
 SENT: Mapping[int, str] = {
     ERR_OK: "success",
     ERR_UNKNOWN_TOKEN: "authToken matches no session",

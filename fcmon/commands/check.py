@@ -17,15 +17,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 
-from . import debuglog, levels, schema
-from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
-from .config import TargetConfig
-from .flight import Flights
-from .listeners import ListenerChecker, ListenerRound
-from .metrics import FcmonCollector, MetricsStore
-from .probe import Prober
-from .result import CertInfo, ProbeResult
-from .runbook import RUNBOOK_URL
+from ..probe import debuglog, levels
+from ..export import schema
+from ..probe.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
+from ..config import TargetConfig
+from ..probe.flight import Flights
+from ..probe.listeners import ListenerChecker, ListenerRound
+from ..export.metrics import FcmonCollector, MetricsStore
+from ..probe.run import Prober
+from ..probe.result import CertInfo, ProbeResult
+from ..runbook import RUNBOOK_URL
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATUS_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
@@ -43,7 +44,7 @@ class Verdict:
 def judge(result: ProbeResult, warn_days: float, crit_days: float, now: float,
           listeners: Optional[ListenerRound] = None, sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
           sessions_crit: float = levels.SESSIONS_CRIT_PERCENT) -> Verdict:
-    """The one rule of fcmon/levels.py, as a Nagios status."""
+    """The one rule of fcmon/probe/levels.py, as a Nagios status."""
     j = levels.judge(result, listeners, now, levels.Thresholds(warn_days, crit_days, sessions_warn, sessions_crit))
     return Verdict(result, levels.EXIT_CODES[j.level], j.why, listeners)
 
@@ -193,7 +194,7 @@ def render_json(verdicts: Sequence[Verdict], now: float, warn_days: float = CERT
                 crit_days: float = CERT_CRIT_DAYS, endpoints: Optional[Dict[str, str]] = None,
                 sessions_warn: float = levels.SESSIONS_WARN_PERCENT,
                 sessions_crit: float = levels.SESSIONS_CRIT_PERCENT, runbook_url: str = RUNBOOK_URL) -> str:
-    """The shared schema (fcmon/schema.py, README "JSON schema"), plus the
+    """The shared schema (fcmon/export/schema.py, README "JSON schema"), plus the
     plugin's status and exit code."""
     status = overall(verdicts)
     thresholds = levels.Thresholds(warn_days, crit_days, sessions_warn, sessions_crit)
@@ -290,7 +291,7 @@ def run_check(
 ) -> Tuple[int, str]:
     """Probe, judge and render; returns (exit code, output). `debug_log`
     (--verbose) gets each probe's debug log, as /probe?debug=true shows it.
-    `instance_id` names this fcmon in its sessions (fcmon/instance.py)."""
+    `instance_id` names this fcmon in its sessions (fcmon/service/instance.py)."""
     results, rounds = check_all(targets, Prober(instance_id=instance_id),
                                 max_connections_per_host=max_connections_per_host)
     if debug_log is not None:

@@ -13,11 +13,11 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional, Sequence
 from urllib.parse import quote
 
-from . import runbook
-from .codes import describe
-from .levels import DEFAULT_THRESHOLDS, Thresholds, cert_level, days_left, judge, rank
-from .listeners import ListenerResult, ListenerRound
-from .result import CallResult, CertInfo, ProbeResult, ServerInfo, SessionCensus
+from .. import runbook
+from ..probe.codes import describe
+from ..probe.levels import DEFAULT_THRESHOLDS, Thresholds, cert_level, days_left, judge, rank
+from ..probe.listeners import ListenerResult, ListenerRound
+from ..probe.result import CallResult, CertInfo, ProbeResult, ServerInfo, SessionCensus
 
 SCHEMA = 1
 
@@ -86,7 +86,7 @@ def listener_doc(x: ListenerResult, now: float, thresholds: Thresholds = DEFAULT
 
 
 def census_doc(census: Optional[SessionCensus], reaped_total: int) -> Optional[Dict[str, Any]]:
-    """The account's sessions from a census (fcmon/census.py); None without one."""
+    """The account's sessions from a census (fcmon/probe/census.py); None without one."""
     if census is None:
         return None
     return {"sessions": census.sessions, "limit": census.limit, "fcmon": census.fcmon,

@@ -31,12 +31,12 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from . import __version__
-from .config import TargetConfig
-from .httpd import REJECT_REASONS
-from .flight import SKIP_REASONS
-from .listeners import ListenerResult, ListenerRound
-from .result import CertInfo, ProbeResult, ServerInfo, SessionCensus
+from .. import __version__
+from ..config import TargetConfig
+from ..web.httpd import REJECT_REASONS
+from ..probe.flight import SKIP_REASONS
+from ..probe.listeners import ListenerResult, ListenerRound
+from ..probe.result import CertInfo, ProbeResult, ServerInfo, SessionCensus
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 # How late scheduled probes start (actual start - scheduled time): the scheduler's health.
@@ -92,7 +92,7 @@ class _TargetState:
     requests: Dict[str, _Histogram] = field(default_factory=dict)
     # from the last successful createSession; a later failed probe keeps it
     server: Optional[ServerInfo] = None
-    # the last listener round (fcmon/listeners.py), None until one ran or
+    # the last listener round (fcmon/probe/listeners.py), None until one ran or
     # when the target checks no listener; failures by (listener, reason)
     listeners: Optional[ListenerRound] = None
     listener_failures: Dict[Tuple[str, str], int] = field(default_factory=dict)
@@ -256,7 +256,7 @@ class MetricsStore:
 
     def record_connection_rejected(self, reason: str) -> None:
         """The HTTP endpoint closed a connection at once, for `reason`
-        (fcmon/httpd.py REJECT_REASONS: the cap, the client's own limit,
+        (fcmon/web/httpd.py REJECT_REASONS: the cap, the client's own limit,
         the slots held back for new clients)."""
         with self._lock:
             self._connections_rejected[reason] = self._connections_rejected.get(reason, 0) + 1

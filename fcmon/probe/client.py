@@ -44,7 +44,7 @@ from urllib3.util.connection import allowed_gai_family
 from urllib3.util.wait import wait_for_read
 
 from .certs import CertFileError, der_cert_info, file_stamp, load_private_key, path_from_leaf
-from .config import TargetConfig
+from ..config import TargetConfig
 from .resolver import DEFAULT as DEFAULT_RESOLVER
 from .resolver import Resolver
 from .result import CertInfo
@@ -333,7 +333,7 @@ class _WireIO(http.client.HTTPConnection):
 
 def _connect_within(tracked: _Tracked, host: str, port: int, options: Any) -> socket.socket:
     """A connected TCP socket to (host, port): the name resolved within the
-    time left before the deadline (fcmon.resolver), each address tried with
+    time left before the deadline (fcmon.probe.resolver), each address tried with
     the time then left (urllib3's create_connection gives each the whole)."""
     if host.startswith("["):
         host = host.strip("[]")
@@ -362,7 +362,7 @@ def _connect_within(tracked: _Tracked, host: str, port: int, options: Any) -> so
 
 def connect_tcp(host: str, port: int, deadline: float, resolver: Optional[Resolver] = None) -> socket.socket:
     """A connected TCP socket to (host, port) by the monotonic `deadline`:
-    the name resolved within it (fcmon.resolver), each address given only
+    the name resolved within it (fcmon.probe.resolver), each address given only
     the time then left (socket.create_connection gives each the whole)."""
     within = _Tracked()
     within.deadline = deadline

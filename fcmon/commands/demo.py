@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Optional
 
-from . import pki
-from .daemon import run_daemon
+from .. import pki
+from ..service.daemon import run_daemon
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def write_demo(directory: Path, endpoint: str, listen: str) -> Path:
 
 
 def demo_listeners(files: pki.DemoPKI, directory: Path) -> list:
-    from .emulator import ListenerSpec
+    from ..emulator import ListenerSpec
 
     # 5.5 days from 5 minutes ago: the page says "5 days left" (whole days,
     # rounded down) for the first 12 hours of a demo, as the README does.
@@ -57,7 +57,7 @@ def demo_listeners(files: pki.DemoPKI, directory: Path) -> list:
 
 
 def run_demo(listen: str, workdir: Optional[Path] = None, environ: Mapping[str, str] = os.environ) -> int:
-    from .emulator import Emulator  # the product itself does not need it
+    from ..emulator import Emulator  # the product itself does not need it
 
     with tempfile.TemporaryDirectory(prefix="fcmon-demo-") as tmp:
         directory = Path(workdir or tmp)

@@ -16,7 +16,7 @@ against the same things:
   than it is stored;
 - unbounded length blows up labels, pages and memory.
 
-So the result types (`fcmon/result.py`, the listener results) run every
+So the result types (`fcmon/probe/result.py`, the listener results) run every
 server string through `clean` when they are built: a result never holds raw
 server text, and renderers need no guard of their own. See
 docs/design-notes.md#server-text-is-sanitized-where-it-becomes-a-result.

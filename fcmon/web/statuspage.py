@@ -18,13 +18,13 @@ import json
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from . import runbook
-from .codes import describe
-from .levels import CRITICAL, WARNING, Judgement, days_left, days_text, judge, rank
-from .listeners import ListenerResult
-from .result import CallResult, CertInfo
-from .schema import debug_probe_url, document, target_doc
-from .status import (
+from .. import runbook
+from ..probe.codes import describe
+from ..probe.levels import CRITICAL, WARNING, Judgement, days_left, days_text, judge, rank
+from ..probe.listeners import ListenerResult
+from ..probe.result import CallResult, CertInfo
+from ..export.schema import debug_probe_url, document, target_doc
+from ..export.status import (
     CERT_CRIT_DAYS,
     CERT_WARN_DAYS,
     DOWN,
@@ -87,7 +87,7 @@ def ms_text(seconds: float) -> str:
     return f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
 
 
-# -- JSON: the shared schema (fcmon/schema.py), plus what only the daemon knows
+# -- JSON: the shared schema (fcmon/export/schema.py), plus what only the daemon knows
 
 
 def _target_json(t: TargetStatus, now: float, base: str) -> Dict[str, Any]:
@@ -367,7 +367,7 @@ def _listener_html(target: str, x: ListenerResult, now: float, base: str) -> str
 
 
 def judged(snap: StatusSnapshot) -> List[Tuple[TargetStatus, Judgement]]:
-    """Every target with its judgement, worst first (the JSON's order: fcmon/levels.py)."""
+    """Every target with its judgement, worst first (the JSON's order: fcmon/probe/levels.py)."""
     pairs = [(t, judge(t.latest, t.listeners, snap.now)) for t in snap.targets]
     return sorted(pairs, key=lambda p: rank(p[0].state, p[1].level))
 

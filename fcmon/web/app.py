@@ -26,10 +26,10 @@ from prometheus_client.exposition import generate_latest
 
 from . import httpd, statuspage
 from .authguard import AuthGuard
-from .config import WebConfig
-from .flight import Busy
+from ..config import WebConfig
+from ..probe.flight import Busy
 from .pages import Pages, Rendered
-from .status import StatusSnapshot
+from ..export.status import StatusSnapshot
 
 log = logging.getLogger(__name__)
 

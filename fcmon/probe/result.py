@@ -43,7 +43,7 @@ class CertInfo:
     issuer: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
-        # Subjects and issuers are the certificate owner's text: see fcmon/servertext.py.
+        # Subjects and issuers are the certificate owner's text: see fcmon/probe/servertext.py.
         object.__setattr__(self, "subject", clean(self.subject, CERT_NAME_MAX))
         object.__setattr__(self, "issuer", clean(self.issuer, CERT_NAME_MAX))
 
@@ -71,7 +71,7 @@ class CallResult:
         object.__setattr__(self, "error_message", clean_optional(self.error_message, ERROR_MESSAGE_MAX))
 
 
-# Every string a server chooses is cleaned (fcmon/servertext.py) and capped
+# Every string a server chooses is cleaned (fcmon/probe/servertext.py) and capped
 # where it enters a result, at these lengths (characters):
 ERROR_MESSAGE_MAX = 500  # a call's errorMessage
 # serverVersion, hostname, hostUuid: what a hostile server sends must not
@@ -119,7 +119,7 @@ def _field(value: object) -> Optional[str]:
 @dataclass(frozen=True)
 class SessionCensus:
     """The probe's account's sessions as describeSessions reported them
-    (fcmon/census.py): all of them (the probe's own included), those whose
+    (fcmon/probe/census.py): all of them (the probe's own included), those whose
     description marks them as any fcmon's, the configured limit, the
     longest idle time in seconds (None when the server's timestamps gave
     none), and how many of this instance's orphans the probe deleted."""

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
-from .status import StatusSnapshot
+from ..export.status import StatusSnapshot
 
 # A page is rebuilt at most this often...
 PERIOD = 5.0

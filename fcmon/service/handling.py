@@ -18,8 +18,8 @@ import threading
 import traceback
 from typing import Callable, Set, Tuple, TypeVar
 
-from .listeners import ListenerRound
-from .result import Failure, ProbeResult
+from ..probe.listeners import ListenerRound
+from ..probe.result import Failure, ProbeResult
 
 log = logging.getLogger(__name__)
 

@@ -90,7 +90,7 @@ class JournalPriorityFormatter(logging.Formatter):
 class EncodableFormatter(logging.Formatter):
     """Wraps another formatter so that every line can be written as UTF-8.
 
-    Server text is cleaned before it reaches a result (fcmon/servertext.py),
+    Server text is cleaned before it reaches a result (fcmon/probe/servertext.py),
     but a lone surrogate from any other path (an exception's message, a
     library) would make the handler fail to write the line, and the record
     would be lost behind a "Logging error" traceback: such a character is

@@ -21,8 +21,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional, Set
 
-from .config import TargetConfig
-from .result import ProbeResult
+from ..config import TargetConfig
+from ..probe.result import ProbeResult
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from collections import deque
 from typing import Callable, Deque, Dict, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from .config import TargetConfig
+from ..config import TargetConfig
 from .result import ProbeResult
 
 # Why a scheduled probe did not run (fcmon_probes_skipped_total's `reason`):

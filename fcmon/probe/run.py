@@ -37,7 +37,7 @@ from .client import (
     internal_error,
 )
 from .codes import describe
-from .config import TargetConfig
+from ..config import TargetConfig
 from .deadlines import DeadlineWatcher
 from .resolver import DEFAULT as DEFAULT_RESOLVER
 from .resolver import Resolver
@@ -148,7 +148,7 @@ class Prober:
         self._wall = wall_clock
         self._plans: Dict[str, Tuple[TargetConfig, RequestPlan]] = {}
         self._plans_lock = threading.Lock()
-        # fcmon/instance.py: named in every session's description; without
+        # fcmon/service/instance.py: named in every session's description; without
         # one, sessions are still counted but none is ever reaped.
         self.instance_id = instance_id
         # target -> why its last census was not available (logged once)

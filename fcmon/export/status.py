@@ -16,12 +16,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Deque, Dict, Optional, Sequence, Tuple
 
-from .certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
-from .config import TargetConfig
-from .levels import SECONDS_PER_DAY, cert_level  # noqa: F401 (the renderers and tests read them here)
-from .listeners import ListenerRound
-from .result import ProbeResult, ServerInfo, SessionCensus
-from .runbook import RUNBOOK_URL
+from ..probe.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
+from ..config import TargetConfig
+from ..probe.levels import SECONDS_PER_DAY, cert_level  # noqa: F401 (the renderers and tests read them here)
+from ..probe.listeners import ListenerRound
+from ..probe.result import ProbeResult, ServerInfo, SessionCensus
+from ..runbook import RUNBOOK_URL
 
 MAX_EVENTS = 50
 
@@ -46,7 +46,7 @@ class TargetStatus:
     state: str  # UP, DOWN or NOT_PROBED
     since: float  # Unix time the state began (NOT_PROBED: when the target was configured)
     latest: Optional[ProbeResult]
-    # the last listener round (fcmon/listeners.py): a row per listener
+    # the last listener round (fcmon/probe/listeners.py): a row per listener
     listeners: Optional[ListenerRound] = None
     # the server's identity from the last probe whose createSession succeeded
     # (the latest one may have failed before it), and that probe's end

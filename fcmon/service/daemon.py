@@ -18,23 +18,24 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from . import __version__, debuglog
-from .config import Config, ConfigError, TargetConfig, load_config
-from .exposition import TextRenderer
-from .flight import Busy, Flights, Slots
+from .. import __version__
+from ..probe import debuglog
+from ..config import Config, ConfigError, TargetConfig, load_config
+from ..export.exposition import TextRenderer
+from ..probe.flight import Busy, Flights, Slots
 from .handling import ResultHandling
-from .listeners import ListenerChecker, ListenerRound
+from ..probe.listeners import ListenerChecker, ListenerRound
 from .instance import instance_id
 from .logs import setup_logging
-from .metrics import FcmonCollector, MetricsStore
+from ..export.metrics import FcmonCollector, MetricsStore
 from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping_due
-from .probe import Prober
-from .result import ProbeResult
+from ..probe.run import Prober
+from ..probe.result import ProbeResult
 from .reuse import Kept, RecentResults
-from .httpd import BASE_FD_RESERVE, connection_cap
+from ..web.httpd import BASE_FD_RESERVE, connection_cap
 from .scheduler import MAX_SLOT_WAIT_SHARE, ProbeScheduler, listener_pool_size, pool_size
-from .status import StatusBoard, one_line
-from .web import LANES, PAGE_LANE, App, WebServer, server_ssl_context
+from ..export.status import StatusBoard, one_line
+from ..web.app import LANES, PAGE_LANE, App, WebServer, server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Daemon:
     # -- probes
 
     def _on_result(self, result: ProbeResult) -> None:
-        # A failure in here is the target's own `internal` (fcmon/handling.py),
+        # A failure in here is the target's own `internal` (fcmon/service/handling.py),
         # never a swallowed error and a frozen series.
         self._handling.probe(result, self._handle_result)
 

@@ -35,7 +35,7 @@ Why not wsgiref or a production WSGI server: wsgiref is a thread per
 connection with a per-read timeout, and cheroot handshakes TLS in its
 accept thread (an idle client stalls everyone); waitress has no TLS.
 asyncio keeps slow clients off threads, with no dependency; TLS is fcmon's
-own small-buffer layer over it (fcmon/httptls.py: asyncio's gives every
+own small-buffer layer over it (fcmon/web/httptls.py: asyncio's gives every
 connection a 256 KiB buffer).
 """
 
@@ -398,7 +398,7 @@ class Server:
         self.max_per_client = max_per_client
         self.on_rejected = on_rejected
         # Seconds a request from a client_key waits before the app sees it
-        # (spent here, on the loop), or None: answer 429 (fcmon/authguard.py).
+        # (spent here, on the loop), or None: answer 429 (fcmon/web/authguard.py).
         self.admit = admit
         self.on_shed = on_shed
         self.on_dropped = on_dropped
@@ -572,7 +572,7 @@ class Server:
     async def _start(self, conn: "_Conn", sock: socket.socket) -> None:
         """Hand the socket to the loop: to `conn` directly, or through a
         TLS layer that handshakes (under HANDSHAKE_TIMEOUT, with small
-        buffers: fcmon/httptls.py) before `conn` sees the connection."""
+        buffers: fcmon/web/httptls.py) before `conn` sees the connection."""
         loop = asyncio.get_running_loop()
         ctx = self.ssl_context
         protocol: asyncio.Protocol = conn

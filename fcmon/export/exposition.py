@@ -46,7 +46,7 @@ from .metrics import (
     _TargetState,
     server_labels,
 )
-from .result import CertInfo
+from ..probe.result import CertInfo
 
 # Blocks handed to the WSGI server: few enough hand-overs (about 140 for
 # 3,000 targets), and small, because a client that reads slowly holds the

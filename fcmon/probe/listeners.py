@@ -47,7 +47,7 @@ from .client import (
     fetch_peer_unverified,
     peer_info,
 )
-from .config import TargetConfig
+from ..config import TargetConfig
 from .result import ERROR_MESSAGE_MAX, FAILURE_MESSAGE_MAX, SERVER_FIELD_MAX, CertInfo
 from .servertext import clean
 from .sockwait import wait_readable
@@ -86,7 +86,7 @@ class Listener:
     protocol: str  # from listServices; CONFIGURED_PROTOCOL when only configured
 
     def __post_init__(self) -> None:
-        # listServices' text: cleaned where it enters a result (fcmon/servertext.py)
+        # listServices' text: cleaned where it enters a result (fcmon/probe/servertext.py)
         object.__setattr__(self, "name", clean(self.name, SERVER_FIELD_MAX))
         object.__setattr__(self, "protocol", clean(self.protocol, SERVER_FIELD_MAX))
 

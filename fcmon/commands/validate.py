@@ -21,9 +21,9 @@ from typing import Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 from cryptography import x509
 
-from . import certs
-from .config import SECRET_FILE_KEYS, Config, ConfigError, load_config, redacted_summary, resolve_path
-from .levels import whole_days
+from ..probe import certs
+from ..config import SECRET_FILE_KEYS, Config, ConfigError, load_config, redacted_summary, resolve_path
+from ..probe.levels import whole_days
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ def _expiry_warnings(
 
 
 def _when(moment: dt.datetime, now: dt.datetime) -> str:
-    # whole days for people, rounded down, as everywhere (fcmon/levels.py)
+    # whole days for people, rounded down, as everywhere (fcmon/probe/levels.py)
     days = (moment - now).total_seconds() / 86400
     n = whole_days(abs(days))
     count = "less than a day" if n == 0 else f"{n} day{'s' if n != 1 else ''}"

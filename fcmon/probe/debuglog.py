@@ -19,10 +19,10 @@ from typing import List, Optional
 
 from .client import RequestPlan
 from .codes import describe
-from .config import TargetConfig
+from ..config import TargetConfig
 from .levels import days_left, days_text
 from .census import session_description
-from .probe import redact
+from .run import redact
 from .result import CallResult, CertInfo, ProbeResult
 
 REDACTED = "<redacted>"
@@ -61,7 +61,7 @@ def _seconds(value: float) -> str:
 
 
 def _days(cert: CertInfo, now: float) -> str:
-    # whole days for people, as the page and `check` (fcmon/levels.py);
+    # whole days for people, as the page and `check` (fcmon/probe/levels.py);
     # the exact moment is the "not after" beside it
     return days_text(days_left(cert, now))
 
@@ -137,7 +137,7 @@ def render(result: ProbeResult, target: TargetConfig, instance_id: Optional[str]
 
 
 def _census(log: _Log, result: ProbeResult) -> None:
-    """What the session census saw (fcmon/census.py): counts, never a token."""
+    """What the session census saw (fcmon/probe/census.py): counts, never a token."""
     c = result.census
     if c is not None:
         idle = "" if c.oldest_idle is None else f", the longest idle {c.oldest_idle:.0f} s"

@@ -26,11 +26,11 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 
-from .config import TargetConfig
-from .flight import SKIP_MISSED, SKIP_STILL_RUNNING, Flights, Skipped
-from .listeners import round_budget
-from .probe import CLEANUP_GRACE, Prober
-from .result import ProbeResult
+from ..config import TargetConfig
+from ..probe.flight import SKIP_MISSED, SKIP_STILL_RUNNING, Flights, Skipped
+from ..probe.listeners import round_budget
+from ..probe.run import CLEANUP_GRACE, Prober
+from ..probe.result import ProbeResult
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ FIRST_ROUND_BURST = 200
 FIRST_ROUND_SPACING_AFTER_BURST = 0.010
 
 
-# Listener rounds (fcmon/listeners.py) run in their own executor of the same
+# Listener rounds (fcmon/probe/listeners.py) run in their own executor of the same
 # scheduler, so a round of hung listeners never holds a probe's worker.
 LISTENER_JOB_PREFIX = "listeners/"  # "/" is not allowed in target names
 LISTENER_EXECUTOR = "listeners"

@@ -23,7 +23,7 @@ import socket
 from pathlib import Path
 from typing import Optional
 
-from .config import Config, format_listen
+from ..config import Config, format_listen
 
 MACHINE_ID_FILES = (Path("/etc/machine-id"), Path("/var/lib/dbus/machine-id"))
 
