@@ -31,8 +31,10 @@ def _client(prober: Prober, target: TargetConfig) -> ApiClient:
     return ApiClient(prober.plan(target), prober.contexts.get(target))
 
 
-def test_session_builds_no_pool_manager(test_pki: PKI, emulator: Emulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """requests.Session() mounts two adapters with a PoolManager each; a probe builds none."""
+def test_probe_builds_no_pool_manager_and_reads_no_environment(test_pki: PKI, emulator: Emulator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """requests.Session() mounts two adapters with a PoolManager each; a probe
+    sends through its own adapter and builds none. No Session: no proxy from
+    the environment either."""
     built: List[object] = []
     real = requests.adapters.PoolManager
 
@@ -44,16 +46,15 @@ def test_session_builds_no_pool_manager(test_pki: PKI, emulator: Emulator, monke
     monkeypatch.setattr(requests.adapters, "PoolManager", Counting)
     assert requests.Session().adapters  # the counter works: a plain Session builds them
     built.clear()
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")  # nothing listens there
     prober = Prober()
     target = make_target(test_pki, emulator)
     assert prober.probe(target).failure is None
     client = _client(prober, target)
     assert built == []
-    adapters = set(map(id, client.session.adapters.values()))
-    assert len(adapters) == 1  # the probe's own adapter for https:// and http://
-    adapter = next(iter(client.session.adapters.values()))
-    assert adapter.poolmanager is None
-    assert client.session.trust_env is False
+    assert isinstance(client.adapter, requests.adapters.HTTPAdapter)
+    assert client.adapter.poolmanager is None
     client.close()
 
 

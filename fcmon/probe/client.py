@@ -4,24 +4,30 @@ Trust is exactly the target's `ca_file` (or the system store without one):
 the SSL context is built here once per target and requests is kept from
 touching it (no certifi, no REQUESTS_CA_BUNDLE; see
 docs/design-notes.md#trust-ca-bundles-from-the-environment and
-docs/design-notes.md#trust-certifi-loaded-into-our-context). Every
-connection of a probe goes through one small pool whose connections this
-module knows, so a deadline can cut a socket that a server drips bytes into
+docs/design-notes.md#trust-certifi-loaded-into-our-context). A probe's
+one connection records every socket it makes, so a deadline can cut a
+socket that a server drips bytes into
 (docs/design-notes.md#requests-timeouts-bound-each-socket-wait).
 
-A probe's calls go through a fresh requests Session and its HTTPAdapter,
-trimmed to what a probe uses: no PoolManagers, no cookies, hooks or
-redirects, a request plan (path, headers, createSession body) made once
-per target, one write per request. The connection itself reads the whole
-(capped) body and times the call on the wire: from just before the first
-byte of the request is written to just after the last byte of the response
-is read, so a step's time is the server's, not requests' own work.
+A probe's calls go to requests' transport API, an HTTPAdapter of its own
+(`_ProbeAdapter`: `init_poolmanager`, `send`, `build_response`), over one
+urllib3 connection (`_ProbeConnection`) whose `connect()` is fcmon's:
+resolution and TCP through fcmon.probe.resolver within the deadline, the
+handshake with the target's context. Only public names of requests,
+urllib3, http.client and ssl are used (docs/design-notes.md#the-probes-transport-public-extension-points-only;
+tests/test_private_names.py). A request plan (path, headers,
+createSession body) is made once per target, and each request is one
+write. The connection itself reads the whole (capped) body and times the
+call on the wire: from just before the first byte of the request is
+written to just after the last byte of the response is read, so a step's
+time is the server's, not requests' own work.
 """
 
 from __future__ import annotations
 
 import errno
 import http.client
+import io
 import json
 import logging
 import os
@@ -29,7 +35,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
@@ -37,17 +42,16 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.util.timeout import Timeout
+from urllib3.connection import HTTPConnection
 from urllib3.util.connection import allowed_gai_family
-from urllib3.util.wait import wait_for_read
+from urllib3.util.timeout import Timeout
 
 from .certs import CertFileError, der_cert_info, file_stamp, load_private_key, path_from_leaf
 from ..config import TargetConfig
 from .resolver import DEFAULT as DEFAULT_RESOLVER
 from .resolver import Resolver
 from .result import CertInfo
+from .sockwait import wait_readable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,10 @@ class ProbeError(Exception):
 
 # ---------------------------------------------------------------- TLS context
 
+# What urllib3 offers in the handshake when it wraps a socket; fcmon wraps
+# its own (_ProbeConnection.connect), so its contexts offer it themselves.
+_ALPN = ["http/1.1"]
+
 
 def build_ssl_context(target: TargetConfig) -> ssl.SSLContext:
     """The context for every connection to `target`.
@@ -97,6 +105,7 @@ def build_ssl_context(target: TargetConfig) -> ssl.SSLContext:
     ctx.check_hostname = True
     ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(_ALPN)
     if target.client_cert_file is not None and target.client_key_file is not None:
         # Load the key ourselves first: OpenSSL's own message for a bad key
         # or password is cryptic ("[SSL] PEM lib").
@@ -297,15 +306,16 @@ class _WireIO(http.client.HTTPConnection):
     In the MRO it sits between urllib3's connection and http.client's, so
     urllib3's `getresponse` gets a response whose body this class has
     already read (the wire time ends there), and urllib3's writes of one
-    request (headers, then body) can be collected and sent as one.
+    request (headers, then body) can be collected and sent as one. Only
+    http.client's public `send` and `getresponse` are overridden.
     """
 
     fcmon_wire: Optional[Wire] = None
     fcmon_tracked: Optional[_Tracked] = None
-    _fcmon_out: Optional[List[bytes]] = None
+    fcmon_out: Optional[List[bytes]] = None
 
     def send(self, data: Any) -> None:  # type: ignore[override]
-        out = self._fcmon_out
+        out = self.fcmon_out
         if out is not None and isinstance(data, bytes):
             out.append(data)
             return
@@ -331,21 +341,24 @@ class _WireIO(http.client.HTTPConnection):
         return resp
 
 
-def _connect_within(tracked: _Tracked, host: str, port: int, options: Any) -> socket.socket:
+def _connect_within(tracked: _Tracked, host: str, port: int, options: Any,
+                    timeout: Optional[float] = None) -> socket.socket:
     """A connected TCP socket to (host, port): the name resolved within the
     time left before the deadline (fcmon.probe.resolver), each address tried with
-    the time then left (urllib3's create_connection gives each the whole)."""
+    the time then left (socket.create_connection and urllib3 give each the
+    whole), none longer than `timeout`."""
     if host.startswith("["):
         host = host.strip("[]")
     err: Optional[OSError] = None
-    addresses = tracked.resolver.resolve(host, port, allowed_gai_family(), socket.SOCK_STREAM, tracked.left(None))
+    addresses = tracked.resolver.resolve(host, port, allowed_gai_family(), socket.SOCK_STREAM,
+                                         tracked.left(timeout))
     for family, kind, proto, _, address in addresses:
         sock = None
         try:
             sock = socket.socket(family, kind, proto)
             for option in options or ():
                 sock.setsockopt(*option)
-            sock.settimeout(tracked.left(None))
+            sock.settimeout(tracked.left(timeout))
             sock.connect(address)
             return sock
         except OSError as e:
@@ -371,53 +384,57 @@ def connect_tcp(host: str, port: int, deadline: float, resolver: Optional[Resolv
     return _connect_within(within, host, port, None)
 
 
-class _WireMixin:
-    """urllib3 connection methods of a probe connection (before urllib3's in the MRO)."""
+# What urllib3 sets on every connection it makes (Nagle off: a request is
+# one write, and the answer must not wait for a delayed ACK).
+_SOCKET_OPTIONS = HTTPConnection.default_socket_options
 
-    fcmon_wire: Optional[Wire]
-    fcmon_tracked: Optional[_Tracked]
-    _fcmon_out: Optional[List[bytes]]
 
-    def _new_conn(self) -> socket.socket:
-        """The TCP socket, recorded for the deadline as soon as it exists;
-        its timeout (which the TLS handshake inherits as a total) ends at
-        the deadline.
+class _ProbeConnection(HTTPConnection, _WireIO):
+    """The one connection of a probe: urllib3 writes each request and parses
+    each response; the connection itself is made by fcmon.
 
-        urllib3's create_connection gives each address of the host the whole
-        timeout (a host with an IPv6 and an IPv4 address, the first
-        blackholed, would take twice the timeout); here each address gets
-        only the time left. Errors are wrapped as urllib3 wraps them.
-        """
-        tracked = self.fcmon_tracked
-        if tracked is None or tracked.deadline is None:
-            sock = super()._new_conn()  # type: ignore[misc]
-            if tracked is not None:
-                tracked.add(sock)
-            return sock
-        host: str = self._dns_host  # type: ignore[attr-defined]
-        try:
-            sock = _connect_within(tracked, host, self.port, self.socket_options)  # type: ignore[attr-defined]
-        except socket.gaierror as e:
-            raise urllib3.exceptions.NameResolutionError(host, self, e) from e  # type: ignore[arg-type]
-        except socket.timeout as e:
-            raise urllib3.exceptions.ConnectTimeoutError(self, f"Connection to {host} timed out") from e
-        except OSError as e:
-            raise urllib3.exceptions.NewConnectionError(
-                self, f"Failed to establish a new connection: {e}") from e  # type: ignore[arg-type]
-        tracked.add(sock)
-        return sock
+    `connect()` resolves the name through fcmon's resolver and tries each
+    address within the time left before the deadline, then performs the TLS
+    handshake with the target's own context (`SSLContext.wrap_socket`):
+    urllib3 has no public hook for either, and resolving inside its
+    `connect()` would run getaddrinfo unbounded. Each socket is recorded for
+    the deadline the moment it exists (the TCP socket, then the TLS socket).
+    Then urllib3's public `request()`/`getresponse()` carry the calls on it;
+    the requests adapter (`_ProbeAdapter.send`) is what requests calls.
+    """
+
+    def __init__(self, plan: "RequestPlan", ssl_context: Optional[ssl.SSLContext], wire: Wire,
+                 tracked: _Tracked) -> None:
+        super().__init__(plan.host, plan.port, socket_options=_SOCKET_OPTIONS)
+        self.fcmon_host = plan.host
+        self.fcmon_ssl_context = ssl_context
+        self.fcmon_wire = wire
+        self.fcmon_tracked = tracked
 
     def connect(self) -> None:
+        """TCP connect and TLS handshake, each within the deadline, timed."""
         started = _clock()
         wire = self.fcmon_wire
-        if wire is not None:
-            wire.connects += 1
-        super().connect()  # type: ignore[misc]
         tracked = self.fcmon_tracked
-        if tracked is not None:
-            tracked.add(self.sock)  # type: ignore[attr-defined]
-        if wire is not None:
-            wire.connect_seconds = _clock() - started
+        assert wire is not None and tracked is not None
+        wire.connects += 1
+        timeout = self.timeout if isinstance(self.timeout, (int, float)) else None
+        sock: socket.socket = _connect_within(tracked, self.fcmon_host, self.port, _SOCKET_OPTIONS, timeout)
+        tracked.add(sock)
+        ctx = self.fcmon_ssl_context
+        if ctx is not None:
+            # The handshake is one call whose timeout is a total: it ends by
+            # the deadline too, although its socket cannot be cut while the
+            # TCP socket is being detached into the TLS one.
+            sock.settimeout(tracked.left(timeout))
+            try:
+                sock = ctx.wrap_socket(sock, server_hostname=self.fcmon_host.rstrip("."))
+            except BaseException:
+                sock.close()
+                raise
+            tracked.add(sock)
+        self.sock = sock
+        wire.connect_seconds = _clock() - started
 
     def request(self, method: str, url: str, body: Any = None, headers: Any = None, **kw: Any) -> None:  # type: ignore[override]
         # urllib3 writes the request line and headers, then the body: two TLS
@@ -428,31 +445,32 @@ class _WireMixin:
             wire.started = wire.finished = None
             wire.body = None
         out: List[bytes] = []
-        self._fcmon_out = out
+        self.fcmon_out = out
         try:
-            super().request(method, url, body=body, headers=headers, **kw)  # type: ignore[misc]
+            super().request(method, url, body=body, headers=headers, **kw)
         finally:
-            self._fcmon_out = None
+            self.fcmon_out = None
         if wire is not None:
             wire.started = _clock()
-        super().send(b"".join(out))  # type: ignore[misc]
+        super().send(b"".join(out))
 
-
-class _ProbeHTTPSConnection(_WireMixin, HTTPSConnection, _WireIO):
     @property
     def is_connected(self) -> bool:
         """urllib3 calls an idle connection dropped when its socket is readable.
 
         After a TLS 1.3 handshake it always is: the server's session tickets
-        arrive after the handshake. urllib3 would then throw the fresh
-        connection away and handshake again. Readable only because of TLS
-        records is still connected; EOF, an alert or stray data is not.
+        arrive after the handshake. A fresh connection would then be thrown
+        away and handshaken again. Readable only because of TLS records is
+        still connected; EOF, an alert or stray data is not.
         """
         sock = self.sock
         if sock is None:
             return False
-        if not wait_for_read(sock, timeout=0.0):
-            return True
+        try:
+            if not wait_readable(sock, 0.0):
+                return True
+        except (OSError, ValueError):  # closed under us
+            return False
         if not isinstance(sock, ssl.SSLSocket):
             return False
         timeout = sock.gettimeout()
@@ -471,159 +489,84 @@ class _ProbeHTTPSConnection(_WireMixin, HTTPSConnection, _WireIO):
                 pass
 
 
-class _ProbeHTTPConnection(_WireMixin, HTTPConnection, _WireIO):
-    pass
-
-
-class _TrackingMixin:
-    """Pool methods of a probe's pool: every connection is tracked (for the
-    deadline) and reports to the probe's Wire."""
-
-    _fcmon_tracked: _Tracked
-    _fcmon_wire: Wire
-
-    def _new_conn(self):  # type: ignore[no-untyped-def]
-        conn = super()._new_conn()  # type: ignore[misc]
-        conn.fcmon_wire = self._fcmon_wire
-        conn.fcmon_tracked = self._fcmon_tracked
-        return conn
-
-
-class _LeanPoolMixin:
-    """urlopen of a probe's pool: take the connection, write, read, give it back.
-
-    urllib3's urlopen wraps these steps in what a probe never uses: retries
-    (a probe's failure is its result; requests passes Retry(0) anyway),
-    redirects (requests passes redirect=False), proxies, URL re-encoding
-    (the path is the target's, fixed) and header copies. Errors propagate
-    as the socket, TLS or http.client raised them; requests' adapter wraps
-    them as it does urllib3's, and classify_request_error looks through both.
-    """
-
-    def urlopen(self, method, url, body=None, headers=None, retries=None, redirect=True,  # type: ignore[no-untyped-def]
-                assert_same_host=True, timeout=Timeout.DEFAULT_TIMEOUT, pool_timeout=None, release_conn=None,
-                chunked=False, body_pos=None, preload_content=True, decode_content=True, **response_kw):
-        timeout_obj = self._get_timeout(timeout)  # type: ignore[attr-defined]
-        conn = self._get_conn(timeout=pool_timeout)  # type: ignore[attr-defined]
-        try:
-            conn.timeout = timeout_obj.connect_timeout
-            if conn.is_closed:
-                conn.connect()
-            try:
-                conn.request(method, url, body=body, headers=headers, chunked=chunked,
-                             preload_content=preload_content, decode_content=decode_content)
-            except BrokenPipeError:
-                pass  # as urllib3: the answer may still be on the wire (a TLS alert, say)
-            except OSError as exc:
-                if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
-                    raise
-            conn.timeout = timeout_obj.read_timeout
-            response = conn.getresponse()
-        except BaseException:
-            conn.close()
-            self._put_conn(None)  # type: ignore[attr-defined]
-            raise
-        # The connection has read the whole body: it is free for the next call.
-        self._put_conn(conn)  # type: ignore[attr-defined]
-        return response
-
-
-class _HTTPSPool(_TrackingMixin, _LeanPoolMixin, HTTPSConnectionPool):
-    ConnectionCls = _ProbeHTTPSConnection
-
-
-class _HTTPPool(_TrackingMixin, _LeanPoolMixin, HTTPConnectionPool):
-    ConnectionCls = _ProbeHTTPConnection
+def _timeouts(timeout: Any) -> Tuple[Optional[float], Optional[float]]:
+    """(connect, read) from what requests accepts as `timeout=`."""
+    if isinstance(timeout, tuple):
+        return timeout[0], timeout[1]
+    if isinstance(timeout, Timeout):
+        return timeout.connect_timeout, timeout.read_timeout  # type: ignore[return-value]
+    return timeout, timeout
 
 
 class _ProbeAdapter(HTTPAdapter):
-    """Sends every request through the probe's own pool; never touches TLS trust.
+    """requests' transport for a probe: every request over the probe's one
+    connection; never touches TLS trust.
 
-    It builds no PoolManager (requests' default adapters each build one
-    that a probe never uses), and hands requests the body the connection
-    already read.
+    requests' extension points for a transport adapter: `init_poolmanager`
+    builds nothing (requests' default builds a PoolManager a probe never
+    uses), `send` takes the connection, writes, reads and hands back a
+    requests.Response, `close` closes the connection. Trust is the target's
+    context alone: no `cert_verify` (certifi, REQUESTS_CA_BUNDLE), no proxy,
+    no retry (a probe's failure is its result), no redirect (a 3xx is
+    answered like any non-JSON reply). Errors propagate as the socket, TLS,
+    http.client or urllib3 raised them; classify_request_error names them.
     """
 
-    def __init__(self, pool: HTTPConnectionPool, wire: Wire, path: str):
-        self._pool = pool
-        self._wire = wire
-        self._path = path
+    def __init__(self, conn: _ProbeConnection, wire: Wire, path: str):
+        self.fcmon_conn = conn
+        self.fcmon_wire = wire
+        self.fcmon_path = path
         super().__init__(max_retries=0)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         self.poolmanager = None
 
-    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):  # type: ignore[no-untyped-def,override]
-        return self._pool
-
-    def get_connection(self, url, proxies=None):  # type: ignore[no-untyped-def,override]
-        return self._pool
-
-    def cert_verify(self, conn, url, verify, cert):  # type: ignore[no-untyped-def,override]
-        # requests would set ca_certs (certifi or REQUESTS_CA_BUNDLE) here and
-        # urllib3 would then load it into our context on every connection.
-        return None
-
-    def request_url(self, request, proxies):  # type: ignore[no-untyped-def,override]
-        # Every request of a probe goes to the target's endpoint, no proxy.
-        return self._path
+    def send(self, request: requests.PreparedRequest, stream: bool = False, timeout: Any = None,  # type: ignore[override]
+             verify: Any = True, cert: Any = None, proxies: Any = None) -> requests.Response:
+        connect_timeout, read_timeout = _timeouts(timeout)
+        conn = self.fcmon_conn
+        try:
+            if not conn.is_closed and not conn.is_connected:
+                conn.close()  # dropped by the server while idle: connect again
+            conn.timeout = connect_timeout
+            if conn.is_closed:
+                conn.connect()
+            try:
+                conn.request(request.method or "POST", self.fcmon_path, body=request.body,
+                             headers=request.headers, chunked=False, preload_content=False, decode_content=False)
+            except BrokenPipeError:
+                pass  # as urllib3: the answer may still be on the wire (a TLS alert, say)
+            except OSError as exc:
+                if exc.errno not in (errno.EPROTOTYPE, errno.ECONNRESET):
+                    raise
+            conn.timeout = read_timeout
+            resp = conn.getresponse()
+        except BaseException:
+            conn.close()
+            raise
+        # The connection has read the whole body: it is free for the next call.
+        return self.build_response(request, resp)
 
     def build_response(self, req, resp):  # type: ignore[no-untyped-def,override]
-        """A complete requests.Response from the body the connection read.
+        """A complete requests.Response; its body is what the connection read.
 
         No cookie extraction (a probe carries its authToken in JSON) and no
-        charset sniffing (the body is JSON bytes).
+        charset sniffing (the body is JSON bytes). `raw` is the body as a
+        file, which `Response.content` reads.
         """
         response = requests.Response()
         response.status_code = resp.status
         response.headers = resp.headers  # urllib3's HTTPHeaderDict: case-insensitive
-        response.raw = resp
+        body = self.fcmon_wire.body
+        response.raw = io.BytesIO(body if body is not None else b"")
         response.reason = resp.reason
         response.url = req.url
         response.request = req
         response.connection = self
-        response._content = self._wire.body if self._wire.body is not None else b""
-        response._content_consumed = True
         return response
 
     def close(self) -> None:
-        self._pool.close()
-
-
-class _ProbeSession(requests.Session):
-    """A Session without requests' default adapters.
-
-    requests.Session() mounts two HTTPAdapters with a PoolManager each; a
-    probe sends everything through its own adapter, so it builds neither.
-    Environment proxies and CA bundles are off (trust_env False).
-    """
-
-    def __init__(self, adapter: HTTPAdapter):
-        self.headers = requests.structures.CaseInsensitiveDict()
-        self.auth = None
-        self.proxies = {}
-        self.hooks = requests.hooks.default_hooks()
-        self.params = {}
-        self.stream = False
-        self.verify = True
-        self.cert = None
-        self.max_redirects = requests.models.DEFAULT_REDIRECT_LIMIT
-        self.trust_env = False
-        self.cookies = requests.cookies.cookiejar_from_dict({})
-        self.adapters = OrderedDict()
-        self.mount("https://", adapter)
-        self.mount("http://", adapter)
-
-    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
-        """Straight to the adapter.
-
-        requests.Session.send around it would dispatch response hooks (a
-        probe registers none), extract cookies into the session's jar (a
-        probe's authToken travels in JSON, never in a cookie), time the call
-        (the connection does) and look for a redirect to follow (a probe
-        follows none: a 3xx is answered like any non-JSON reply).
-        """
-        return self.get_adapter(url=request.url).send(request, **kwargs)
+        self.fcmon_conn.close()
 
 
 # ---------------------------------------------------------------- peer certs
@@ -637,30 +580,19 @@ class PeerInfo:
     address: Optional[str] = None  # "host:port" connected to ("[v6]:port")
 
 
-def _der(item: Any) -> bytes:
-    if isinstance(item, (bytes, bytearray)):
-        return bytes(item)
-    # ssl's Certificate objects give PEM by default; the DER constant is private.
-    return ssl.PEM_cert_to_DER_cert(item.public_bytes())
-
-
 def _chain_der(sock: ssl.SSLSocket) -> List[bytes]:
     """The certificates the server presented, leaf first, as DER.
 
-    Python 3.13 exposes them publicly; 3.10-3.12 only on the private _sslobj;
-    3.9 has only the leaf.
+    `SSLSocket.get_unverified_chain()` is public from Python 3.13; before
+    it, the ssl module's public API gives the leaf alone
+    (`getpeercert(binary_form=True)`), so the chain is not read there
+    (docs/design-notes.md#only-the-verified-path-is-the-chain).
     """
     getter = getattr(sock, "get_unverified_chain", None)
-    if getter is None:
-        sslobj = getattr(sock, "_sslobj", None)
-        getter = getattr(sslobj, "get_unverified_chain", None)
     if getter is not None:
-        try:
-            out = [_der(item) for item in getter() or []]
-            if out:
-                return out
-        except Exception:  # a private API: never let it break a probe
-            log.debug("could not read the peer chain", exc_info=True)
+        out = [bytes(der) for der in getter() or ()]
+        if out:
+            return out
     leaf = sock.getpeercert(binary_form=True)
     return [leaf] if leaf else []
 
@@ -672,8 +604,8 @@ def _verified_der(sock: ssl.SSLSocket) -> Optional[List[bytes]]:
     if getter is None:
         return None
     try:
-        return [_der(item) for item in getter() or []] or None
-    except Exception:
+        return [bytes(der) for der in getter() or ()] or None
+    except ssl.SSLError:
         log.debug("could not read the verified chain", exc_info=True)
         return None
 
@@ -1004,8 +936,8 @@ class ApiResponse:
 
 
 class ApiClient:
-    """The connection(s) of one probe to one endpoint: a fresh requests
-    Session with the probe's own adapter and one-connection pool.
+    """The connection of one probe to one endpoint, behind requests: a
+    fresh HTTPAdapter (`_ProbeAdapter`) over one connection (`_ProbeConnection`).
 
     Not thread-safe; one per probe. `cut()` may be called from another thread
     (the deadline) and makes every blocked read return at once.
@@ -1021,22 +953,8 @@ class ApiClient:
         self._tracked = _Tracked()
         if resolver is not None:
             self._tracked.resolver = resolver
-        pool: HTTPConnectionPool
-        if plan.tls:
-            pool = _HTTPSPool(
-                plan.host,
-                plan.port,
-                maxsize=1,
-                retries=False,
-                ssl_context=ssl_context,
-                cert_reqs="CERT_REQUIRED",
-            )
-        else:
-            pool = _HTTPPool(plan.host, plan.port, maxsize=1, retries=False)
-        pool._fcmon_tracked = self._tracked  # type: ignore[attr-defined]
-        pool._fcmon_wire = self.wire  # type: ignore[attr-defined]
-        self._pool = pool
-        self.session = _ProbeSession(_ProbeAdapter(pool, self.wire, plan.path))
+        self._conn = _ProbeConnection(plan, ssl_context if plan.tls else None, self.wire, self._tracked)
+        self.adapter = _ProbeAdapter(self._conn, self.wire, plan.path)
         self._fresh_tls = False
         # wire time of the last call whose whole response was read, else None
         self.last_wire: Optional[float] = None
@@ -1056,7 +974,8 @@ class ApiClient:
         connection then carries createSession. `connect_seconds` is the time
         of the connect and handshake alone."""
         self.connect_seconds = None
-        conn = self._pool._get_conn()
+        conn = self._conn
+        conn.close()
         conn.timeout = max(timeout, 0.001)
         try:
             conn.connect()
@@ -1064,9 +983,7 @@ class ApiClient:
             peer = peer_info(conn.sock)
         except BaseException:
             conn.close()
-            self._pool._put_conn(None)
             raise
-        self._pool._put_conn(conn)
         self._fresh_tls = peer.tls_version == "TLSv1.3"
         return peer
 
@@ -1083,14 +1000,7 @@ class ApiClient:
         wire.started = wire.finished = None
         t = max(timeout, 0.001)
         try:
-            resp = self.session.send(
-                self.plan.prepare(body),
-                timeout=Timeout(connect=t, read=t),
-                stream=False,
-                verify=True,
-                cert=None,
-                proxies=_NO_PROXIES,
-            )
+            resp = self.adapter.send(self.plan.prepare(body), timeout=(t, t))
         except ProbeError:
             raise
         except (requests.exceptions.RequestException, OSError, urllib3.exceptions.HTTPError,
@@ -1140,9 +1050,8 @@ class ApiClient:
         self._tracked.cut_all()
 
     def close(self) -> None:
-        self.session.close()
+        self.adapter.close()
 
 
-_NO_PROXIES: Dict[str, str] = {}
 # errorCode is a 32-bit number in FairCom; anything beyond 64 bits is not an answer.
 _MIN_CODE, _MAX_CODE = -(2 ** 63), 2 ** 63 - 1
