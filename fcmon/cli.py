@@ -200,6 +200,9 @@ def _check(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     from .commands.check import UNKNOWN, config_summary, render_prometheus, render_unknown, run_check, \
         select_targets, write_atomically
     from .service.instance import instance_id
+    from .service.logs import filter_library_logs
+
+    filter_library_logs()  # no logging set up here: warnings reach stderr as they are
 
     def unknown(summary: str, problems: Sequence[str] = (), config_ok: Optional[bool] = None) -> int:
         sys.stdout.write(render_unknown(args.format, summary, problems, config_ok))

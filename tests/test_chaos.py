@@ -41,7 +41,7 @@ from fcmon.probe.client import ApiClient
 from fcmon.config import TargetConfig
 from fcmon.export.exposition import TextRenderer
 from fcmon.probe.listeners import ListenerResult, ListenerRound, parse_listeners
-from fcmon.service.logs import TEXT_FORMAT, JsonFormatter
+from fcmon.service.logs import TEXT_FORMAT, JsonFormatter, filter_library_logs
 from fcmon.export.metrics import FcmonCollector, MetricsStore
 from fcmon.probe.run import Prober
 from fcmon.probe.result import REASONS, STAGES, ProbeResult
@@ -228,6 +228,9 @@ def check_renderers(result: ProbeResult, target: TargetConfig, texts: Texts,
 
 @pytest.fixture(scope="module")
 def prober() -> Prober:
+    # urllib3's header-parsing tracebacks filtered, as `fcmon run` and `fcmon
+    # check` filter them where they set up logging (importing fcmon does not).
+    filter_library_logs()
     p = Prober()
     p.deadlines.at(0.0, lambda: None)  # its one thread, started before any baseline is taken
     return p

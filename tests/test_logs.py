@@ -303,3 +303,47 @@ def test_a_lone_surrogate_from_any_path_does_not_lose_the_record(fmt: str, tmp_p
         handler.emit(record("version v\ud800 seen"))
     text = path.read_text("utf-8")
     assert "version v\\ud800 seen" in text and text.count("\n") == 1
+
+
+_URLLIB3_LOGGERS = ("urllib3", "urllib3.connection", "urllib3.connectionpool", "urllib3.response")
+
+
+def test_importing_fcmon_leaves_urllib3s_loggers_alone() -> None:
+    """Importing the client (or the probe, the daemon, the cli) installs no
+    filter: another program importing fcmon keeps its own logging."""
+    code = ("import logging, fcmon.probe.client, fcmon.probe.run, fcmon.service.daemon, fcmon.cli; "
+            f"print([len(logging.getLogger(n).filters) for n in {_URLLIB3_LOGGERS!r}])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == str([0] * len(_URLLIB3_LOGGERS)), out.stderr
+
+
+def test_setting_up_logging_filters_urllib3s_header_tracebacks() -> None:
+    """setup_logging (the daemon; `fcmon check` calls filter_library_logs)
+    drops urllib3's "Failed to parse headers" warning, with its traceback,
+    and nothing else; once, however often logging is set up (reloads)."""
+    code = """if True:
+        import io, logging
+        from fcmon.service.logs import setup_logging
+        setup_logging(stream=io.StringIO())
+        setup_logging(stream=io.StringIO())
+        connection = logging.getLogger("urllib3.connection")
+        def passes(msg):
+            return connection.filter(logging.makeLogRecord({"name": connection.name, "msg": msg, "levelno": 30}))
+        print(len(connection.filters), passes("Failed to parse headers (url=%s): %s"), passes("Other warning"))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["1", "False", "True"], out.stderr
+
+
+def test_fcmon_check_filters_urllib3s_header_tracebacks(tmp_path: Path) -> None:
+    """`fcmon check` sets up no logging (warnings reach stderr through
+    Python's last-resort handler), so it installs the filter itself."""
+    code = f"""if True:
+        import contextlib, io, logging
+        from fcmon import cli
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            code = cli.main(["check", "-c", {str(tmp_path / "missing.ini")!r}])
+        print(code, len(logging.getLogger("urllib3.connection").filters))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["3", "1"], out.stderr

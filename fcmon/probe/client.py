@@ -58,19 +58,6 @@ log = logging.getLogger(__name__)
 USER_AGENT = "fcmon"
 
 
-class _NoHeaderParsingWarnings(logging.Filter):
-    """urllib3 logs a warning with a traceback for every response whose
-    headers it cannot parse: a hostile server would write tracebacks into
-    fcmon's log (or `fcmon check`'s stderr) at will. The probe names what
-    follows from such a response itself."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to parse headers")
-
-
-logging.getLogger("urllib3.connection").addFilter(_NoHeaderParsingWarnings())
-
-
 class ProbeError(Exception):
     """A classified failure: `reason` is one of result.REASONS."""
 

@@ -124,6 +124,28 @@ def make_formatter(fmt: str, environ: Mapping[str, str], stream: TextIO) -> logg
     return EncodableFormatter(formatter)
 
 
+class NoHeaderParsingWarnings(logging.Filter):
+    """urllib3 logs a warning with a traceback for every response whose
+    headers it cannot parse: a hostile server would write tracebacks into
+    fcmon's log (or `fcmon check`'s stderr) at will. The probe names what
+    follows from such a response itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to parse headers")
+
+
+def filter_library_logs() -> None:
+    """Install fcmon's filters on library loggers, once however often called.
+
+    Here, where logging is set up (`setup_logging`; `fcmon check`, which logs
+    through Python's last-resort handler, calls it directly), not when a
+    module is imported: importing fcmon must not change another program's
+    logging."""
+    connection = logging.getLogger("urllib3.connection")
+    if not any(isinstance(f, NoHeaderParsingWarnings) for f in connection.filters):
+        connection.addFilter(NoHeaderParsingWarnings())
+
+
 def setup_logging(
     level: str = "info",
     fmt: str = "text",
@@ -142,6 +164,7 @@ def setup_logging(
     # A library's warnings.warn() would otherwise print raw, multi-line text
     # to stderr: in JSON format that is a line no log shipper can parse.
     logging.captureWarnings(True)
+    filter_library_logs()
     # urllib3 logs request lines at debug; keep fcmon's own debug readable.
     logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
     # Skipped and missed runs are logged (and counted) by fcmon itself.
