@@ -24,29 +24,27 @@ import time
 import zlib
 from array import array
 from bisect import bisect_left
-from itertools import accumulate
+from itertools import accumulate, chain, repeat
 from operator import itemgetter
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
 from prometheus_client.utils import floatToGoString
 
+from ..probe.levels import SECONDS_PER_DAY
 from .metrics import (
-    EXPIRY_DAYS,
     FAMILIES,
-    LISTENER_EXPIRY_DAYS,
-    LISTENER_NOT_AFTER,
     REQUEST_BUCKETS,
-    SECONDS_PER_DAY,
+    BY_NAME,
     Family,
     MetricsStore,
     Sample,
     _global_families,
+    _Histogram,
     _TargetState,
-    server_labels,
+    label_pairs,
 )
-from ..probe.result import CertInfo
 
 # Blocks handed to the WSGI server: few enough hand-overs (about 140 for
 # 3,000 targets), and small, because a client that reads slowly holds the
@@ -80,48 +78,104 @@ def _header(family: Family) -> str:
     return f"# HELP {name} {family.help}\n# TYPE {name} {family.type}\n"
 
 
-_INDEX = {f.name: i for i, f in enumerate(FAMILIES)}
 _HEADERS = tuple(_header(f).encode() for f in FAMILIES)
-_I_EXPIRY = _INDEX[EXPIRY_DAYS]
-_I_NOT_AFTER = _INDEX["fcmon_cert_not_after_timestamp_seconds"]
-_I_HISTOGRAM = _INDEX["fcmon_request_duration_seconds"]
-_I_L_EXPIRY = _INDEX[LISTENER_EXPIRY_DAYS]
-_I_L_NOT_AFTER = _INDEX[LISTENER_NOT_AFTER]
-_LE = tuple("+Inf" if b == float("inf") else repr(b) for b in REQUEST_BUCKETS)
-# One action's histogram: (labels, cumulative count) per bucket, then
-# labels, count, labels, sum. Counts are ints: "%d.0" is what
-# floatToGoString makes of them.
-_HISTOGRAM = "".join(
-    [f'fcmon_request_duration_seconds_bucket{{%s,le="{le}"}} %d.0\n' for le in _LE]
-    + ["fcmon_request_duration_seconds_count{%s} %d.0\n", "fcmon_request_duration_seconds_sum{%s} %s\n"])
+
+
+def _labels(family: Family) -> str:
+    # `%s` for the target's label, then one per label of the family
+    return "%s" + "".join([f',{k}="%s"' for k in family.labels])
+
+
+def _histogram(family: Family) -> str:
+    # One series of a histogram: (labels, cumulative count) per bucket, then
+    # labels, count, labels, sum. Counts are ints: "%d.0" is what
+    # floatToGoString makes of them.
+    le = ["+Inf" if b == float("inf") else repr(b) for b in REQUEST_BUCKETS]
+    name = family.sample
+    return "".join([f'{name}_bucket{{%s,le="{x}"}} %d.0\n' for x in le]
+                   + [f"{name}_count{{%s}} %d.0\n", f"{name}_sum{{%s}} %s\n"])
+
+
+# Families whose series are put together per scrape (`Fragment.at_scrape`):
+# those a days family counts down to. Their labels are shared between
+# targets and their values formatted once per scrape.
+_SCRAPED = tuple(dict.fromkeys(f.days_until for f in FAMILIES if f.days_until is not None))
+# family index -> (index into Fragment.at_scrape, whether the value is days left)
+_SCRAPE_INDEX = {i: (_SCRAPED.index(f.days_until or f.name), f.days_until is not None)
+                 for i, f in enumerate(FAMILIES) if f.days_until is not None or f.name in _SCRAPED}
+_STARTS = tuple(f"{f.sample}{{".encode() for f in FAMILIES)
+_I_HISTOGRAMS = tuple(i for i, f in enumerate(FAMILIES) if f.type == "histogram" and i not in _SCRAPE_INDEX)
+
+# The parts of a target's state that families read (`Family.source`),
+# besides the state itself: each read once per render.
+_SOURCES = tuple(dict.fromkeys(f.source for f in FAMILIES if f.source is not None))
+# One family's series of one target: (target="NAME", what it reads) -> text
+Writer = Callable[[str, Any], str]
+
+
+def _plan(f: Family) -> Tuple[int, Optional[Callable[[Any], Any]], str, Optional[Writer]]:
+    """How `render_target` writes family `f`, made once: (which part of the
+    state it reads, 0 for the state itself; for one value: its getter and
+    format string; else a writer that fills the family's format string
+    (target first, then its labels, then the value) for each series)."""
+    k = 0 if f.source is None else 1 + _SOURCES.index(f.source)
+    if FAMILIES.index(f) in _SCRAPE_INDEX:
+        return k, None, "", lambda t, x: ""  # put together per scrape
+    if f.value is not None:
+        return k, f.value, f"{f.sample}{{%s}} %s\n", None
+    series = f.series
+    assert series is not None
+    if f.type == "histogram":
+        fmt, labels = _histogram(f), _labels(f)
+        return k, None, "", lambda t, x: "".join([_histogram_lines(fmt, labels, t, values, h)
+                                                   for values, h in series(x)])
+    if f.sparse:
+        return k, None, "", lambda t, x: "".join([_sparse_line(f, t, values, value) for values, value in series(x)])
+    fmt = f"{f.sample}{{{_labels(f)}}} %s\n"
+    # one and two labels unpacked in the comprehension: most families, and
+    # the fastest way Python has to fill the format
+    if len(f.labels) == 1:
+        return k, None, "", lambda t, x: "".join([fmt % (t, _escape(a), _value(value)) for (a,), value in series(x)])
+    if len(f.labels) == 2:
+        return k, None, "", lambda t, x: "".join([fmt % (t, _escape(a), _escape(b), _value(value))
+                                                   for (a, b), value in series(x)])
+    return k, None, "", lambda t, x: "".join([fmt % (t, *map(_escape, values), _value(value))
+                                               for values, value in series(x)])
+
+
+_PLAN = tuple(_plan(f) for f in FAMILIES)
+# the families put together per scrape: (which part they read, labels, series)
+_SCRAPED_SERIES = tuple((_PLAN[FAMILIES.index(BY_NAME[name])][0], BY_NAME[name].labels, BY_NAME[name].series)
+                        for name in _SCRAPED)
 
 
 class Fragment(NamedTuple):
     """One target's exposition, ready to be joined into a scrape."""
 
     # bytes per family in FAMILIES order (b"" where the target has no series,
-    # and for the two certificate families); the histogram family's as a
-    # raw-deflate segment (see `_deflate`)
+    # and for the families put together per scrape); a histogram family's as
+    # a raw-deflate segment (see `_deflate`)
     parts: Tuple[bytes, ...]
-    # length of the histogram family's text before deflating
-    histogram_size: int
+    # length of each histogram family's text before deflating, in FAMILIES order
+    histogram_sizes: Tuple[int, ...]
     # `target="NAME"` as bytes
     target: bytes
-    # the certificate families, put together per scrape: (the labels after
-    # the target's, shared by every target with that certificate; not_after)
-    certs: Tuple[Tuple[bytes, float], ...]
-    # the listener certificate families, the same way (the labels after the
-    # target's: listener, port, cert, subject, serial)
-    listener_certs: Tuple[Tuple[bytes, float], ...] = ()
+    # per family in `_SCRAPED` (the certificate expiry times), its series:
+    # (the labels after the target's, shared by every target with that
+    # certificate, as `,cert="..",...} `; the value)
+    at_scrape: Tuple[Tuple[Tuple[bytes, float], ...], ...]
+
+    @property
+    def histogram_size(self) -> int:
+        return sum(self.histogram_sizes)
 
 
 @functools.lru_cache(maxsize=8192)
-def _cert(c: CertInfo) -> Tuple[bytes, float]:
-    """(`,cert=..,subject=..,serial=..} `, not_after): one copy for every
-    target that reports this certificate (a fleet shares its client
-    certificate and CA, often its servers' CA chain)."""
-    labels = f',cert="{_escape(c.role)}",subject="{_escape(c.subject)}",serial="{_escape(c.serial)}"}} '
-    return labels.encode(), c.not_after
+def _shared_labels(names: Tuple[str, ...], values: Tuple[str, ...]) -> bytes:
+    """`,name="value",...} `: one copy for every target that has this series
+    (a fleet shares its client certificate and CA, often its servers' CA
+    chain)."""
+    return ("".join([f',{k}="{_escape(v)}"' for k, v in zip(names, values)]) + "} ").encode()
 
 
 def _deflate(data: bytes) -> bytes:
@@ -141,119 +195,43 @@ def _deflate(data: bytes) -> bytes:
 def render_target(name: str, s: _TargetState) -> Fragment:
     """Every line of one target (what `target_samples` says, formatted).
 
-    Runs in the thread that recorded the change, under the store's lock:
-    written out family by family because it runs a hundred times a second
-    at fleet scale.
+    Runs in the thread that recorded the change, under the store's lock, a
+    hundred times a second at fleet scale: each family's format string is
+    made once (`_plan`), so a line is one %-format.
     """
     t = f'target="{_escape(name)}"'
-    p: List[str] = [""] * len(FAMILIES)
-    p[_INDEX["fcmon_target_info"]] = (
-        f'fcmon_target_info{{{t},endpoint="{_escape(s.endpoint)}",username="{_escape(s.username)}"}} 1.0\n')
-    p[_INDEX["fcmon_probes"]] = f"fcmon_probes_total{{{t}}} {_value(s.probes)}\n"
-    p[_INDEX["fcmon_probes_skipped"]] = "".join([
-        f'fcmon_probes_skipped_total{{{t},reason="{_escape(reason)}"}} {_value(n)}\n'
-        for reason, n in sorted(s.skipped.items())])
-    p[_INDEX["fcmon_session_leaks"]] = f"fcmon_session_leaks_total{{{t}}} {_value(s.leaks)}\n"
-    if s.failures:
-        p[_INDEX["fcmon_probe_failures"]] = "".join([
-            f'fcmon_probe_failures_total{{{t},stage="{_escape(stage)}",reason="{_escape(reason)}"}} {_value(n)}\n'
-            for (stage, reason), n in sorted(s.failures.items())])
-    if s.api_errors:
-        p[_INDEX["fcmon_api_errors"]] = "".join([
-            f'fcmon_api_errors_total{{{t},action="{_escape(action)}",code="{code}"}} {_value(n)}\n'
-            for (action, code), n in sorted(s.api_errors.items())])
-    if s.last_error_code:
-        p[_INDEX["fcmon_api_error_code"]] = "".join([
-            f'fcmon_api_error_code{{{t},action="{_escape(action)}"}} {_value(code)}\n'
-            for action, code in sorted(s.last_error_code.items())])
-    if s.requests:
-        hists = []
-        for action, hist in sorted(s.requests.items()):
-            a = f'{t},action="{_escape(action)}"'
-            args: List[object] = []
-            for running in accumulate(hist.counts):
-                args.append(a)
-                args.append(running)
-            hists.append(_HISTOGRAM % (*args, a, running, a, _value(hist.total)))
-        p[_INDEX["fcmon_request_duration_seconds"]] = "".join(hists)
-    if s.last_success is not None:
-        p[_INDEX["fcmon_last_success_timestamp_seconds"]] = (
-            f"fcmon_last_success_timestamp_seconds{{{t}}} {_value(s.last_success)}\n")
-    if s.databases is not None:
-        p[_INDEX["fcmon_databases"]] = f"fcmon_databases{{{t}}} {_value(s.databases)}\n"
-    if s.server is not None:
-        labels = "".join([f',{k}="{_escape(v)}"' for k, v in server_labels(s.server)])
-        p[_INDEX["fcmon_server_info"]] = f"fcmon_server_info{{{t}{labels}}} 1.0\n"
-    certs: Tuple[Tuple[bytes, float], ...] = ()
-    r = s.latest
-    if r is not None:
-        p[_INDEX["fcmon_up"]] = f"fcmon_up{{{t}}} {'1.0' if r.up else '0.0'}\n"
-        p[_INDEX["fcmon_probe_duration_seconds"]] = f"fcmon_probe_duration_seconds{{{t}}} {_value(r.duration)}\n"
-        p[_INDEX["fcmon_last_probe_timestamp_seconds"]] = (
-            f"fcmon_last_probe_timestamp_seconds{{{t}}} {_value(r.ended)}\n")
-        if r.steps:
-            p[_INDEX["fcmon_step_duration_seconds"]] = "".join([
-                f'fcmon_step_duration_seconds{{{t},step="{_escape(step)}"}} {_value(seconds)}\n'
-                for step, seconds in r.steps])
-        certs = tuple([_cert(c) for c in r.certs])
-        if r.tls_version:
-            p[_INDEX["fcmon_tls_info"]] = (
-                f'fcmon_tls_info{{{t},version="{_escape(r.tls_version)}",'
-                f'cipher="{_escape(r.tls_cipher or "")}"}} 1.0\n')
-    listener_certs = _render_listeners(t, s, p)
-    _render_census(t, s, p)
-    parts = [x.encode() if x else b"" for x in p]
-    histogram = parts[_I_HISTOGRAM]
-    parts[_I_HISTOGRAM] = _deflate(histogram)
-    return Fragment(tuple(parts), len(histogram), t.encode(), certs, listener_certs)
+    read = [s] + [get(s) for get in _SOURCES]
+    text: List[str] = []
+    for k, get, fmt, write in _PLAN:
+        x = read[k]
+        if x is None:
+            text.append("")
+        elif write is not None:
+            text.append(write(t, x))
+        else:
+            value = get(x)  # type: ignore[misc]
+            text.append("" if value is None else fmt % (t, _value(value)))
+    parts = [x.encode() if x else b"" for x in text]
+    sizes = []
+    for i in _I_HISTOGRAMS:
+        sizes.append(len(parts[i]))
+        parts[i] = _deflate(parts[i])
+    at_scrape = tuple([() if read[k] is None else tuple([(_shared_labels(labels, values), value)
+                                                         for values, value in series(read[k])])  # type: ignore[misc]
+                       for k, labels, series in _SCRAPED_SERIES])
+    return Fragment(tuple(parts), tuple(sizes), t.encode(), at_scrape)
 
 
-def _render_census(t: str, s: _TargetState, p: List[str]) -> None:
-    """The session census families into `p` (target_samples says the same)."""
-    p[_INDEX["fcmon_sessions_reaped"]] = f"fcmon_sessions_reaped_total{{{t}}} {_value(s.reaped)}\n"
-    c = s.census
-    if c is None:
-        return
-    p[_INDEX["fcmon_account_sessions"]] = f"fcmon_account_sessions{{{t}}} {_value(c.sessions)}\n"
-    p[_INDEX["fcmon_account_sessions_limit"]] = f"fcmon_account_sessions_limit{{{t}}} {_value(c.limit)}\n"
-    p[_INDEX["fcmon_account_sessions_fcmon"]] = f"fcmon_account_sessions_fcmon{{{t}}} {_value(c.fcmon)}\n"
-    if c.oldest_idle is not None:
-        p[_INDEX["fcmon_account_sessions_oldest_idle_seconds"]] = (
-            f"fcmon_account_sessions_oldest_idle_seconds{{{t}}} {_value(c.oldest_idle)}\n")
-    if c.by_user:
-        p[_INDEX["fcmon_account_sessions_by_user"]] = "".join([
-            f'fcmon_account_sessions_by_user{{{t},username="{_escape(user)}"}} {_value(n)}\n'
-            for user, n in c.by_user])
+def _sparse_line(f: Family, t: str, values: Tuple[Optional[str], ...], value: float) -> str:
+    labels = "".join([f',{k}="{_escape(v)}"' for k, v in label_pairs(f, values)])
+    return f"{f.sample}{{{t}{labels}}} {_value(value)}\n"
 
 
-def _render_listeners(t: str, s: _TargetState, p: List[str]) -> Tuple[Tuple[bytes, float], ...]:
-    """The listener families into `p`; returns the listener certificates."""
-    if s.listener_failures:
-        p[_INDEX["fcmon_listener_failures"]] = "".join([
-            f'fcmon_listener_failures_total{{{t},listener="{_escape(listener)}",reason="{_escape(reason)}"}} '
-            f'{_value(n)}\n'
-            for (listener, reason), n in sorted(s.listener_failures.items())])
-    lr = s.listeners
-    if lr is None:
-        return ()
-    p[_INDEX["fcmon_listeners"]] = f"fcmon_listeners{{{t}}} {_value(len(lr.results))}\n"
-    p[_INDEX["fcmon_listeners_not_checked"]] = (
-        f'fcmon_listeners_not_checked{{{t},reason="over_cap"}} {_value(lr.over_cap)}\n'
-        f'fcmon_listeners_not_checked{{{t},reason="round_deadline"}} {_value(lr.not_reached)}\n')
-    if lr.discovery is not None:
-        p[_INDEX["fcmon_listener_discovery_success"]] = (
-            f"fcmon_listener_discovery_success{{{t}}} {'1.0' if lr.discovery else '0.0'}\n")
-    up: List[str] = []
-    certs: List[Tuple[bytes, float]] = []
-    for x in lr.results:
-        where = f'listener="{_escape(x.listener.name)}",port="{x.listener.port}"'
-        up.append(f'fcmon_listener_up{{{t},{where},protocol="{_escape(x.listener.protocol)}"}} '
-                  f'{"1.0" if x.up else "0.0"}\n')
-        for c in x.certs:
-            labels, not_after = _cert(c)
-            certs.append((f",{where}".encode() + labels, not_after))
-    p[_INDEX["fcmon_listener_up"]] = "".join(up)
-    return tuple(certs)
+def _histogram_lines(fmt: str, labels: str, t: str, values: Tuple[str, ...], h: _Histogram) -> str:
+    a = labels % (t, *map(_escape, values))
+    counts = list(accumulate(h.counts))
+    # (labels, count) per bucket, then labels, count, labels, sum
+    return fmt % (*chain.from_iterable(zip(repeat(a), counts)), a, counts[-1], a, _value(h.total))
 
 
 class Deflated(NamedTuple):
@@ -348,18 +326,13 @@ class TextRenderer:
         sections: List[Section] = [parts]
         for i, header in enumerate(_HEADERS):
             parts.append(header)
-            if i == _I_EXPIRY:
-                parts.extend(_cert_lines(b"fcmon_cert_expiry_days{", fragments, _days_left(now)))
-            elif i == _I_NOT_AFTER:
-                parts.extend(_cert_lines(b"fcmon_cert_not_after_timestamp_seconds{", fragments, _value))
-            elif i == _I_L_EXPIRY:
-                parts.extend(_cert_lines(b"fcmon_listener_cert_expiry_days{", fragments, _days_left(now),
-                                         listeners=True))
-            elif i == _I_L_NOT_AFTER:
-                parts.extend(_cert_lines(b"fcmon_listener_cert_not_after_timestamp_seconds{", fragments, _value,
-                                         listeners=True))
-            elif i == _I_HISTOGRAM:
-                size = sum([f.histogram_size for f in fragments])
+            scraped = _SCRAPE_INDEX.get(i)
+            if scraped is not None:
+                k, days = scraped
+                parts.extend(_scraped_lines(_STARTS[i], fragments, k, _days_left(now) if days else _value))
+            elif i in _I_HISTOGRAMS:
+                h = _I_HISTOGRAMS.index(i)
+                size = sum([f.histogram_sizes[h] for f in fragments])
                 sections.append(Deflated(list(map(itemgetter(i), by_target)), size))
                 parts = []
                 sections.append(parts)
@@ -383,13 +356,12 @@ def _days_left(now: float) -> Callable[[float], str]:
     return lambda not_after: floatToGoString((not_after - now) / SECONDS_PER_DAY)
 
 
-def _cert_lines(start: bytes, fragments: Sequence[Fragment], value: Callable[[float], str],
-                listeners: bool = False) -> List[bytes]:
+def _scraped_lines(start: bytes, fragments: Sequence[Fragment], k: int, value: Callable[[float], str]) -> List[bytes]:
     # Each distinct expiry is formatted once per scrape.
     values: Dict[float, bytes] = {}
     out: List[bytes] = []
     for f in fragments:
-        for labels, not_after in (f.listener_certs if listeners else f.certs):
+        for labels, not_after in f.at_scrape[k]:
             text = values.get(not_after)
             if text is None:
                 text = values[not_after] = f"{value(not_after)}\n".encode()

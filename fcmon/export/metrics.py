@@ -26,7 +26,8 @@ import platform
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from operator import attrgetter
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -35,8 +36,9 @@ from .. import __version__
 from ..config import TargetConfig
 from ..web.httpd import REJECT_REASONS
 from ..probe.flight import SKIP_REASONS
+from ..probe.levels import SECONDS_PER_DAY
 from ..probe.listeners import ListenerResult, ListenerRound
-from ..probe.result import CertInfo, ProbeResult, ServerInfo, SessionCensus
+from ..probe.result import ProbeResult, ServerInfo, SessionCensus
 
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, float("inf"))
 # How late scheduled probes start (actual start - scheduled time): the scheduler's health.
@@ -45,7 +47,6 @@ LATENESS_BUCKETS = (
     float("inf"),
 )
 LATENESS = "fcmon_probe_start_lateness_seconds"
-SECONDS_PER_DAY = 86400.0
 
 
 class _Histogram:
@@ -328,180 +329,238 @@ class Snapshot:
     requests_dropped: Tuple[Tuple[str, int], ...] = ()
 
 
-@dataclass(frozen=True)
-class Family:
-    name: str  # counters without _total, as prometheus_client wants them
-    type: str
-    help: str
-
-
-# Every per-target family, in exposition order.
-UP = Family("fcmon_up", "gauge", "1 if the last probe created, used and deleted a session")
-FAMILIES = (
-    UP,
-    Family("fcmon_probe_duration_seconds", "gauge", "Wall time of the last probe"),
-    Family("fcmon_step_duration_seconds", "gauge", "Last probe's time per step"),
-    Family("fcmon_request_duration_seconds", "histogram", "Latency of every API call"),
-    Family("fcmon_api_error_code", "gauge", "errorCode of the last call of each action (0 = success)"),
-    Family("fcmon_api_errors", "counter", "Calls that returned a non-zero errorCode"),
-    Family("fcmon_probes", "counter", "Probes run"),
-    Family("fcmon_probe_failures", "counter", "Failed probes"),
-    Family("fcmon_last_probe_timestamp_seconds", "gauge", "End of the last probe (Unix time)"),
-    Family("fcmon_last_success_timestamp_seconds", "gauge", "End of the last successful probe (Unix time)"),
-    Family("fcmon_databases", "gauge", "Databases listed by the last successful listDatabases"),
-    Family("fcmon_cert_not_after_timestamp_seconds", "gauge", "Certificate expiry (Unix time)"),
-    Family("fcmon_cert_expiry_days", "gauge", "Days until the certificate expires (negative once expired)"),
-    Family("fcmon_tls_info", "gauge", "TLS version and cipher of the last handshake"),
-    Family("fcmon_server_info", "gauge",
-           "Server version and host name from the last successful createSession (labels only when sent)"),
-    Family("fcmon_session_leaks", "counter",
-           "Sessions created, or possibly created (createSession sent, no usable answer), whose deleteSession did not succeed"),
-    Family("fcmon_probes_skipped", "counter",
-           "Scheduled runs not started, by reason: still_running (previous run not ended), "
-           "missed (not started within its grace time), server_busy (no slot on its FairCom server in time)"),
-    Family("fcmon_target_info", "gauge", "Configured target"),
-    Family("fcmon_account_sessions", "gauge",
-           "Live sessions of the target's account as describeSessions reported them in the last census, "
-           "the probe's own current session included"),
-    Family("fcmon_account_sessions_limit", "gauge",
-           "The account's session limit (account_sessions_limit; FairCom's default is 50 per user)"),
-    Family("fcmon_account_sessions_fcmon", "gauge",
-           "Sessions of the account whose description marks them as fcmon's (any instance; the probe's own included)"),
-    Family("fcmon_account_sessions_oldest_idle_seconds", "gauge",
-           "Longest idle time among the account's sessions, on the server's clock (its timestamps "
-           "against the probe's own session's)"),
-    Family("fcmon_account_sessions_by_user", "gauge",
-           "Live sessions per configured user name (session_census_usernames), from listSessions"),
-    Family("fcmon_sessions_reaped", "counter",
-           "Orphaned sessions of this fcmon instance (older than the longest possible probe) deleted by a probe"),
-    Family("fcmon_listener_up", "gauge", "1 if the last TLS handshake with the listener verified"),
-    Family("fcmon_listener_cert_not_after_timestamp_seconds", "gauge", "Listener certificate expiry (Unix time)"),
-    Family("fcmon_listener_cert_expiry_days", "gauge",
-           "Days until the listener certificate expires (negative once expired)"),
-    Family("fcmon_listener_failures", "counter", "Failed listener checks"),
-    Family("fcmon_listener_discovery_success", "gauge", "1 if the last listServices named the listeners"),
-    Family("fcmon_listeners", "gauge", "TLS listeners checked besides the endpoint"),
-    Family("fcmon_listeners_not_checked", "gauge",
-           "Listeners the last round did not check: over_cap (beyond max_listeners), "
-           "round_deadline (left for the next round by the round's deadline)"),
-)
-EXPIRY_DAYS = "fcmon_cert_expiry_days"
-LISTENER_EXPIRY_DAYS = "fcmon_listener_cert_expiry_days"
-LISTENER_NOT_AFTER = "fcmon_listener_cert_not_after_timestamp_seconds"
-
 Labels = Tuple[Tuple[str, str], ...]
 # (sample name, labels, value)
 Sample = Tuple[str, Labels, float]
+# One series of a family: its label values (strings, in the family's
+# `labels` order) and its value.
+Series = Tuple[Tuple[Optional[str], ...], Any]
+
+
+# What a family reads (`Family.source`): one part of a target's state. A
+# part that is None (never probed, no census, no listener round) has no
+# series in any family that reads it.
+STATE = None  # the target's state itself (`_TargetState`)
+LATEST = attrgetter("latest")  # its last ProbeResult
+CENSUS = attrgetter("census")  # its last SessionCensus
+LISTENERS = attrgetter("listeners")  # its last ListenerRound
+SERVER = attrgetter("server")  # the ServerInfo of its last successful createSession
+
+
+@dataclass(frozen=True)
+class Family:
+    """One per-target metric family: the one place that says what it is and
+    where its values come from. The family list (HELP and TYPE), the
+    Collector's samples (`target_samples`, for /probe and `check`) and the
+    fast renderer's text (fcmon/exposition.py, for /metrics) are all made
+    from `FAMILIES`; docs/design-notes.md#metric-families-one-specification
+    says what a new family needs.
+
+    Every series has the `target` label first; `labels` are the ones after
+    it. `source` picks what the family reads: the target's state (STATE) or
+    a part of it (LATEST, CENSUS, LISTENERS, SERVER; when that part is None
+    the family has no series for the target). Then give either `value` (one
+    series without more labels: its value, None for no series) or `series`
+    (the series as (label values, value), in exposition order). Values are numbers (an
+    int is written "N.0", as prometheus_client writes it); a histogram's are
+    `_Histogram`s. `days_until` names a family whose values are Unix times:
+    this one has the same series, valued in days from the scrape until that
+    time (so formatted at each scrape, and in `expiry_samples`, not in
+    `target_samples`).
+    """
+
+    name: str  # counters without _total, as prometheus_client wants them
+    type: str  # gauge, counter or histogram
+    help: str
+    labels: Tuple[str, ...] = ()
+    # what `value` and `series` read: the target's state (STATE) or a part of it
+    source: Optional[Callable[[_TargetState], Any]] = STATE
+    value: Optional[Callable[[Any], Optional[float]]] = None
+    series: Optional[Callable[[Any], Iterable[Series]]] = None
+    days_until: Optional[str] = None
+    # A label whose value is None is left out of that series, not written
+    # empty (fcmon_server_info: only the fields the server sent).
+    sparse: bool = False
+
+    def read(self, s: _TargetState) -> Any:
+        """What `value` and `series` take for target state `s` (None: no series)."""
+        return s if self.source is None else self.source(s)
+
+    @property
+    def sample(self) -> str:
+        """Its samples' name (a histogram's: before _bucket, _count, _sum)."""
+        return self.name + "_total" if self.type == "counter" else self.name
+
+
+def _listener(x: ListenerResult) -> Tuple[str, str]:
+    return x.listener.name, str(x.listener.port)
+
+
+def _server_values(server: ServerInfo) -> Tuple[Optional[str], ...]:
+    return server.version, server.hostname
+
+
+def _sorted(items: Callable[[Any], Dict[Any, Any]]) -> Callable[[Any], List[Series]]:
+    # a dict of label value -> value as series, in label order
+    return lambda x: [((k,), v) for k, v in sorted(items(x).items())]
+
+
+NOT_AFTER = "fcmon_cert_not_after_timestamp_seconds"
+LISTENER_NOT_AFTER = "fcmon_listener_cert_not_after_timestamp_seconds"
+CERT_LABELS = ("cert", "subject", "serial")
+LISTENER_CERT_LABELS = ("listener", "port") + CERT_LABELS
+
+# Every per-target family, in exposition order.
+FAMILIES = (
+    Family("fcmon_up", "gauge", "1 if the last probe created, used and deleted a session",
+           source=LATEST, value=lambda r: 1 if r.up else 0),
+    Family("fcmon_probe_duration_seconds", "gauge", "Wall time of the last probe",
+           source=LATEST, value=attrgetter("duration")),
+    Family("fcmon_step_duration_seconds", "gauge", "Last probe's time per step", ("step",),
+           source=LATEST, series=lambda r: [((step,), t) for step, t in r.steps]),
+    Family("fcmon_request_duration_seconds", "histogram", "Latency of every API call", ("action",),
+           series=_sorted(attrgetter("requests"))),
+    Family("fcmon_api_error_code", "gauge", "errorCode of the last call of each action (0 = success)", ("action",),
+           series=_sorted(attrgetter("last_error_code"))),
+    Family("fcmon_api_errors", "counter", "Calls that returned a non-zero errorCode", ("action", "code"),
+           series=lambda s: [((action, str(code)), n) for (action, code), n in sorted(s.api_errors.items())]),
+    Family("fcmon_probes", "counter", "Probes run", value=attrgetter("probes")),
+    Family("fcmon_probe_failures", "counter", "Failed probes", ("stage", "reason"),
+           series=lambda s: sorted(s.failures.items())),
+    Family("fcmon_last_probe_timestamp_seconds", "gauge", "End of the last probe (Unix time)",
+           source=LATEST, value=attrgetter("ended")),
+    Family("fcmon_last_success_timestamp_seconds", "gauge", "End of the last successful probe (Unix time)",
+           value=attrgetter("last_success")),
+    Family("fcmon_databases", "gauge", "Databases listed by the last successful listDatabases",
+           value=attrgetter("databases")),
+    Family(NOT_AFTER, "gauge", "Certificate expiry (Unix time)", CERT_LABELS,
+           source=LATEST, series=lambda r: [((c.role, c.subject, c.serial), c.not_after) for c in r.certs]),
+    Family("fcmon_cert_expiry_days", "gauge", "Days until the certificate expires (negative once expired)",
+           CERT_LABELS, days_until=NOT_AFTER),
+    Family("fcmon_tls_info", "gauge", "TLS version and cipher of the last handshake", ("version", "cipher"),
+           source=LATEST, series=lambda r: [((r.tls_version, r.tls_cipher or ""), 1)] if r.tls_version else []),
+    Family("fcmon_server_info", "gauge",
+           "Server version and host name from the last successful createSession (labels only when sent)",
+           ("version", "hostname"), sparse=True, source=SERVER, series=lambda server: [(_server_values(server), 1)]),
+    Family("fcmon_session_leaks", "counter",
+           "Sessions created, or possibly created (createSession sent, no usable answer), whose deleteSession did not succeed",
+           value=attrgetter("leaks")),
+    Family("fcmon_probes_skipped", "counter",
+           "Scheduled runs not started, by reason: still_running (previous run not ended), "
+           "missed (not started within its grace time), server_busy (no slot on its FairCom server in time)",
+           ("reason",), series=_sorted(attrgetter("skipped"))),
+    Family("fcmon_target_info", "gauge", "Configured target", ("endpoint", "username"),
+           series=lambda s: [((s.endpoint, s.username), 1)]),
+    Family("fcmon_account_sessions", "gauge",
+           "Live sessions of the target's account as describeSessions reported them in the last census, "
+           "the probe's own current session included",
+           source=CENSUS, value=attrgetter("sessions")),
+    Family("fcmon_account_sessions_limit", "gauge",
+           "The account's session limit (account_sessions_limit; FairCom's default is 50 per user)",
+           source=CENSUS, value=attrgetter("limit")),
+    Family("fcmon_account_sessions_fcmon", "gauge",
+           "Sessions of the account whose description marks them as fcmon's (any instance; the probe's own included)",
+           source=CENSUS, value=attrgetter("fcmon")),
+    Family("fcmon_account_sessions_oldest_idle_seconds", "gauge",
+           "Longest idle time among the account's sessions, on the server's clock (its timestamps "
+           "against the probe's own session's)",
+           source=CENSUS, value=attrgetter("oldest_idle")),
+    Family("fcmon_account_sessions_by_user", "gauge",
+           "Live sessions per configured user name (session_census_usernames), from listSessions", ("username",),
+           source=CENSUS, series=lambda c: [((user,), n) for user, n in c.by_user]),
+    Family("fcmon_sessions_reaped", "counter",
+           "Orphaned sessions of this fcmon instance (older than the longest possible probe) deleted by a probe",
+           value=attrgetter("reaped")),
+    Family("fcmon_listener_up", "gauge", "1 if the last TLS handshake with the listener verified",
+           ("listener", "port", "protocol"), source=LISTENERS,
+           series=lambda lr: [(_listener(x) + (x.listener.protocol,), 1 if x.up else 0) for x in lr.results]),
+    Family(LISTENER_NOT_AFTER, "gauge", "Listener certificate expiry (Unix time)", LISTENER_CERT_LABELS,
+           source=LISTENERS, series=lambda lr: [
+               (_listener(x) + (c.role, c.subject, c.serial), c.not_after) for x in lr.results for c in x.certs]),
+    Family("fcmon_listener_cert_expiry_days", "gauge",
+           "Days until the listener certificate expires (negative once expired)", LISTENER_CERT_LABELS,
+           days_until=LISTENER_NOT_AFTER),
+    Family("fcmon_listener_failures", "counter", "Failed listener checks", ("listener", "reason"),
+           series=lambda s: sorted(s.listener_failures.items())),
+    Family("fcmon_listener_discovery_success", "gauge", "1 if the last listServices named the listeners",
+           source=LISTENERS, value=lambda lr: None if lr.discovery is None else (1 if lr.discovery else 0)),
+    Family("fcmon_listeners", "gauge", "TLS listeners checked besides the endpoint",
+           source=LISTENERS, value=lambda lr: len(lr.results)),
+    Family("fcmon_listeners_not_checked", "gauge",
+           "Listeners the last round did not check: over_cap (beyond max_listeners), "
+           "round_deadline (left for the next round by the round's deadline)", ("reason",),
+           source=LISTENERS, series=lambda lr: [(("over_cap",), lr.over_cap), (("round_deadline",), lr.not_reached)]),
+)
+BY_NAME = {f.name: f for f in FAMILIES}
+
+
+def _check_families() -> None:
+    # A family the renderers could not make would show only as missing series.
+    for f in FAMILIES:
+        assert f.type in ("gauge", "counter", "histogram"), f.name
+        if f.days_until is None:
+            assert (f.value is None) != (f.series is None), f"{f.name}: give value or series"
+            assert f.value is None or not f.labels, f"{f.name}: a value has no labels"
+        else:
+            source = BY_NAME[f.days_until]
+            assert f.value is f.series is None and f.source is STATE and source.series is not None and source.labels == f.labels, f.name
+
+
+_check_families()
+
+
+def label_pairs(family: Family, values: Tuple[Optional[str], ...]) -> Labels:
+    """A series' labels after `target`, as (name, value) pairs."""
+    if family.sparse:
+        return tuple([(k, v) for k, v in zip(family.labels, values) if v is not None])
+    return tuple(zip(family.labels, values))  # type: ignore[arg-type]
 
 
 def target_samples(name: str, s: _TargetState) -> Dict[str, List[Sample]]:
     """Every sample of one target but the time-dependent expiry days, by family."""
     out: Dict[str, List[Sample]] = {}
-
-    def add(family: str, sample: str, labels: Labels, value: float) -> None:
-        out.setdefault(family, []).append((sample, (("target", name),) + labels, value))
-
-    add("fcmon_target_info", "fcmon_target_info", (("endpoint", s.endpoint), ("username", s.username)), 1)
-    add("fcmon_probes", "fcmon_probes_total", (), s.probes)
-    for reason, n in sorted(s.skipped.items()):
-        add("fcmon_probes_skipped", "fcmon_probes_skipped_total", (("reason", reason),), n)
-    add("fcmon_session_leaks", "fcmon_session_leaks_total", (), s.leaks)
-    add("fcmon_sessions_reaped", "fcmon_sessions_reaped_total", (), s.reaped)
-    c = s.census
-    if c is not None:
-        add("fcmon_account_sessions", "fcmon_account_sessions", (), c.sessions)
-        add("fcmon_account_sessions_limit", "fcmon_account_sessions_limit", (), c.limit)
-        add("fcmon_account_sessions_fcmon", "fcmon_account_sessions_fcmon", (), c.fcmon)
-        if c.oldest_idle is not None:
-            add("fcmon_account_sessions_oldest_idle_seconds", "fcmon_account_sessions_oldest_idle_seconds", (),
-                c.oldest_idle)
-        for user, n in c.by_user:
-            add("fcmon_account_sessions_by_user", "fcmon_account_sessions_by_user", (("username", user),), n)
-    for (stage, reason), n in sorted(s.failures.items()):
-        add("fcmon_probe_failures", "fcmon_probe_failures_total", (("stage", stage), ("reason", reason)), n)
-    for (action, code), n in sorted(s.api_errors.items()):
-        add("fcmon_api_errors", "fcmon_api_errors_total", (("action", action), ("code", str(code))), n)
-    for action, code in sorted(s.last_error_code.items()):
-        add("fcmon_api_error_code", "fcmon_api_error_code", (("action", action),), code)
-    for action, hist in sorted(s.requests.items()):
-        fam = "fcmon_request_duration_seconds"
-        buckets = hist.cumulative()
-        for le, count in buckets:
-            add(fam, fam + "_bucket", (("action", action), ("le", le)), count)
-        add(fam, fam + "_count", (("action", action),), buckets[-1][1])
-        add(fam, fam + "_sum", (("action", action),), hist.total)
-    if s.last_success is not None:
-        add("fcmon_last_success_timestamp_seconds", "fcmon_last_success_timestamp_seconds", (), s.last_success)
-    if s.databases is not None:
-        add("fcmon_databases", "fcmon_databases", (), s.databases)
-    if s.server is not None:
-        add("fcmon_server_info", "fcmon_server_info", server_labels(s.server), 1)
-    lr = s.listeners
-    if lr is not None:
-        add("fcmon_listeners", "fcmon_listeners", (), len(lr.results))
-        add("fcmon_listeners_not_checked", "fcmon_listeners_not_checked", (("reason", "over_cap"),), lr.over_cap)
-        add("fcmon_listeners_not_checked", "fcmon_listeners_not_checked", (("reason", "round_deadline"),),
-            lr.not_reached)
-        if lr.discovery is not None:
-            add("fcmon_listener_discovery_success", "fcmon_listener_discovery_success", (),
-                1 if lr.discovery else 0)
-        for x in lr.results:
-            add("fcmon_listener_up", "fcmon_listener_up", _listener_labels(x) + (("protocol", x.listener.protocol),),
-                1 if x.up else 0)
-            for c in x.certs:
-                add(LISTENER_NOT_AFTER, LISTENER_NOT_AFTER, _listener_labels(x) + _cert_labels(c), c.not_after)
-    for (listener, reason), n in sorted(s.listener_failures.items()):
-        add("fcmon_listener_failures", "fcmon_listener_failures_total",
-            (("listener", listener), ("reason", reason)), n)
-    r = s.latest
-    if r is None:
-        return out
-    add("fcmon_up", "fcmon_up", (), 1 if r.up else 0)
-    add("fcmon_probe_duration_seconds", "fcmon_probe_duration_seconds", (), r.duration)
-    add("fcmon_last_probe_timestamp_seconds", "fcmon_last_probe_timestamp_seconds", (), r.ended)
-    for step, seconds in r.steps:
-        add("fcmon_step_duration_seconds", "fcmon_step_duration_seconds", (("step", step),), seconds)
-    for c in r.certs:
-        add("fcmon_cert_not_after_timestamp_seconds", "fcmon_cert_not_after_timestamp_seconds",
-            _cert_labels(c), c.not_after)
-    if r.tls_version:
-        add("fcmon_tls_info", "fcmon_tls_info", (("version", r.tls_version), ("cipher", r.tls_cipher or "")), 1)
+    target = (("target", name),)
+    for f in FAMILIES:
+        x = f.read(s)
+        if x is None:
+            continue
+        if f.value is not None:
+            value = f.value(x)
+            if value is not None:
+                out[f.name] = [(f.sample, target, value)]
+        elif f.series is not None:
+            samples: List[Sample] = []
+            for values, value in f.series(x):
+                labels = target + label_pairs(f, values)
+                if f.type == "histogram":
+                    buckets = value.cumulative()
+                    samples += [(f.sample + "_bucket", labels + (("le", le),), count) for le, count in buckets]
+                    samples += [(f.sample + "_count", labels, buckets[-1][1]), (f.sample + "_sum", labels, value.total)]
+                else:
+                    samples.append((f.sample, labels, value))
+            if samples:
+                out[f.name] = samples
     return out
 
 
 def server_labels(server: ServerInfo) -> Labels:
-    """Only the fields the server sent: an absent one is no label at all
-    (Prometheus treats an empty label as absent anyway)."""
-    out: Labels = ()
-    if server.version is not None:
-        out += (("version", server.version),)
-    if server.hostname is not None:
-        out += (("hostname", server.hostname),)
-    return out
-
-
-def _cert_labels(c: CertInfo) -> Labels:
-    return (("cert", c.role), ("subject", c.subject), ("serial", c.serial))
-
-
-def _listener_labels(x: ListenerResult) -> Labels:
-    return (("listener", x.listener.name), ("port", str(x.listener.port)))
+    """fcmon_server_info's labels after `target`: only the fields the server
+    sent; an absent one is no label at all (Prometheus treats an empty label
+    as absent anyway)."""
+    return label_pairs(BY_NAME["fcmon_server_info"], _server_values(server))
 
 
 def expiry_samples(name: str, s: _TargetState, now: float) -> List[Sample]:
     """The time-dependent days left of the target's and its listeners' certificates."""
     out: List[Sample] = []
-    if s.latest is not None:
-        out += [
-            (EXPIRY_DAYS, (("target", name),) + _cert_labels(c), (c.not_after - now) / SECONDS_PER_DAY)
-            for c in s.latest.certs
-        ]
-    if s.listeners is not None:
-        out += [
-            (LISTENER_EXPIRY_DAYS, (("target", name),) + _listener_labels(x) + _cert_labels(c),
-             (c.not_after - now) / SECONDS_PER_DAY)
-            for x in s.listeners.results for c in x.certs
-        ]
+    target = (("target", name),)
+    for f in FAMILIES:
+        if f.days_until is not None:
+            source = BY_NAME[f.days_until]
+            x = source.read(s)
+            if x is not None:
+                out += [(f.sample, target + label_pairs(f, values), (not_after - now) / SECONDS_PER_DAY)
+                        for values, not_after in source.series(x)]  # type: ignore[misc]
     return out
 
 
