@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "/etc/fcmon/config.ini"
 CONFIG_ENV = "FCMON_CONFIG"
+# max_connections_per_host's default, also for the callers that take no
+# config (fcmon/commands/check.py, fcmon/probe/flight.py)
+MAX_CONNECTIONS_PER_HOST = 8
 
 
 class ConfigError(Exception):
@@ -532,7 +535,7 @@ KEYS = KeyTable(
     Key("schedule", _boolean, (FCMON,), True),
     # Probes in flight to one FairCom server (endpoint host and port) at most:
     # FairCom allows 25 connections per client IP by default.
-    Key("max_connections_per_host", _at_least(1), (FCMON,), 8),
+    Key("max_connections_per_host", _at_least(1), (FCMON,), MAX_CONNECTIONS_PER_HOST),
     # Probes that /probe may have started and not finished; beyond, 503.
     Key("max_probe_requests", _at_least(1), (FCMON,), 64),
     # /probe serves a probe's result again to calls for the same target for

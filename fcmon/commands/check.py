@@ -20,7 +20,7 @@ from prometheus_client.exposition import generate_latest
 from ..probe import debuglog, levels
 from ..export import schema
 from ..probe.certs import CERT_CRIT_DAYS, CERT_WARN_DAYS
-from ..config import TargetConfig
+from ..config import MAX_CONNECTIONS_PER_HOST, TargetConfig
 from ..probe.flight import Flights
 from ..probe.listeners import ListenerChecker, ListenerRound
 from ..export.metrics import FcmonCollector, MetricsStore
@@ -61,7 +61,7 @@ def sessions_perfdata(result: ProbeResult, warn_percent: float, crit_percent: fl
 
 
 def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
-              max_connections_per_host: int = 8) -> List[ProbeResult]:
+              max_connections_per_host: int = MAX_CONNECTIONS_PER_HOST) -> List[ProbeResult]:
     prober = prober or Prober()
     flights = Flights(max_connections_per_host)
 
@@ -84,7 +84,7 @@ def probe_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
 
 
 def check_all(targets: Sequence[TargetConfig], prober: Optional[Prober] = None,
-              max_connections_per_host: int = 8) -> Tuple[List[ProbeResult], List[Optional[ListenerRound]]]:
+              max_connections_per_host: int = MAX_CONNECTIONS_PER_HOST) -> Tuple[List[ProbeResult], List[Optional[ListenerRound]]]:
     """Probe every target and, meanwhile, run its listener round."""
     prober = prober or Prober()
     checker = ListenerChecker(prober)
@@ -282,7 +282,7 @@ def run_check(
     warn_days: float,
     crit_days: float,
     textfile: Optional[Path],
-    max_connections_per_host: int = 8,
+    max_connections_per_host: int = MAX_CONNECTIONS_PER_HOST,
     debug_log: Optional[Callable[[str], object]] = None,
     instance_id: Optional[str] = None,
     sessions_warn: float = levels.SESSIONS_WARN_PERCENT,

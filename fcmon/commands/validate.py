@@ -23,7 +23,7 @@ from cryptography import x509
 
 from ..probe import certs
 from ..config import SECRET_FILE_KEYS, Config, ConfigError, load_config, redacted_summary, resolve_path
-from ..probe.levels import whole_days
+from ..probe.levels import SECONDS_PER_DAY, whole_days
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def _expiry_warnings(
 
 def _when(moment: dt.datetime, now: dt.datetime) -> str:
     # whole days for people, rounded down, as everywhere (fcmon/probe/levels.py)
-    days = (moment - now).total_seconds() / 86400
+    days = (moment - now).total_seconds() / SECONDS_PER_DAY
     n = whole_days(abs(days))
     count = "less than a day" if n == 0 else f"{n} day{'s' if n != 1 else ''}"
     rel = f"in {count}" if days >= 0 else f"{count} ago"

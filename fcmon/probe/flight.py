@@ -32,7 +32,7 @@ from collections import deque
 from typing import Callable, Deque, Dict, Optional, Tuple, Union
 from urllib.parse import urlsplit
 
-from ..config import TargetConfig
+from ..config import MAX_CONNECTIONS_PER_HOST, TargetConfig
 from .result import ProbeResult
 
 # Why a scheduled probe did not run (fcmon_probes_skipped_total's `reason`):
@@ -123,7 +123,7 @@ def host_of(target: TargetConfig) -> str:
 
 
 class Flights:
-    def __init__(self, per_host: int = 8):
+    def __init__(self, per_host: int = MAX_CONNECTIONS_PER_HOST):
         self._lock = threading.Lock()
         self._per_host = per_host
         self._flights: Dict[str, _Flight] = {}
