@@ -12,9 +12,12 @@ certificate values (expiry days move with the clock) and hands the WSGI
 server the fragments in blocks (`Body`). Nothing is rendered per scrape
 and the 17 MB body is never built as one piece.
 
-What a target says is what `metrics.target_samples` and
-`metrics.expiry_samples` say (the Collector's path, for /probe and
-`check`); tests/test_exposition.py compares the two texts sample by sample.
+Both this text and the Collector's (`metrics.target_samples` and
+`metrics.expiry_samples`, for /probe and `check`) are made from one
+specification of the families, `metrics.FAMILIES`: here each family's
+writer is compiled from it once, at import (`_writer`).
+tests/test_exposition.py compares the two texts sample by sample, and
+tests/test_exposition_golden.py this one byte for byte with what it was.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import time
 import zlib
 from array import array
 from bisect import bisect_left
-from itertools import accumulate, chain, repeat
+from itertools import accumulate
 from operator import itemgetter
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import generate_latest
@@ -40,6 +43,7 @@ from .metrics import (
     Family,
     MetricsStore,
     Sample,
+    Series,
     _global_families,
     _Histogram,
     _TargetState,
@@ -106,47 +110,82 @@ _SCRAPE_INDEX = {i: (_SCRAPED.index(f.days_until or f.name), f.days_until is not
 _STARTS = tuple(f"{f.sample}{{".encode() for f in FAMILIES)
 _I_HISTOGRAMS = tuple(i for i, f in enumerate(FAMILIES) if f.type == "histogram" and i not in _SCRAPE_INDEX)
 
-# The parts of a target's state that families read (`Family.source`),
-# besides the state itself: each read once per render.
-_SOURCES = tuple(dict.fromkeys(f.source for f in FAMILIES if f.source is not None))
 # One family's series of one target: (target="NAME", what it reads) -> text
 Writer = Callable[[str, Any], str]
+Source = Optional[Callable[[_TargetState], Any]]
 
 
-def _plan(f: Family) -> Tuple[int, Optional[Callable[[Any], Any]], str, Optional[Writer]]:
-    """How `render_target` writes family `f`, made once: (which part of the
-    state it reads, 0 for the state itself; for one value: its getter and
-    format string; else a writer that fills the family's format string
-    (target first, then its labels, then the value) for each series)."""
-    k = 0 if f.source is None else 1 + _SOURCES.index(f.source)
-    if FAMILIES.index(f) in _SCRAPE_INDEX:
-        return k, None, "", lambda t, x: ""  # put together per scrape
-    if f.value is not None:
-        return k, f.value, f"{f.sample}{{%s}} %s\n", None
+def _sparse_line(f: Family, t: str, values: Tuple[Optional[str], ...], value: float) -> str:
+    labels = "".join([f',{k}="{_escape(v)}"' for k, v in label_pairs(f, values)])
+    return f"{f.sample}{{{t}{labels}}} {_value(value)}\n"
+
+
+def _histogram_writer(f: Family) -> Writer:
+    fmt, labels = _histogram(f), _labels(f)
+    one = len(f.labels) == 1
     series = f.series
     assert series is not None
+
+    def write(t: str, x: Any) -> str:
+        out = []
+        for values, h in series(x):
+            a = labels % ((t, _escape(values)) if one else (t, *map(_escape, values)))
+            args: List[object] = []
+            running = 0
+            for running in accumulate(h.counts):
+                args.append(a)
+                args.append(running)
+            out.append(fmt % (*args, a, running, a, _value(h.total)))
+        return "".join(out)
+    return write
+
+
+def _writer(f: Family) -> Writer:
+    """How `render_target` writes family `f` for one target: a function of
+    (target="NAME", what the family reads) made once from the Family.
+
+    Its lines are written by an f-string generated from the family's name
+    and labels and compiled here, as dataclasses compiles the __init__ it
+    writes: a %-format string would take twice as long per line, and this
+    runs for every change of every target. Only names and label names of
+    FAMILIES (identifiers) enter the generated source; the values come in
+    as arguments, escaped by `_escape` and formatted by `_value`.
+    """
     if f.type == "histogram":
-        fmt, labels = _histogram(f), _labels(f)
-        return k, None, "", lambda t, x: "".join([_histogram_lines(fmt, labels, t, values, h)
-                                                   for values, h in series(x)])
+        return _histogram_writer(f)
     if f.sparse:
-        return k, None, "", lambda t, x: "".join([_sparse_line(f, t, values, value) for values, value in series(x)])
-    fmt = f"{f.sample}{{{_labels(f)}}} %s\n"
-    # one and two labels unpacked in the comprehension: most families, and
-    # the fastest way Python has to fill the format
-    if len(f.labels) == 1:
-        return k, None, "", lambda t, x: "".join([fmt % (t, _escape(a), _value(value)) for (a,), value in series(x)])
-    if len(f.labels) == 2:
-        return k, None, "", lambda t, x: "".join([fmt % (t, _escape(a), _escape(b), _value(value))
-                                                   for (a, b), value in series(x)])
-    return k, None, "", lambda t, x: "".join([fmt % (t, *map(_escape, values), _value(value))
-                                               for values, value in series(x)])
+        series = f.series
+        assert series is not None
+        return lambda t, x: "".join([_sparse_line(f, t, values, value) for values, value in series(x)])
+    assert all(k.isidentifier() for k in (f.sample,) + f.labels), f.name
+    names = [f"a{j}" for j in range(len(f.labels))]
+    line = (f.sample + "{{{t}" + "".join([f',{k}="{{_escape({a})}}"' for k, a in zip(f.labels, names)])
+            + "}} {_value(value)}\\n")
+    if f.value is not None:
+        source = f"def write(t, x):\n    value = get(x)\n    return '' if value is None else f'{line}'\n"
+    else:
+        each = names[0] if len(names) == 1 else "(" + ", ".join(names) + ")"
+        source = f"def write(t, x):\n    return ''.join([f'{line}' for {each}, value in series(x)])\n"
+    namespace = {"get": f.value, "series": f.series, "_escape": _escape, "_value": _value}
+    exec(compile(source, f"<fcmon.exposition writer of {f.name}>", "exec"), namespace)
+    return namespace["write"]  # type: ignore[no-any-return]
 
 
-_PLAN = tuple(_plan(f) for f in FAMILIES)
-# the families put together per scrape: (which part they read, labels, series)
-_SCRAPED_SERIES = tuple((_PLAN[FAMILIES.index(BY_NAME[name])][0], BY_NAME[name].labels, BY_NAME[name].series)
-                        for name in _SCRAPED)
+def _groups() -> Tuple[Tuple[Source, Tuple[Tuple[int, Writer], ...]], ...]:
+    """How `render_target` writes the families, made once from FAMILIES: by
+    the part of the state they read (`Family.source`), so a part that is
+    None skips all its families at once: (source, ((index, writer), ...)).
+    The families put together per scrape are not written here."""
+    groups: Dict[Source, List[Tuple[int, Writer]]] = {}
+    for i, f in enumerate(FAMILIES):
+        if i not in _SCRAPE_INDEX:
+            groups.setdefault(f.source, []).append((i, _writer(f)))
+    return tuple((source, tuple(writers)) for source, writers in groups.items())
+
+
+_GROUPS = _groups()
+# the families put together per scrape: (source, labels, series)
+_SCRAPED_SERIES = tuple((BY_NAME[name].source, BY_NAME[name].labels, BY_NAME[name].series) for name in _SCRAPED)
 
 
 class Fragment(NamedTuple):
@@ -196,42 +235,33 @@ def render_target(name: str, s: _TargetState) -> Fragment:
     """Every line of one target (what `target_samples` says, formatted).
 
     Runs in the thread that recorded the change, under the store's lock, a
-    hundred times a second at fleet scale: each family's format string is
-    made once (`_plan`), so a line is one %-format.
+    hundred times a second at fleet scale: each family's writer is made
+    once (`_writer`).
     """
     t = f'target="{_escape(name)}"'
-    read = [s] + [get(s) for get in _SOURCES]
-    text: List[str] = []
-    for k, get, fmt, write in _PLAN:
-        x = read[k]
-        if x is None:
-            text.append("")
-        elif write is not None:
-            text.append(write(t, x))
-        else:
-            value = get(x)  # type: ignore[misc]
-            text.append("" if value is None else fmt % (t, _value(value)))
+    text = [""] * len(FAMILIES)
+    for source, writers in _GROUPS:
+        x = s if source is None else source(s)
+        if x is not None:
+            for i, write in writers:
+                text[i] = write(t, x)
     parts = [x.encode() if x else b"" for x in text]
     sizes = []
     for i in _I_HISTOGRAMS:
         sizes.append(len(parts[i]))
         parts[i] = _deflate(parts[i])
-    at_scrape = tuple([() if read[k] is None else tuple([(_shared_labels(labels, values), value)
-                                                         for values, value in series(read[k])])  # type: ignore[misc]
-                       for k, labels, series in _SCRAPED_SERIES])
+    at_scrape = tuple([_shared_series(s if source is None else source(s), labels, series)
+                       for source, labels, series in _SCRAPED_SERIES])
     return Fragment(tuple(parts), tuple(sizes), t.encode(), at_scrape)
 
 
-def _sparse_line(f: Family, t: str, values: Tuple[Optional[str], ...], value: float) -> str:
-    labels = "".join([f',{k}="{_escape(v)}"' for k, v in label_pairs(f, values)])
-    return f"{f.sample}{{{t}{labels}}} {_value(value)}\n"
-
-
-def _histogram_lines(fmt: str, labels: str, t: str, values: Tuple[str, ...], h: _Histogram) -> str:
-    a = labels % (t, *map(_escape, values))
-    counts = list(accumulate(h.counts))
-    # (labels, count) per bucket, then labels, count, labels, sum
-    return fmt % (*chain.from_iterable(zip(repeat(a), counts)), a, counts[-1], a, _value(h.total))
+def _shared_series(x: Any, labels: Tuple[str, ...], series: Callable[[Any], Iterable[Series]]
+                   ) -> Tuple[Tuple[bytes, float], ...]:
+    if x is None:
+        return ()
+    if len(labels) == 1:
+        return tuple([(_shared_labels(labels, (v,)), value) for v, value in series(x)])
+    return tuple([(_shared_labels(labels, values), value) for values, value in series(x)])  # type: ignore[arg-type]
 
 
 class Deflated(NamedTuple):

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -333,8 +333,8 @@ Labels = Tuple[Tuple[str, str], ...]
 # (sample name, labels, value)
 Sample = Tuple[str, Labels, float]
 # One series of a family: its label values (strings, in the family's
-# `labels` order) and its value.
-Series = Tuple[Tuple[Optional[str], ...], Any]
+# `labels` order; the string alone for a family of one label) and its value.
+Series = Tuple[Union[str, Tuple[Optional[str], ...]], Any]
 
 
 # What a family reads (`Family.source`): one part of a target's state. A
@@ -361,7 +361,9 @@ class Family:
     a part of it (LATEST, CENSUS, LISTENERS, SERVER; when that part is None
     the family has no series for the target). Then give either `value` (one
     series without more labels: its value, None for no series) or `series`
-    (the series as (label values, value), in exposition order). Values are numbers (an
+    (the series as (label values, value), in exposition order; for a family
+    of one label, the label's value alone: `sorted(d.items())` of a dict of
+    label value -> value is a family's series). Values are numbers (an
     int is written "N.0", as prometheus_client writes it); a histogram's are
     `_Histogram`s. `days_until` names a family whose values are Unix times:
     this one has the same series, valued in days from the scrape until that
@@ -400,11 +402,6 @@ def _server_values(server: ServerInfo) -> Tuple[Optional[str], ...]:
     return server.version, server.hostname
 
 
-def _sorted(items: Callable[[Any], Dict[Any, Any]]) -> Callable[[Any], List[Series]]:
-    # a dict of label value -> value as series, in label order
-    return lambda x: [((k,), v) for k, v in sorted(items(x).items())]
-
-
 NOT_AFTER = "fcmon_cert_not_after_timestamp_seconds"
 LISTENER_NOT_AFTER = "fcmon_listener_cert_not_after_timestamp_seconds"
 CERT_LABELS = ("cert", "subject", "serial")
@@ -417,11 +414,11 @@ FAMILIES = (
     Family("fcmon_probe_duration_seconds", "gauge", "Wall time of the last probe",
            source=LATEST, value=attrgetter("duration")),
     Family("fcmon_step_duration_seconds", "gauge", "Last probe's time per step", ("step",),
-           source=LATEST, series=lambda r: [((step,), t) for step, t in r.steps]),
+           source=LATEST, series=attrgetter("steps")),
     Family("fcmon_request_duration_seconds", "histogram", "Latency of every API call", ("action",),
-           series=_sorted(attrgetter("requests"))),
+           series=lambda s: sorted(s.requests.items())),
     Family("fcmon_api_error_code", "gauge", "errorCode of the last call of each action (0 = success)", ("action",),
-           series=_sorted(attrgetter("last_error_code"))),
+           series=lambda s: sorted(s.last_error_code.items())),
     Family("fcmon_api_errors", "counter", "Calls that returned a non-zero errorCode", ("action", "code"),
            series=lambda s: [((action, str(code)), n) for (action, code), n in sorted(s.api_errors.items())]),
     Family("fcmon_probes", "counter", "Probes run", value=attrgetter("probes")),
@@ -448,7 +445,7 @@ FAMILIES = (
     Family("fcmon_probes_skipped", "counter",
            "Scheduled runs not started, by reason: still_running (previous run not ended), "
            "missed (not started within its grace time), server_busy (no slot on its FairCom server in time)",
-           ("reason",), series=_sorted(attrgetter("skipped"))),
+           ("reason",), series=lambda s: sorted(s.skipped.items())),
     Family("fcmon_target_info", "gauge", "Configured target", ("endpoint", "username"),
            series=lambda s: [((s.endpoint, s.username), 1)]),
     Family("fcmon_account_sessions", "gauge",
@@ -467,7 +464,7 @@ FAMILIES = (
            source=CENSUS, value=attrgetter("oldest_idle")),
     Family("fcmon_account_sessions_by_user", "gauge",
            "Live sessions per configured user name (session_census_usernames), from listSessions", ("username",),
-           source=CENSUS, series=lambda c: [((user,), n) for user, n in c.by_user]),
+           source=CENSUS, series=attrgetter("by_user")),
     Family("fcmon_sessions_reaped", "counter",
            "Orphaned sessions of this fcmon instance (older than the longest possible probe) deleted by a probe",
            value=attrgetter("reaped")),
@@ -489,7 +486,7 @@ FAMILIES = (
     Family("fcmon_listeners_not_checked", "gauge",
            "Listeners the last round did not check: over_cap (beyond max_listeners), "
            "round_deadline (left for the next round by the round's deadline)", ("reason",),
-           source=LISTENERS, series=lambda lr: [(("over_cap",), lr.over_cap), (("round_deadline",), lr.not_reached)]),
+           source=LISTENERS, series=lambda lr: [("over_cap", lr.over_cap), ("round_deadline", lr.not_reached)]),
 )
 BY_NAME = {f.name: f for f in FAMILIES}
 
@@ -509,8 +506,10 @@ def _check_families() -> None:
 _check_families()
 
 
-def label_pairs(family: Family, values: Tuple[Optional[str], ...]) -> Labels:
+def label_pairs(family: Family, values: Union[str, Tuple[Optional[str], ...]]) -> Labels:
     """A series' labels after `target`, as (name, value) pairs."""
+    if len(family.labels) == 1:
+        return ((family.labels[0], values),)  # type: ignore[return-value]
     if family.sparse:
         return tuple([(k, v) for k, v in zip(family.labels, values) if v is not None])
     return tuple(zip(family.labels, values))  # type: ignore[arg-type]
