@@ -31,9 +31,9 @@ def main() -> int:
     from prometheus_client import CollectorRegistry
 
     from fcmon.config import TargetConfig
-    from fcmon.exposition import TextRenderer, render_target
-    from fcmon.metrics import MetricsStore
-    from fcmon.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo, SessionCensus
+    from fcmon.export.exposition import TextRenderer, render_target
+    from fcmon.export.metrics import MetricsStore
+    from fcmon.probe.result import CallResult, CertInfo, Failure, ProbeResult, ServerInfo, SessionCensus
 
     now = time.time()
     shared = (CertInfo("chain", "CN=fcmon bench CA", "2b", now + 3650 * 86400),

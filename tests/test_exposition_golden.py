@@ -1,6 +1,6 @@
 """The /metrics text and the Collector's samples for one realistic state,
 byte for byte as they were before the metric families became one
-specification (fcmon/metrics.py FAMILIES): several targets (healthy,
+specification (fcmon/export/metrics.py FAMILIES): several targets (healthy,
 failed, never probed, only skipped), listeners, certificates shared and
 expired, API errors, a session census, NaN, infinite and absent values,
 names that need escaping. A change to a family shows here as a diff;
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from fcmon.exposition import TextRenderer
-from fcmon.metrics import FAMILIES, MetricsStore, expiry_samples, target_samples
-from fcmon.result import CallResult, CertInfo, Failure, ServerInfo, SessionCensus
+from fcmon.export.exposition import TextRenderer
+from fcmon.export.metrics import FAMILIES, MetricsStore, expiry_samples, target_samples
+from fcmon.probe.result import CallResult, CertInfo, Failure, ServerInfo, SessionCensus
 
 from test_metrics import NOW, failed, healthy, listener_round, target
 

@@ -167,7 +167,7 @@ def _writer(f: Family) -> Writer:
         each = names[0] if len(names) == 1 else "(" + ", ".join(names) + ")"
         source = f"def write(t, x):\n    return ''.join([f'{line}' for {each}, value in series(x)])\n"
     namespace = {"get": f.value, "series": f.series, "_escape": _escape, "_value": _value}
-    exec(compile(source, f"<fcmon.exposition writer of {f.name}>", "exec"), namespace)
+    exec(compile(source, f"<fcmon.export.exposition writer of {f.name}>", "exec"), namespace)
     return namespace["write"]  # type: ignore[no-any-return]
 
 

@@ -352,7 +352,7 @@ class Family:
     """One per-target metric family: the one place that says what it is and
     where its values come from. The family list (HELP and TYPE), the
     Collector's samples (`target_samples`, for /probe and `check`) and the
-    fast renderer's text (fcmon/exposition.py, for /metrics) are all made
+    fast renderer's text (fcmon/export/exposition.py, for /metrics) are all made
     from `FAMILIES`; docs/design-notes.md#metric-families-one-specification
     says what a new family needs.
 
