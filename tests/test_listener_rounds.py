@@ -18,7 +18,7 @@ from fcmon.emulator import Emulator, ListenerSpec
 from fcmon.probe.listeners import ListenerChecker, parse_listeners, round_budget
 from fcmon.probe.run import Prober
 
-from support import PKI, FcmonProcess, hung_ports, make_target, sample, scrape, write_config
+from support import PKI, FcmonProcess, hung_ports, make_target, sample, scrape, wait_for, write_config
 
 
 def test_ports_are_ascii_decimal_only() -> None:
@@ -86,7 +86,9 @@ def test_hung_listeners_of_one_server_do_not_stop_the_others_rounds_and_sigterm_
             + [section("crowded", crowded)] + [section(f"good{i}", good) for i in range(3)]))
         with FcmonProcess("run", "-c", str(config)) as fcmon:
             url = fcmon.metrics_url()
-            time.sleep(2.0)
+            # the window starts once every good target's first round has
+            # reached its listener (polled; it used to be a 2 s sleep)
+            wait_for(lambda: good.listener("mqtts8883").connections >= 3, timeout=20)
             before = good.listener("mqtts8883").connections
             time.sleep(4 * listener_interval)
             after = good.listener("mqtts8883").connections
