@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
-from fcmon.emulator.server import server_ssl_context
+from fcmon.emulator.tlscontext import server_ssl_context
 
 ACTIONS = ("createSession", "listDatabases", "deleteSession")
 STAGE_OF = {"createSession": "create_session", "listDatabases": "list_databases", "deleteSession": "delete_session"}

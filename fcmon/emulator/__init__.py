@@ -21,7 +21,6 @@ from .server import (
     DEFAULT_DATABASES,
     DEFAULT_USERS,
     Emulator,
-    server_ssl_context,
 )
 from .state import (
     ACTIONS,
@@ -41,6 +40,7 @@ from .state import (
     SessionStore,
     Variants,
 )
+from .tlscontext import server_ssl_context
 
 __all__ = [
     "ACTIONS",

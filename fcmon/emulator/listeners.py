@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Set
 
 from ..probe.sockwait import wait_readable
+from .tlscontext import server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,6 @@ class ExtraListener:
         self._idle_timeout = idle_timeout
         self._ctx: Optional[ssl.SSLContext] = None
         if spec.protocol in TLS_PROTOCOLS:
-            from .server import server_ssl_context
-
             self._ctx = server_ssl_context(spec.cert_file, spec.key_file,  # type: ignore[arg-type]
                                            spec.client_ca_file, spec.tls_max_version)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET

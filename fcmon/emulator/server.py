@@ -36,6 +36,7 @@ from ..probe.sockwait import wait_readable
 from .faults import Fault, FaultTable
 from .listeners import ExtraListener, ListenerSpec
 from .state import JsonApi, SessionStore, Variants, parse_body
+from .tlscontext import server_ssl_context
 
 log = logging.getLogger(__name__)
 
@@ -58,25 +59,6 @@ _HTML_500 = (
     b"<body><h1>Internal Server Error</h1><p>The server encountered an internal error.</p>"
     b"</body></html>\n"
 )
-
-
-def server_ssl_context(
-    cert_file: Path,
-    key_file: Optional[Path] = None,
-    client_ca_file: Optional[Path] = None,
-    tls_max_version: Optional[ssl.TLSVersion] = None,
-) -> ssl.SSLContext:
-    """The listener's context; client certificates required when a CA is given."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    # 3.9's default still allows TLS 1.0/1.1; FairCom and fcmon want >= 1.2.
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls_max_version is not None:
-        context.maximum_version = tls_max_version
-    context.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
-    if client_ca_file is not None:
-        context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(cafile=str(client_ca_file))
-    return context
 
 
 def _peer_common_name(sock: socket.socket) -> Optional[str]:
