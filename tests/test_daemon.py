@@ -8,6 +8,7 @@ import time
 import pytest
 
 from fcmon.emulator import Emulator, Fault
+from fcmon.web.httpd import REJECT_REASONS
 
 from support import PKI, FcmonProcess, run_fcmon, sample, scrape, taken_port, target_section, wait_for
 
@@ -32,6 +33,9 @@ def test_run_scrape_sigterm(test_pki: PKI, emulator: Emulator, tmp_path) -> None
         for step in ("connect", "create_session", "list_databases", "delete_session"):
             assert sample(text, "fcmon_step_duration_seconds", target="prod", step=step) is not None
         assert sample(text, "fcmon_config_last_reload_successful") == 1
+        # Each reason the front door may refuse a connection is there from the start, at 0.
+        for reason in REJECT_REASONS:
+            assert sample(text, "fcmon_http_connections_rejected_total", reason=reason) == 0, reason
         assert sample(text, "process_resident_memory_bytes") is not None
         base = url.rsplit("/", 1)[0]
         assert scrape(base + "/-/healthy").strip() == "OK"

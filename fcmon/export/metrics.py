@@ -34,7 +34,6 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..config import TargetConfig
-from ..web.httpd import REJECT_REASONS
 from ..probe.flight import SKIP_REASONS
 from ..probe.levels import SECONDS_PER_DAY
 from ..probe.listeners import ListenerResult, ListenerRound
@@ -134,7 +133,7 @@ class MetricsStore:
         self._lateness_counts = [0] * len(LATENESS_BUCKETS)
         self._lateness_sum = 0.0
         self._probe_requests_rejected = 0
-        self._connections_rejected: Dict[str, int] = {reason: 0 for reason in REJECT_REASONS}
+        self._connections_rejected: Dict[str, int] = {}  # counters start at 0: set_reject_reasons
         self._auth_failures = 0
         # lane -> requests answered 503 (lane full) / not run (client gone)
         self._requests_shed: Dict[str, int] = {}
@@ -266,6 +265,14 @@ class MetricsStore:
         """A request to the HTTP endpoint had wrong or missing basic-auth credentials."""
         with self._lock:
             self._auth_failures += 1
+
+    def set_reject_reasons(self, reasons: Sequence[str]) -> None:
+        """Why the HTTP endpoint may close a connection at once
+        (fcmon/web/httpd.py REJECT_REASONS, handed down by the daemon: the
+        store sits below the web layer): their counters start at 0."""
+        with self._lock:
+            for reason in reasons:
+                self._connections_rejected.setdefault(reason, 0)
 
     def set_lanes(self, lanes: Sequence[str]) -> None:
         """The HTTP endpoint's lanes: their counters start at 0."""

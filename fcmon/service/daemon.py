@@ -32,7 +32,7 @@ from .notify import Notifier, probes_keep_completing, stall_limit, watchdog_ping
 from ..probe.run import Prober
 from ..probe.result import ProbeResult
 from .reuse import Kept, RecentResults
-from ..web.httpd import BASE_FD_RESERVE, connection_cap
+from ..web.httpd import BASE_FD_RESERVE, REJECT_REASONS, connection_cap
 from .scheduler import MAX_SLOT_WAIT_SHARE, ProbeScheduler, listener_pool_size, pool_size
 from ..export.status import StatusBoard, one_line
 from ..web.app import LANES, PAGE_LANE, App, WebServer, server_ssl_context
@@ -83,6 +83,7 @@ class Daemon:
                        status_changes=self.board.changes, status_reloads=self.board.reloads,
                        on_auth_failure=self.store.record_auth_failure)
         self.store.set_lanes(sorted({lane.name for lane in (*LANES.values(), PAGE_LANE)}))
+        self.store.set_reject_reasons(REJECT_REASONS)
         self.web = WebServer(self.app, config.listen_host, config.listen_port,
                              server_ssl_context(config.web), connection_cap(fd_reserve(config)),
                              self.store.record_connection_rejected,
