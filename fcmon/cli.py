@@ -22,7 +22,9 @@ def _add_config(p: argparse.ArgumentParser, environ: Mapping[str, str]) -> None:
     )
 
 
-def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+def build_parser(environ: Mapping[str, str] = os.environ, emulator_options: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; without `emulator_options`, `fcmon emulator`'s
+    own options are left out, so that the emulator is not imported."""
     parser = argparse.ArgumentParser(
         prog="fcmon",
         description="Health checks for FairCom servers over the JSON DB API (mutual TLS), "
@@ -72,10 +74,11 @@ def build_parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentPa
     demo.add_argument("--listen", default="127.0.0.1:9731", metavar="HOST:PORT",
                       help="where to serve /metrics (default %(default)s)")
 
-    from .emulator.cli import add_arguments as emulator_arguments
-
     emulator = sub.add_parser("emulator", help="run the bundled FairCom JSON DB API emulator")
-    emulator_arguments(emulator)
+    if emulator_options:
+        from .emulator.cli import add_arguments as emulator_arguments
+
+        emulator_arguments(emulator)
 
     assets = sub.add_parser(
         "assets", help="list or export the deployable files that match this version",
@@ -110,7 +113,11 @@ def _config_error(exc: ConfigError) -> None:
 
 
 def main(argv: Optional[List[str]] = None, environ: Mapping[str, str] = os.environ) -> int:
-    args = build_parser(environ).parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in given if not arg.startswith("-")), None)
+    # Only `fcmon emulator` (and `fcmon demo`) import the emulator: the
+    # daemon and `fcmon check` do not carry it (tests/test_layers.py).
+    args = build_parser(environ, emulator_options=command == "emulator").parse_args(given)
     try:
         if args.command in ("run", "demo"):
             return _serve(args, environ)
