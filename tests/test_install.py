@@ -24,7 +24,7 @@ import pytest
 
 import fcmon
 from fcmon import assetfiles
-from support import ROOT, Dists, free_port, release_tools, require_tool, sample
+from support import ROOT, Dists, release_tools, require_tool, sample
 
 pytestmark = pytest.mark.slow
 
@@ -262,12 +262,15 @@ def test_exported_assets_deploy(installed: Installed, tmp_path: Path, run_env: D
 
 
 def test_installed_demo_reports_up(installed: Installed, tmp_path: Path, run_env: Dict[str, str]) -> None:
-    port = free_port()
+    # Port 0, the address read from its log: a port found free and closed
+    # before the demo binds it can be taken meanwhile (CI once saw "address
+    # already in use" here, with other tests' connections using ephemeral ports).
     log = (tmp_path / "demo.log").open("w+")
-    proc = subprocess.Popen([str(installed.fcmon), "demo", "--listen", f"127.0.0.1:{port}"],
+    proc = subprocess.Popen([str(installed.fcmon), "demo", "--listen", "127.0.0.1:0"],
                             cwd=str(tmp_path), env=run_env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        text = _wait_for_up(f"http://127.0.0.1:{port}/metrics", proc, log, deadline=time.monotonic() + 90)
+        deadline = time.monotonic() + 90
+        text = _wait_for_up(_metrics_url(proc, tmp_path / "demo.log", log, deadline), proc, log, deadline)
         assert sample(text, "fcmon_build_info", version=VERSION) == 1.0
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, _tail(log)
@@ -276,6 +279,20 @@ def test_installed_demo_reports_up(installed: Installed, tmp_path: Path, run_env
             proc.kill()
             proc.wait(10)
         log.close()
+
+
+def _metrics_url(proc: subprocess.Popen, path: Path, log, deadline: float) -> str:  # type: ignore[no-untyped-def]
+    """The URL the demo's log says it serves metrics on (read through its
+    own open file: the demo shares `log`'s offset)."""
+    while True:
+        found = re.search(r"serving metrics on (http://\S+)", path.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            pytest.fail(f"fcmon demo exited {proc.returncode} before serving metrics:\n{_tail(log)}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"fcmon demo said nothing of serving metrics after 90 s:\n{_tail(log)}")
+        time.sleep(0.1)
 
 
 def _wait_for_up(url: str, proc: subprocess.Popen, log, deadline: float) -> str:  # type: ignore[no-untyped-def]
