@@ -210,11 +210,12 @@ class Fragment(NamedTuple):
 
 
 @functools.lru_cache(maxsize=8192)
-def _shared_labels(names: Tuple[str, ...], values: Tuple[str, ...]) -> bytes:
-    """`,name="value",...} `: one copy for every target that has this series
-    (a fleet shares its client certificate and CA, often its servers' CA
-    chain)."""
-    return ("".join([f',{k}="{_escape(v)}"' for k, v in zip(names, values)]) + "} ").encode()
+def _shared(names: Tuple[str, ...], values: Tuple[str, ...], value: float) -> Tuple[bytes, float]:
+    """(`,name="value",...} `, value): one copy for every target that has
+    this series (a fleet shares its client certificate and CA, often its
+    servers' CA chain); one object, not one per target, also keeps a
+    scrape's walk over them in few cache lines."""
+    return ("".join([f',{k}="{_escape(v)}"' for k, v in zip(names, values)]) + "} ").encode(), value
 
 
 def _deflate(data: bytes) -> bytes:
@@ -260,8 +261,8 @@ def _shared_series(x: Any, labels: Tuple[str, ...], series: Callable[[Any], Iter
     if x is None:
         return ()
     if len(labels) == 1:
-        return tuple([(_shared_labels(labels, (v,)), value) for v, value in series(x)])
-    return tuple([(_shared_labels(labels, values), value) for values, value in series(x)])  # type: ignore[arg-type]
+        return tuple([_shared(labels, (v,), value) for v, value in series(x)])
+    return tuple([_shared(labels, values, value) for values, value in series(x)])  # type: ignore[arg-type]
 
 
 class Deflated(NamedTuple):
