@@ -10,7 +10,8 @@ from typing import Optional, Tuple
 
 from .servertext import clean, clean_optional
 
-# The contract's vocabularies (design.md, "One probe").
+# The vocabularies every renderer and alert shares: README "Failure reasons"
+# (each reason's section in docs/runbook.md) and the metrics table.
 STAGES = ("connect", "create_session", "list_databases", "delete_session")
 REASONS = (
     "dns",
