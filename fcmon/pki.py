@@ -117,22 +117,6 @@ def make_ca(
     return Issued(builder.sign(signer_key, hashes.SHA256()), key)
 
 
-def cross_sign(ca: Issued, by: Issued, days: float = 3650, not_before: Optional[dt.datetime] = None) -> Issued:
-    """`ca`'s name and key certified by another CA `by`: a cross-sign, as a
-    CA that changed roots hands out (the key is `ca`'s)."""
-    start = not_before or _now() - dt.timedelta(minutes=5)
-    builder = x509.CertificateBuilder().subject_name(ca.cert.subject).issuer_name(by.cert.subject)
-    builder = _validity(builder, start, start + dt.timedelta(days=days))
-    builder = (
-        builder.public_key(ca.key.public_key())
-        .serial_number(x509.random_serial_number())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca.key.public_key()), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(by.key.public_key()), critical=False)
-    )
-    return Issued(builder.sign(by.key, hashes.SHA256()), ca.key)
-
-
 def _leaf(
     ca: Issued,
     common_name: str,

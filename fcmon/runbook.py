@@ -64,13 +64,6 @@ def cert_alert(role: str, level: str, listener: bool = False) -> Optional[str]:
     return f"Fcmon{who}Cert{suffix}"
 
 
-def target_alert(reason: Optional[str]) -> Optional[str]:
-    """The alert a failing probe with this reason raises."""
-    if reason is None:
-        return None
-    return "FcmonInternalError" if reason == "internal" else "FcmonProbeFailing"
-
-
 LISTENER_DOWN_ALERT = "FcmonListenerDown"
 SESSIONS_LEAKING_ALERT = "FcmonSessionsLeaking"
 RELOAD_FAILED_ALERT = "FcmonConfigReloadFailed"

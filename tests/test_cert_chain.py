@@ -26,6 +26,21 @@ from fcmon.probe.run import Prober
 from support import PKI, make_target, sample
 
 
+def cross_sign(ca: pki.Issued, by: pki.Issued, days: float, not_before: dt.datetime) -> pki.Issued:
+    """`ca`'s name and key certified by another CA `by`: a cross-sign, as a
+    CA that changed roots hands out (the key is `ca`'s)."""
+    builder = (
+        x509.CertificateBuilder().subject_name(ca.cert.subject).issuer_name(by.cert.subject)
+        .not_valid_before(not_before).not_valid_after(not_before + dt.timedelta(days=days))
+        .public_key(ca.key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca.key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(by.key.public_key()), critical=False)
+    )
+    return pki.Issued(builder.sign(by.key, hashes.SHA256()), ca.key)
+
+
 def _serial(issued: pki.Issued) -> str:
     return format(issued.cert.serial_number, "x")
 
@@ -37,7 +52,7 @@ def cross_signed(test_pki: PKI, tmp_path: Path):  # type: ignore[no-untyped-def]
     intermediate = pki.make_ca("fcmon test intermediate", issuer=test_pki.ca)
     old_root = pki.make_ca("fcmon old root", days=5000,
                            not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3000))
-    stale = pki.cross_sign(test_pki.ca, old_root, days=30,
+    stale = cross_sign(test_pki.ca, old_root, days=30,
                            not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=400))
     leaf = pki.make_server(intermediate)
     files = leaf.write(tmp_path, "leaf")

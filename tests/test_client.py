@@ -22,9 +22,13 @@ from fcmon.probe import client as fc
 from fcmon.probe.client import ApiClient, ProbeError, RequestPlan
 from fcmon.config import TargetConfig
 from fcmon.emulator import Emulator, Fault
-from fcmon.probe.run import SESSION_DESCRIPTION, Prober
+from fcmon.probe.census import session_description
+from fcmon.probe.run import Prober
 
 from support import PKI, make_target
+
+# What a probe without an instance id names its sessions.
+SESSION_DESCRIPTION = session_description(None)
 
 
 def _client(prober: Prober, target: TargetConfig) -> ApiClient:

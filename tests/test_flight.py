@@ -17,7 +17,7 @@ from fcmon.commands.check import probe_all
 from fcmon.config import load_config
 from fcmon.service.daemon import Daemon
 from fcmon.emulator import Emulator, Fault
-from fcmon.probe.flight import SKIP_SERVER_BUSY, WAITERS_PER_SLOT, Busy, Flights, Skipped, Slots, host_of, server_of
+from fcmon.probe.flight import SKIP_SERVER_BUSY, WAITERS_PER_SLOT, Busy, Flights, Skipped, Slots, server_of
 from fcmon.probe.run import Prober
 from fcmon.service.scheduler import ProbeScheduler
 
@@ -32,7 +32,7 @@ def quiet(emulator: Emulator) -> Iterator[Emulator]:
 
 
 def test_host_of_is_the_endpoint_host_name(test_pki: PKI, emulator: Emulator) -> None:
-    assert host_of(make_target(test_pki, emulator, endpoint="https://DB1.example.com:8443/api")) == "db1.example.com"
+    assert server_of(make_target(test_pki, emulator, endpoint="https://DB1.example.com:8443/api"))[0] == "db1.example.com"
 
 
 def test_the_cap_is_keyed_by_the_server_host_and_port(test_pki: PKI, emulator: Emulator) -> None:

@@ -25,9 +25,15 @@ from fcmon.probe.result import (
     ProbeResult,
     ServerInfo,
 )
-from fcmon.probe.servertext import ELLIPSIS, REPLACED, REPLACEMENT, clean, is_clean
+from fcmon.probe.servertext import ELLIPSIS, REPLACED, REPLACEMENT, clean
 
 from support import PKI, FcmonProcess, make_target, run_fcmon, sample, target_section, wait_for, write_config
+
+
+def is_clean(text: str) -> bool:
+    """True when `text` holds nothing `clean` would replace."""
+    return not any(ord(ch) in REPLACED for ch in text)
+
 
 # Every kind of text a renderer must not see raw, in one string.
 HOSTILE = "v\udfff\ud800\x00\x1b[31mred\x1b[0m\nFORGED ERROR fcmon: x\r\t\x7f\x85\x9b\u202e\u2066\u200f\u2028|z"

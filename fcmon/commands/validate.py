@@ -50,11 +50,6 @@ class _Check:
     sections: List[str] = field(default_factory=list)
 
 
-def validate_files(config: Config, now: Optional[dt.datetime] = None) -> List[str]:
-    """Problems with the files `config` names, each naming section and key; [] when all is well."""
-    return _inspect(config, now).problems
-
-
 def validate(
     path: Union[Path, str], environ: Mapping[str, str] = os.environ
 ) -> Tuple[List[str], List[str]]:

@@ -118,10 +118,6 @@ def server_of(target: TargetConfig) -> Server:
     return host, port if port is not None else _DEFAULT_PORTS.get(parts.scheme.lower(), 0)
 
 
-def host_of(target: TargetConfig) -> str:
-    return server_of(target)[0]
-
-
 class Flights:
     def __init__(self, per_host: int = MAX_CONNECTIONS_PER_HOST):
         self._lock = threading.Lock()

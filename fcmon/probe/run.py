@@ -45,7 +45,6 @@ from .result import ERROR_MESSAGE_MAX, CallResult, Failure, ProbeResult, ServerI
 
 log = logging.getLogger(__name__)
 
-SESSION_DESCRIPTION = session_description(None)
 # deleteSession may run past `timeout` by this much, so that a probe that
 # timed out still frees its session: the contract allows timeout + 1 s.
 CLEANUP_GRACE = 0.9
