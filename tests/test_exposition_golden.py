@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from fcmon.export.exposition import TextRenderer
 from fcmon.export.metrics import FAMILIES, MetricsStore, expiry_samples, target_samples
 from fcmon.probe.result import CallResult, CertInfo, Failure, ServerInfo, SessionCensus
+from fcmon.web.httpd import REJECT_REASONS
 
 from test_metrics import NOW, failed, healthy, listener_round, target
 
@@ -77,6 +78,7 @@ def golden_store() -> MetricsStore:
     store.record_reload(True, NOW - 100)
     store.record_reload(False, NOW - 10)
     store.set_lanes(["scrape", "pages"])
+    store.set_reject_reasons(REJECT_REASONS)  # as the daemon does
     store.record_request_shed("pages")
     store.record_request_dropped("scrape")
     store.record_connection_rejected("per_client")
