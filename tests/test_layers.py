@@ -11,6 +11,7 @@ probe < export < web < service < commands < top (cli, __main__).
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -199,3 +200,22 @@ def test_only_the_commands_that_run_it_load_the_emulator(tmp_path: Path) -> None
     """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.splitlines() == ["[3, 1] False", "0 True"], out.stderr
+
+
+def test_readme_module_map_names_every_module_in_its_layer() -> None:
+    """README's "Development" map: a row per module, in the layer this test gives it."""
+    mapped: Dict[str, str] = {}
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        cells = [cell.strip() for cell in line.split("|")[1:-1]]
+        if len(cells) == 3 and cells[0] in LAYERS:
+            for path in re.findall(r"`(fcmon/[\w/]+\.py)`", cells[1]):
+                mapped[path] = cells[0]
+    modules = [p for p in sorted(PACKAGE.rglob("*.py"))
+               if p.name != "__init__.py" and "emulator" not in p.relative_to(PACKAGE).parts
+               and "assets" not in p.relative_to(PACKAGE).parts]
+    assert len(modules) >= 40
+    for path in modules:
+        rel = path.relative_to(ROOT).as_posix()
+        assert rel in mapped, f"README's module map has no row for {rel}"
+        assert mapped[rel] == layer_of(module_name(path)), (rel, mapped[rel])
+    assert sorted(mapped) == sorted(p.relative_to(ROOT).as_posix() for p in modules), "a row for a module that is gone"
