@@ -28,7 +28,8 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterator
 
 import pytest
 import requests
@@ -62,7 +63,9 @@ def _selenium():  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture
-def browser() -> Iterator[object]:
+def browser() -> Iterator[Callable[[], Any]]:
+    """The driver, started in a thread while the test starts fcmon and waits
+    for its first probes (seconds each): call it for the driver."""
     webdriver = _selenium()
     from selenium.webdriver.chrome.service import Service
 
@@ -75,12 +78,16 @@ def browser() -> Iterator[object]:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={profile}")
     # Given a driver path, selenium downloads nothing (no network here anyway).
-    driver = webdriver.Chrome(options=options, service=Service(chromedriver))
+    pool = ThreadPoolExecutor(1)
+    started = pool.submit(webdriver.Chrome, options=options, service=Service(chromedriver))
     try:
-        yield driver
+        yield lambda: started.result(timeout=120)
     finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
+        try:
+            started.result(timeout=120).quit()
+        finally:
+            pool.shutdown()
+            shutil.rmtree(profile, ignore_errors=True)
 
 
 def _status(base: str) -> dict:
@@ -127,7 +134,6 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
 
     from fcmon import runbook
 
-    driver = browser
     started = time.monotonic()
     healthy_emu = session_emulator
     healthy_emu.clear_faults()
@@ -172,6 +178,7 @@ def test_status_page_in_chromium(browser, test_pki: PKI, session_emulator: Emula
                 ("expired-client", "down", "critical"), ("hostile", "up", "critical"),
                 ("renewal", "up", "warning"), ("healthy", "up", "ok")]
 
+            driver = browser()
             _at_width(driver, 1400)
             driver.get(base + "/")
             page = driver.find_element(By.TAG_NAME, "html")
