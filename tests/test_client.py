@@ -1,4 +1,4 @@
-"""The mechanisms of the probe's HTTP client: a lean requests Session,
+"""The mechanisms of the probe's HTTP client: requests' adapter without a Session or PoolManager,
 request plans made once per target, step times taken on the wire inside
 the connection, one write per request, one TLS connection per probe, and
 bodies read (and capped) by the connection itself.

@@ -44,7 +44,6 @@ import urllib3
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection
 from urllib3.util.connection import allowed_gai_family
-from urllib3.util.timeout import Timeout
 
 from .certs import CertFileError, der_cert_info, file_stamp, load_private_key, path_from_leaf
 from ..config import TargetConfig
@@ -477,11 +476,9 @@ class _ProbeConnection(HTTPConnection, _WireIO):
 
 
 def _timeouts(timeout: Any) -> Tuple[Optional[float], Optional[float]]:
-    """(connect, read) from what requests accepts as `timeout=`."""
+    """(connect, read) from `timeout=` as requests takes it: a number or a pair."""
     if isinstance(timeout, tuple):
         return timeout[0], timeout[1]
-    if isinstance(timeout, Timeout):
-        return timeout.connect_timeout, timeout.read_timeout  # type: ignore[return-value]
     return timeout, timeout
 
 
@@ -503,7 +500,7 @@ class _ProbeAdapter(HTTPAdapter):
         self.fcmon_conn = conn
         self.fcmon_wire = wire
         self.fcmon_path = path
-        super().__init__(max_retries=0)
+        super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         self.poolmanager = None
