@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from fcmon.probe.census import parse_census
 from fcmon.export.metrics import FcmonCollector, MetricsStore
 from fcmon.probe.run import Prober
+from fcmon.service.logs import filter_library_logs
 from prometheus_client import CollectorRegistry
 
 from chaos import BODY, CENSUS_BODY, FRAMING, HOW, MESSAGE_WHERE, ChaosServer, Fault, census_answer
@@ -42,6 +43,9 @@ def census_server(test_pki: PKI) -> Iterator[ChaosServer]:
 
 @pytest.fixture(scope="module")
 def census_prober() -> Prober:
+    # urllib3's header-parsing tracebacks filtered, as `fcmon run` and `fcmon
+    # check` filter them where they set up logging (importing fcmon does not).
+    filter_library_logs()
     p = Prober(instance_id=ME)
     p.deadlines.at(0.0, lambda: None)  # its one thread, started before any baseline is taken
     return p
