@@ -571,15 +571,16 @@ def test_cli_subprocess(tmp_path: Path) -> None:
         reap(proc)
 
 
-def test_cli_sigterm_right_after_the_banner_is_a_clean_stop(tmp_path: Path) -> None:
+def test_cli_sigterm_right_after_the_banner_is_a_clean_stop(certs: PKI) -> None:
     """A caller may signal as soon as it has read the URL: the handlers are
     in place before the banner (a SIGTERM between the two used to kill the
     process, exit -15: 3 in 20 when signalled at once, and test_cli_subprocess
     once under load). Three at once, each signalled on its first line."""
     procs = [subprocess.Popen(
-        [sys.executable, "-m", "fcmon.emulator", "--listen", "127.0.0.1:0", "--pki-dir", str(tmp_path / str(i))],
+        [sys.executable, "-m", "fcmon.emulator", "--listen", "127.0.0.1:0", "--cert", str(certs.server.cert),
+         "--key", str(certs.server.key), "--client-ca", str(certs.ca_file)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        for i in range(3)]
+        for _ in range(3)]
     try:
         for proc in procs:
             assert proc.stdout is not None
