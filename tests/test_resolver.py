@@ -105,12 +105,16 @@ def test_a_hung_resolver_is_reason_dns_within_the_deadline_and_neighbours_are_un
         url = fcmon.metrics_url()
         base = url.rsplit("/metrics", 1)[0]
         started = time.monotonic()
-        time.sleep(4 * interval + 1.0)
+        # /probe of a hung name halfway through the window (every resolver
+        # thread long stuck by then), not after it: the window stays 4
+        # intervals + 1 s, the call's own seconds no longer add to it.
+        time.sleep(2 * interval)
         session = requests.Session()
         session.trust_env = False
         t0 = time.monotonic()
         answer = session.get(base + "/probe?target=hung03", timeout=30)
         took = time.monotonic() - t0
+        time.sleep(max(0.0, started + 4 * interval + 1.0 - time.monotonic()))
         text = scrape(url)
         ran = time.monotonic() - started
         t0 = time.monotonic()
